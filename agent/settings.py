@@ -1,0 +1,241 @@
+"""One settings model for everything: tools, agent, LLM, media, server, chat.
+
+Precedence, lowest to highest (a test pins it):
+    defaults in this file
+    < the profile's file ``configs/{profile}.yaml``
+    < a user config file (``--config FILE``)
+    < environment variables ``AVS_AGENT_...`` (nested keys joined with ``__``, e.g.
+      ``AVS_AGENT_LLM__BACKEND=openai``)
+    < the command line (``--set key=value`` for any dotted key, ``--profile lite|full``).
+
+Model locations (``ModelSpec.source``) are a Hugging Face hub id or a local path; relative local paths
+resolve against ``models_dir`` (env ``AVS_AGENT_MODELS_DIR``, default ``../shared/models`` beside the
+project).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tools.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS_DIR = PROJECT_ROOT.parent / "shared" / "models"
+
+Profile = Literal["lite", "full"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Section):
+    """Where a model's weights live."""
+
+    source: str = Field(description="hub id ('org/name') or a local file/folder; relative paths resolve against models_dir")
+    revision: str | None = Field(None, description="hub revision (commit, tag or branch); pin it for reproducible runs")
+
+
+class AudioTaggerSettings(_Section):
+    impl: Literal["yamnet", "ast"] = "yamnet"
+    model: ModelSpec = ModelSpec(source="yamnet/yamnet.tflite")
+    class_map: str | None = Field("yamnet/yamnet_class_map.csv", description="YAMNet's class-name CSV (lite)")
+
+
+class GrounderSettings(_Section):
+    """Text-prompted detection + masks (Grounded-SAM in the full profile; YOLOX + DeepLab in lite)."""
+
+    impl: Literal["lite", "transformers", "original"] = "lite"
+    detector: ModelSpec = ModelSpec(source="yolox_nano/yolox_nano.onnx")
+    segmenter: ModelSpec = ModelSpec(source="deeplabv3_mnv2_voc/deeplabv3_mnv2_pascal_quant.tflite")
+    box_threshold: float = Field(0.3, description="minimum detection score for a box to count")
+    text_threshold: float = Field(0.25, description="GroundingDINO text-token threshold (full)")
+    top_k: int = Field(5, description="at most this many boxes per phrase")
+    nms_iou: float = Field(0.45, description="IoU above which overlapping boxes of one class are suppressed")
+
+
+class TextEmbedderSettings(_Section):
+    model: ModelSpec = ModelSpec(source="sentence-transformers/all-MiniLM-L6-v2")
+    ontology: str = Field("audioset_ontology/ontology.json", description="AudioSet ontology JSON")
+    match_threshold: float = Field(0.5, description="cosine similarity above which a phrase matches a detector class")
+
+
+class OptionalToolSettings(_Section):
+    impl: str = Field("none", description="'none' turns the tool off")
+    model: ModelSpec | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolsSettings(_Section):
+    backend: str = Field("local", description="'local' runs models in-process; 'http://host:port' uses a tool server")
+    audio_tagger: AudioTaggerSettings = AudioTaggerSettings()
+    grounder: GrounderSettings = GrounderSettings()
+    text_embedder: TextEmbedderSettings = TextEmbedderSettings()
+    audio_captioner: OptionalToolSettings = OptionalToolSettings()
+    image_captioner: OptionalToolSettings = OptionalToolSettings()
+    audio_text_scorer: OptionalToolSettings = OptionalToolSettings()
+    clip_check: OptionalToolSettings = OptionalToolSettings()
+
+
+class AgentSettings(_Section):
+    """The decisions' numbers. Every threshold the rules use lives here."""
+
+    min_tag_score: float = Field(0.1, description="audio tags below this score are ignored")
+    max_tags: int = Field(10, description="audio tags considered per second")
+    max_candidates: int = Field(4, description="candidate sounding objects kept per frame")
+    max_attempts: int = Field(3, description="segmentation attempts per frame (first try + retries)")
+    min_mask_area: float = Field(0.002, description="a mask smaller than this share of the frame counts as empty")
+    max_mask_area: float = Field(0.95, description="a mask larger than this share of the frame counts as wrong")
+    min_segment_score: float = Field(0.35, description="a detection below this score is low-confidence")
+    silence_rms: float = Field(0.001, description="audio quieter than this RMS is silence")
+    second_source_ratio: float = Field(
+        0.5, description="a second visible source is kept when its audio evidence is at least this share of the first's"
+    )
+
+
+class LLMSettings(_Section):
+    backend: Literal["rules", "openai", "ollama"] = "rules"
+    model: str = "gpt-4o"
+    base_url: str | None = None
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (openai)")
+    temperature: float = 0.0
+    timeout_s: float = 60.0
+    max_retries: int = 2
+
+
+class MediaSettings(_Section):
+    max_seconds: float = Field(120.0, description="only the first N seconds of longer media are analysed")
+    max_side: int = Field(1280, description="frames are downscaled to this longer side")
+    aspect: float | None = Field(None, description="display aspect (w/h) of squashed frames, e.g. 1.7778 for AVSBench")
+
+
+class ChatSettings(_Section):
+    checkpoint_path: str = Field("~/.cache/avs-agent/chat.sqlite", description="SQLite file of the chat checkpointer")
+
+
+class ServeSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 8
+    batch_wait_s: float = 0.01
+    max_request_mb: float = 64.0
+    max_media_seconds: float = 600.0
+    request_timeout_s: float = 120.0
+
+
+_yaml_layer: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("_yaml_layer", default={})
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """The merged YAML layer (profile file, then user file)."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused, __call__ returns all
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return _yaml_layer.get()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AVS_AGENT_", env_nested_delimiter="__", extra="forbid")
+
+    profile: Profile = "lite"
+    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="folder of local weights (lite models live here)")
+    tools: ToolsSettings = ToolsSettings()
+    agent: AgentSettings = AgentSettings()
+    llm: LLMSettings = LLMSettings()
+    media: MediaSettings = MediaSettings()
+    chat: ChatSettings = ChatSettings()
+    serve: ServeSettings = ServeSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, _DictSource(settings_cls))
+
+    def resolve(self, source: str) -> Path:
+        """A model source as a local path: absolute, or relative to ``models_dir`` (may not exist)."""
+        path = Path(os.path.expanduser(source))
+        return path if path.is_absolute() else Path(self.models_dir).expanduser() / path
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: Path | str, missing_ok: bool = False) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        if missing_ok:
+            return {}
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return data
+
+
+def profile_config(profile: str) -> dict[str, Any]:
+    if profile not in ("lite", "full"):
+        raise ConfigError(f"unknown profile '{profile}': use lite or full")
+    text = resources.files("configs").joinpath(f"{profile}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["llm.backend=openai", "agent.max_attempts=2"]`` -> nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got '{pair}'")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_settings(
+    profile: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Settings:
+    """Build the settings with the documented precedence."""
+    cli = parse_overrides(overrides)
+    if profile is not None:
+        cli["profile"] = profile
+    user = read_yaml(config_file) if config_file else {}
+    chosen = cli.get("profile") or os.environ.get("AVS_AGENT_PROFILE") or user.get("profile") or "lite"
+    token = _yaml_layer.set(deep_merge(profile_config(str(chosen)), user))
+    try:
+        return Settings(**cli)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"invalid setting {where}: {err['msg']}") from None
+    finally:
+        _yaml_layer.reset(token)

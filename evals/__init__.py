@@ -1,0 +1,1 @@
+"""Evals: dataset loaders, official metrics, strategies, runner, reports."""

@@ -1,0 +1,225 @@
+"""Media input: a video, an image plus an audio file, or a folder of frames plus an audio file.
+
+Everything becomes a ``Clip``: frames at 1 fps (AVSBench's convention: frame i shows second
+[i, i+1), taken at its middle) and the audio as 16 kHz mono float32, cut into one 1-s segment per frame,
+plus the whole clip. Decoding goes through PyAV (FFmpeg), so any container and codec FFmpeg reads works;
+the file-name suffix only decides how the input is treated.
+
+Every problem the user can cause raises ``MediaError`` with one line that names the file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from tools.errors import MediaError
+from tools.types import SAMPLE_RATE, AudioSegment, Clip, Frame
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".wma"}
+
+
+def load_clip(
+    media: str | Path,
+    audio: str | Path | None = None,
+    *,
+    max_seconds: float = 120.0,
+    max_side: int = 1280,
+    aspect: float | None = None,
+) -> Clip:
+    """Load media as a ``Clip``.
+
+    Args:
+        media: a video file, an image file, or a folder of frames (sorted by name, one per second).
+        audio: an audio file; required for an image or a folder, optional for a video (replaces its
+            own audio track).
+        max_seconds: only the first ``max_seconds`` of longer media are analysed (``meta['truncated']``).
+        max_side: frames whose longer side exceeds this are downscaled to it (bounds memory on 4K video).
+        aspect: display aspect (width / height) the frames should be seen at, when they were stored
+            squashed (AVSBench's 224x224 frames of 16:9 video). None: the video's own display aspect.
+    """
+    media = Path(media)
+    if not media.exists():
+        raise MediaError(f"media not found: {media}")
+    if audio is not None:
+        audio = Path(audio)
+        if not audio.exists():
+            raise MediaError(f"audio file not found: {audio}")
+        if audio.is_dir():
+            raise MediaError(f"--audio must be an audio file, got a folder: {audio}")
+
+    meta: dict = {"media": str(media), "audio": str(audio) if audio else None}
+    suffix = media.suffix.lower()
+    if media.is_dir():
+        images = _frame_files(media)
+        if audio is None:
+            raise MediaError(f"{media} is a folder of frames: give its audio with --audio FILE")
+        wave = decode_audio(audio, max_seconds)
+        n = max(1, min(len(images), math.ceil(max_seconds)))
+        frames = [Frame(i, i + 0.5, _read_image(p, max_side), aspect) for i, p in enumerate(images[:n])]
+        meta["truncated"] = len(images) > n
+        return _assemble(str(media), frames, wave, one_segment=False, meta=meta)
+    if suffix in IMAGE_SUFFIXES:
+        if audio is None:
+            raise MediaError(f"{media} is an image: give the sound with --audio FILE")
+        wave = decode_audio(audio, max_seconds)
+        frames = [Frame(0, 0.0, _read_image(media, max_side), aspect)]
+        return _assemble(str(media), frames, wave, one_segment=True, meta=meta)
+    if suffix in VIDEO_SUFFIXES:
+        frames, video_aspect, truncated = _decode_video(media, max_seconds, max_side)
+        for fr in frames:
+            fr.aspect = aspect or video_aspect
+        wave = decode_audio(audio or media, max_seconds)
+        meta["truncated"] = truncated or len(wave) > max_seconds * SAMPLE_RATE
+        return _assemble(str(media), frames, wave, one_segment=False, meta=meta)
+    if suffix in AUDIO_SUFFIXES:
+        raise MediaError(f"{media} is an audio file: give a video, or an image with --audio {media.name}")
+    kinds = ", ".join(sorted(s.lstrip(".") for s in VIDEO_SUFFIXES | IMAGE_SUFFIXES))
+    raise MediaError(f"unsupported media type '{suffix or media.name}': expected a video or image ({kinds}) or a folder of frames")
+
+
+def _assemble(source: str, frames: list[Frame], wave: np.ndarray, *, one_segment: bool, meta: dict) -> Clip:
+    whole = AudioSegment(0.0, len(wave) / SAMPLE_RATE, wave)
+    if one_segment:
+        segments = [whole]
+    else:
+        segments = []
+        for i in range(len(frames)):
+            chunk = wave[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE]
+            segments.append(AudioSegment(float(i), float(i + 1), np.ascontiguousarray(chunk, dtype=np.float32)))
+    meta["audio_seconds"] = round(whole.duration_s, 3)
+    return Clip(source=source, frames=frames, segments=segments, audio=whole, meta=meta)
+
+
+def _natural_key(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+    if not files:
+        raise MediaError(f"no image frames ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {folder}")
+    return files
+
+
+def _downscale(image, max_side: int):
+    from PIL import Image
+
+    w, h = image.size
+    if max(w, h) > max_side:
+        scale = max_side / max(w, h)
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+    return image
+
+
+def _read_image(path: Path, max_side: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = _downscale(im.convert("RGB"), max_side)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise MediaError(f"cannot read image {path}: {_reason(exc)}") from None
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _decode_video(path: Path, max_seconds: float, max_side: int) -> tuple[list[Frame], float | None, bool]:
+    """Frames at 1 fps: for slot i, the first frame at or after i + 0.5 s (the last frame for a short tail)."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise MediaError(f"cannot open video {path}: {_reason(exc)}") from None
+    with container:
+        if not container.streams.video:
+            raise MediaError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        aspect = None
+        if stream.width and stream.height:
+            sar = stream.sample_aspect_ratio
+            aspect = stream.width / stream.height * (float(sar) if sar else 1.0)
+        frames: list[Frame] = []
+        last = None
+        last_t = 0.0
+        truncated = False
+        start = None
+        try:
+            for vf in container.decode(stream):
+                t = float(vf.time) if vf.time is not None else (last_t + 1 / 30)
+                if start is None:
+                    start = t
+                t -= start
+                if t >= max_seconds:
+                    truncated = True
+                    break
+                last, last_t = vf, t
+                if t >= len(frames) + 0.5:
+                    frames.append(_video_frame(vf, len(frames), t, max_side))
+        except av.FFmpegError as exc:
+            if not frames and last is None:
+                raise MediaError(f"cannot decode video {path}: {_reason(exc)}") from None
+        if last is None:
+            raise MediaError(f"{path} has a video stream with no decodable frames")
+        fps = float(stream.average_rate) if stream.average_rate else 30.0
+        duration = min(last_t + 1.0 / fps, max_seconds)
+        n_slots = max(1, math.ceil(duration - 1e-6))
+        if len(frames) < n_slots:
+            frames.append(_video_frame(last, len(frames), last_t, max_side))
+    return frames, aspect, truncated
+
+
+def _video_frame(vf, index: int, t: float, max_side: int) -> Frame:
+    image = _downscale(vf.to_image(), max_side)
+    return Frame(index, round(t, 3), np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+
+
+def decode_audio(path: Path, max_seconds: float = math.inf) -> np.ndarray:
+    """Decode any audio FFmpeg reads to mono float32 at 16 kHz, (n,) in [-1, 1]."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise MediaError(f"cannot open audio in {path}: {_reason(exc)}") from None
+    with container:
+        if not container.streams.audio:
+            raise MediaError(f"{path} has no audio track")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        chunks: list[np.ndarray] = []
+        total = 0
+        limit = math.inf if math.isinf(max_seconds) else int(max_seconds * SAMPLE_RATE)
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    arr = out.to_ndarray().reshape(-1)
+                    chunks.append(arr)
+                    total += len(arr)
+                if total >= limit:
+                    break
+            else:
+                for out in resampler.resample(None):
+                    chunks.append(out.to_ndarray().reshape(-1))
+        except av.FFmpegError as exc:
+            if not chunks:
+                raise MediaError(f"cannot decode the audio of {path}: {_reason(exc)}") from None
+    wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if not math.isinf(limit):
+        wave = wave[:limit]
+    if len(wave) == 0:
+        raise MediaError(f"the audio of {path} is empty")
+    np.clip(wave, -1.0, 1.0, out=wave)
+    return np.ascontiguousarray(wave)
