@@ -1,0 +1,57 @@
+"""Shared fixtures. ../shared (models and real clips) is found through AVS_AGENT_SHARED, default
+../shared beside the project. Tests that need it fail (not skip) when it is missing, so CI never passes
+without running them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("AVS_AGENT_SHARED", PROJECT_ROOT.parent / "shared")).resolve()
+DEV_SET = SHARED / "data" / "davis_av_dev"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    assert (SHARED / "models").is_dir(), f"../shared not found at {SHARED}: set AVS_AGENT_SHARED"
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def models_dir(shared_dir: Path) -> Path:
+    return shared_dir / "models"
+
+
+@pytest.fixture(scope="session")
+def dev_set(shared_dir: Path) -> Path:
+    assert DEV_SET.is_dir(), f"dev clips not found at {DEV_SET}"
+    return DEV_SET
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path_factory):
+    """Tests see no user AVS_AGENT_* settings except the models folder, and write chat state to tmp."""
+    for key in list(os.environ):
+        if key.startswith("AVS_AGENT_") and key not in ("AVS_AGENT_SHARED",):
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AVS_AGENT_MODELS_DIR", str(SHARED / "models"))
+    monkeypatch.setenv("AVS_AGENT_CHAT__CHECKPOINT_PATH", str(tmp_path_factory.mktemp("chat") / "chat.sqlite"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def dev_clip_paths(name: str) -> tuple[Path, Path, Path]:
+    """(frames folder, wav, gt masks folder) of a dev clip by name."""
+    import csv
+
+    with open(DEV_SET / "s4_meta_data.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["name"] == name)
+    cat = row["category"]
+    base = DEV_SET / "s4_data"
+    return (
+        base / "visual_frames" / "test" / cat / name,
+        base / "audio_wav" / "test" / cat / f"{name}.wav",
+        base / "gt_masks" / "test" / cat / name,
+    )
