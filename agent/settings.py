@@ -65,7 +65,7 @@ class GrounderSettings(_Section):
 class TextEmbedderSettings(_Section):
     model: ModelSpec = ModelSpec(source="sentence-transformers/all-MiniLM-L6-v2")
     ontology: str = Field("audioset_ontology/ontology.json", description="AudioSet ontology JSON")
-    match_threshold: float = Field(0.5, description="cosine similarity above which a phrase matches a detector class")
+    match_threshold: float = Field(0.6, description="cosine similarity above which a phrase matches a detector class")
 
 
 class OptionalToolSettings(_Section):

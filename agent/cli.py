@@ -1,0 +1,105 @@
+"""The `avs-agent` command line (Typer). Errors a user can cause print one line and exit 2."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from tools.errors import UserError
+
+app = typer.Typer(
+    name="avs-agent",
+    help="What is making the sound? Finds the sounding object in a video, masks it on every frame, and says why.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="lite (CPU, default) or full (GPU foundation models)")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file of settings (over the profile's)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override any setting: --set llm.backend=openai (repeatable)")]
+
+
+def settings_from(profile: str | None, config: Path | None, overrides: list[str] | None):
+    from agent.settings import load_settings
+
+    return load_settings(profile=profile, config_file=config, overrides=tuple(overrides or ()))
+
+
+@app.command()
+def ask(
+    media: Annotated[Path, typer.Argument(help="video file, image file (with --audio), or folder of frames (with --audio)")],
+    audio: Annotated[Optional[Path], typer.Option("--audio", help="audio file for an image or a folder of frames")] = None,
+    question: Annotated[str, typer.Option("--question", "-q", help="what to ask")] = "What is making the sound?",
+    profile: ProfileOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="write answer.json, masks/ and overlays/ here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON on stdout")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Ask what is making the sound in MEDIA; prints the answer, optionally writes masks and overlays."""
+    from agent.output import answer_json, write_outputs
+    from agent.run import run_media
+
+    settings = settings_from(profile, config, set_)
+    with err.status("starting", spinner="dots") as status:
+        answer, clip = run_media(media, settings, audio=audio, question=question, progress=lambda m: status.update(m))
+    files = write_outputs(answer, clip, out) if out else None
+    if as_json:
+        typer.echo(json.dumps(answer_json(answer, files), indent=2))
+        return
+    typer.echo(answer.text)
+    for fr in answer.frames:
+        what = ", ".join(fr.labels) or "-"
+        typer.echo(f"  frame {fr.index + 1} ({fr.time_s:.1f} s): {what}  mask {fr.mask_area * 100:.1f}% of the frame")
+    if out:
+        typer.echo(f"masks, overlays and answer.json written to {out}")
+
+
+@app.command()
+def graph() -> None:
+    """Print the agent's state machine as Mermaid."""
+    from agent.graph import graph as compiled
+
+    typer.echo(compiled.get_graph().draw_mermaid())
+
+
+@app.command()
+def config(
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print the settings in effect (after profile, config file, environment and --set)."""
+    settings = settings_from(profile, config, set_)
+    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+
+
+# Commands of other modules register themselves here (each module: register(app)).
+_PLUGINS = ("evals.cli", "agent.models_cmd", "agent.serve_cmd", "agent.chat_cmd")
+for _name in _PLUGINS:
+    if importlib.util.find_spec(_name) is not None:
+        importlib.import_module(_name).register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

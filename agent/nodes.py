@@ -1,0 +1,235 @@
+"""The graph's nodes. Each reads the state, calls tools or the reasoner, and returns a partial update
+with its trace steps. Routing functions are pure and typed with the nodes they lead to."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from langgraph.runtime import Runtime
+
+from agent.rules import RulesReasoner
+from agent.settings import Settings
+from agent.state import AgentState, Choice
+from agent.toolset import Toolset
+from tools.media import load_clip
+from tools.types import Answer, FrameResult, Segments, TraceStep
+
+
+@dataclass
+class RunContext:
+    """What a run needs besides its state: settings, tools and the reasoner (per-run, not persisted)."""
+
+    settings: Settings
+    toolset: Toolset
+    reasoner: RulesReasoner
+    progress: Callable[[str], None] = field(default=lambda msg: None)
+
+
+def _step(node: str, message: str, t0: float, frame: int | None = None, **data) -> TraceStep:
+    return TraceStep(node=node, message=message, frame=frame, data=data, seconds=round(time.perf_counter() - t0, 4))
+
+
+# ---------------------------------------------------------------------------------------------- load
+def load(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    t0 = time.perf_counter()
+    if "clip" in state and state["clip"] is not None:
+        clip = state["clip"]
+    else:
+        m = runtime.context.settings.media
+        runtime.context.progress("loading media")
+        clip = load_clip(state["media"], state.get("audio_path"), max_seconds=m.max_seconds, max_side=m.max_side, aspect=m.aspect)
+    msg = f"{len(clip.frames)} frame(s) at 1 fps, {clip.duration_s:.2f} s of audio"
+    if clip.meta.get("truncated"):
+        msg += f" (only the first {runtime.context.settings.media.max_seconds:g} s analysed)"
+    return {"clip": clip, "trace": [_step("load", msg, t0, size=[clip.frames[0].width, clip.frames[0].height])]}
+
+
+# ---------------------------------------------------------------------------------------------- perceive
+def perceive(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    ctx = runtime.context
+    clip = state["clip"]
+    t0 = time.perf_counter()
+    ctx.progress("tagging audio")
+    tags = ctx.toolset.tagger.tag([*clip.segments, clip.audio])
+    frame_tags, clip_tags = tags[:-1], tags[-1]
+    steps = [_step("perceive", f"audio tags (clip): {_fmt(clip_tags.top(5))}", t0, tool=ctx.toolset.tagger.name)]
+    for i, ft in enumerate(frame_tags):
+        steps.append(TraceStep(node="perceive", frame=i, message=f"audio tags: {_fmt(ft.top(3))}"))
+    update: dict = {"frame_tags": frame_tags, "clip_tags": clip_tags}
+    if ctx.toolset.audio_captioner is not None:
+        t1 = time.perf_counter()
+        update["audio_captions"] = ctx.toolset.audio_captioner.caption([clip.audio])
+        steps.append(_step("perceive", f"audio captions: {update['audio_captions'][0].texts}", t1))
+    if ctx.toolset.image_captioner is not None:
+        t1 = time.perf_counter()
+        update["image_captions"] = ctx.toolset.image_captioner.caption(clip.frames)
+        for i, cap in enumerate(update["image_captions"]):
+            steps.append(_step("perceive", f"image caption: {cap.texts[:1]} nouns {cap.noun_phrases}", t1, frame=i))
+    update["trace"] = steps
+    return update
+
+
+def _fmt(pairs: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{label} {score:.2f}" for label, score in pairs) or "none"
+
+
+# ---------------------------------------------------------------------------------------------- propose
+def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    ctx = runtime.context
+    clip = state["clip"]
+    t0 = time.perf_counter()
+    labels = ctx.reasoner.source_labels(state["frame_tags"], state["clip_tags"])
+    sources = ctx.toolset.matcher.sound_sources(labels, ctx.toolset.vocabulary) if labels else []
+    because: dict[str, list[str]] = {}
+    for label, matches in zip(labels, sources, strict=True):
+        for phrase, _ in matches:
+            because.setdefault(phrase, []).append(label)
+    phrases = list(because)
+    if phrases:
+        evidence = ctx.toolset.scorer.score([*clip.segments, clip.audio], phrases)
+    else:
+        evidence = np.zeros((len(clip.segments) + 1, 0), np.float32)
+    silence = ctx.settings.agent.silence_rms
+    silent = [seg.rms < silence for seg in clip.segments]
+    if clip.audio.rms < silence:
+        silent = [True] * len(silent)
+    candidates = ctx.reasoner.propose(phrases, because, evidence, silent)
+    steps = [_step("propose", f"sound sources considered: {', '.join(phrases) or 'none'}", t0, labels=labels, scorer=ctx.toolset.scorer.name)]
+    for i, cands in enumerate(candidates):
+        text = "silent" if silent[i] else (", ".join(f"{c.phrase} {c.evidence:.2f}" for c in cands) or "no candidate")
+        steps.append(TraceStep(node="propose", frame=i, message=f"candidates: {text}"))
+    return {"candidates": candidates, "trace": steps}
+
+
+# ---------------------------------------------------------------------------------------------- verify
+def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    ctx = runtime.context
+    clip = state["clip"]
+    ctx.progress("finding candidates in the frames")
+    visible_all, groundings, choices, steps = [], [], [], []
+    for frame, cands in zip(clip.frames, state["candidates"], strict=True):
+        t0 = time.perf_counter()
+        found: dict[str, Segments] = {}
+        if cands:
+            seg = ctx.toolset.grounder.ground(frame, [c.phrase for c in cands])
+            for c in cands:
+                sel = seg[np.asarray([lab == c.phrase for lab in seg.labels], bool)] if len(seg) else seg
+                found[c.phrase] = sel
+        visible = ctx.reasoner.verify(cands, found)
+        rejected = [c.phrase for c in cands if c not in visible]
+        msg = f"visible: {', '.join(c.phrase for c in visible) or 'none'}"
+        if rejected:
+            msg += f"; not visible: {', '.join(rejected)}"
+        steps.append(_step("verify", msg, t0, frame=frame.index, rejected=rejected))
+        visible_all.append(visible)
+        groundings.append(found)
+        phrases = ctx.reasoner.choose(visible, 0)
+        choices.append(Choice(phrases=phrases, status="pending" if phrases else "none", reason="" if phrases else msg))
+    return {"visible": visible_all, "groundings": groundings, "choices": choices, "trace": steps}
+
+
+# ---------------------------------------------------------------------------------------------- segment
+def segment(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    ctx = runtime.context
+    clip = state["clip"]
+    masks = list(state.get("masks") or [np.zeros((f.height, f.width), bool) for f in clip.frames])
+    groundings = [dict(g) for g in state["groundings"]]
+    steps = []
+    for i, (frame, choice) in enumerate(zip(clip.frames, state["choices"], strict=True)):
+        if choice.status != "pending":
+            continue
+        t0 = time.perf_counter()
+        missing = [p for p in choice.phrases if p not in groundings[i]]
+        if missing:  # a phrase the verify step did not ground (e.g. proposed by a retry)
+            seg = ctx.toolset.grounder.ground(frame, missing)
+            for p in missing:
+                groundings[i][p] = seg[np.asarray([lab == p for lab in seg.labels], bool)] if len(seg) else seg
+        parts = [ctx.reasoner.instances(groundings[i][p]) for p in choice.phrases]
+        merged = Segments.concat(parts, frame.height, frame.width)
+        masks[i] = merged.union()
+        steps.append(_step("segment", f"segmented {', '.join(choice.phrases)} (attempt {choice.attempt + 1})", t0, frame=i, boxes=len(merged)))
+    return {"masks": masks, "groundings": groundings, "trace": steps}
+
+
+# ---------------------------------------------------------------------------------------------- check
+def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    ctx = runtime.context
+    choices = list(state["choices"])
+    steps = []
+    for i, choice in enumerate(choices):
+        if choice.status != "pending":
+            continue
+        seg = Segments.concat([state["groundings"][i][p] for p in choice.phrases], *state["masks"][i].shape)
+        ok, why = ctx.reasoner.check(state["masks"][i], seg)
+        choices[i] = choice.model_copy(update={"status": "ok" if ok else "retry", "reason": why})
+        steps.append(TraceStep(node="check", frame=i, message=("ok: " if ok else "failed: ") + why))
+    return {"choices": choices, "trace": steps}
+
+
+def route_after_check(state: AgentState) -> Literal["retry", "answer"]:
+    return "retry" if any(c.status == "retry" for c in state["choices"]) else "answer"
+
+
+# ---------------------------------------------------------------------------------------------- retry
+def retry(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    ctx = runtime.context
+    choices = list(state["choices"])
+    masks = list(state["masks"])
+    steps = []
+    for i, choice in enumerate(choices):
+        if choice.status != "retry":
+            continue
+        new = ctx.reasoner.retry(choice, state["visible"][i])
+        if new.status == "failed":
+            masks[i] = np.zeros_like(masks[i])
+        choices[i] = new
+        steps.append(TraceStep(node="retry", frame=i, message=new.reason))
+    return {"choices": choices, "masks": masks, "trace": steps}
+
+
+def route_after_retry(state: AgentState) -> Literal["segment", "answer"]:
+    return "segment" if any(c.status == "pending" for c in state["choices"]) else "answer"
+
+
+# ---------------------------------------------------------------------------------------------- answer
+def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    ctx = runtime.context
+    clip = state["clip"]
+    t0 = time.perf_counter()
+    masks = state.get("masks") or [np.zeros((f.height, f.width), bool) for f in clip.frames]
+    frames, frames_with = [], {}
+    for i, frame in enumerate(clip.frames):
+        choice = state["choices"][i]
+        labels, boxes, scores = [], [], []
+        if choice.status == "ok":
+            for p in choice.phrases:
+                seg = ctx.reasoner.instances(state["groundings"][i][p])
+                if len(seg):
+                    labels.append(p)
+                    boxes += [[round(float(v), 1) for v in b] for b in seg.xyxy]
+                    scores += [round(float(s), 4) for s in seg.confidence]
+                    frames_with.setdefault(p, []).append(i)
+        else:
+            masks[i] = np.zeros((frame.height, frame.width), bool)
+        frames.append(FrameResult(index=i, time_s=frame.time_s, labels=labels, boxes=boxes, scores=scores, mask_area=round(float(masks[i].mean()), 5)))
+    found = sorted(frames_with, key=lambda p: -len(frames_with[p]))
+    considered = {c.phrase for cands in state["candidates"] for c in cands}
+    rejected = sorted(considered - set(found))
+    silent = all(not c for c in state["candidates"]) and clip.audio.rms < ctx.settings.agent.silence_rms
+    failed = any(c.status == "failed" for c in state["choices"]) and not found
+    text = ctx.reasoner.explain(found, frames_with, len(clip.frames), state["clip_tags"].top(5), rejected, silent, failed)
+    trace = [*state.get("trace", []), _step("answer", text, t0)]
+    stats = {
+        "frames": len(clip.frames),
+        "attempts": sum(c.attempt + 1 for c in state["choices"] if c.phrases or c.status == "failed"),
+        "llm_calls": len(state.get("llm_stats", [])),
+        "llm_tokens": sum(s.get("tokens", 0) for s in state.get("llm_stats", [])),
+        "reasoner": ctx.reasoner.name,
+        "tools": {"tagger": ctx.toolset.tagger.name, "grounder": ctx.toolset.grounder.name, "scorer": ctx.toolset.scorer.name},
+    }
+    result = Answer(question=state.get("question", ""), text=text, labels=found, frames=frames, masks=masks, trace=trace, stats=stats)
+    return {"answer": result, "masks": masks, "trace": [trace[-1]]}

@@ -1,0 +1,164 @@
+"""The deterministic reasoner: the agent's decisions without an LLM (the default, and the fallback).
+
+propose  audio tags of each second (and of the whole clip) -> objects that make such sounds
+         (text matcher over the AudioSet ontology onto the vocabulary), with audio evidence
+verify   keep the candidates the grounder finds in the frame; rank by audio evidence, and among
+         candidates with nearly equal evidence by how prominent they are (mask area x score)
+choose   the best visible candidate, plus a second one when its evidence is close (two sources)
+retry    the next visible candidate after a mask that failed the check
+explain  one short paragraph from the decisions
+
+Every number used here comes from ``AgentSettings`` (agent/settings.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.settings import AgentSettings
+from agent.state import Candidate, Choice
+from tools.types import AudioTags, Segments
+
+EVIDENCE_TIE = 0.1
+"""Candidates whose evidence is within this of the best count as equally likely (prominence decides)."""
+CLIP_WEIGHT = 0.5
+"""A frame also inherits this share of the whole clip's evidence (frame consistency: a pause in a
+dog's barking does not make the dog silent)."""
+
+
+class RulesReasoner:
+    name = "rules"
+
+    def __init__(self, config: AgentSettings):
+        self.config = config
+
+    # ------------------------------------------------------------------ propose
+    def source_labels(self, frame_tags: list[AudioTags], clip_tags: AudioTags) -> list[str]:
+        """The audio labels worth explaining: top tags of the clip and of each second."""
+        c = self.config
+        labels: list[str] = []
+        for tags in [clip_tags, *frame_tags]:
+            for label, _ in tags.top(c.max_tags, c.min_tag_score):
+                if label not in labels:
+                    labels.append(label)
+        return labels
+
+    def propose(
+        self,
+        phrases: list[str],
+        because: dict[str, list[str]],
+        evidence: np.ndarray,
+        silent: list[bool],
+    ) -> list[list[Candidate]]:
+        """evidence: (T + 1, len(phrases)) audio-text scores per second, last row the whole clip."""
+        c = self.config
+        out = []
+        for i, is_silent in enumerate(silent):
+            if is_silent:
+                out.append([])
+                continue
+            score = np.maximum(evidence[i], CLIP_WEIGHT * evidence[-1])
+            order = np.argsort(-score)
+            out.append(
+                [
+                    Candidate(phrase=phrases[j], evidence=round(float(score[j]), 4), because=because.get(phrases[j], []))
+                    for j in order
+                    if score[j] >= c.min_tag_score
+                ][: c.max_candidates]
+            )
+        return out
+
+    # ------------------------------------------------------------------ verify
+    def verify(self, candidates: list[Candidate], found: dict[str, Segments]) -> list[Candidate]:
+        """The candidates seen in the frame, best first."""
+        visible = [cand for cand in candidates if len(found.get(cand.phrase, ())) > 0]
+        if not visible:
+            return []
+        best = max(cand.evidence for cand in visible)
+
+        def key(cand: Candidate) -> tuple[int, float, float]:
+            seg = found[cand.phrase]
+            prominence = float((seg.area * seg.confidence).max()) / max(seg.shape[0] * seg.shape[1], 1)
+            tier = 0 if cand.evidence >= best - EVIDENCE_TIE else 1
+            return (tier, -prominence if tier == 0 else -cand.evidence, -cand.evidence)
+
+        return sorted(visible, key=key)
+
+    # ------------------------------------------------------------------ choose / segment
+    def choose(self, visible: list[Candidate], attempt: int) -> list[str]:
+        """Phrases to segment on this attempt: the attempt-th visible candidate, and on the first attempt
+        a second source whose evidence is close to the first's."""
+        if attempt >= len(visible):
+            return []
+        first = visible[attempt]
+        phrases = [first.phrase]
+        if attempt == 0:
+            for other in visible[1:]:
+                if other.evidence >= self.config.second_source_ratio * first.evidence and other.evidence >= 0.3:
+                    phrases.append(other.phrase)
+                    break
+        return phrases
+
+    @staticmethod
+    def instances(seg: Segments) -> Segments:
+        """Of several boxes for one phrase, keep the most prominent and those at least half its size
+        (a crowd behind a dancer is not the dancer)."""
+        if len(seg) <= 1:
+            return seg
+        weight = seg.area * seg.confidence
+        top = int(np.argmax(weight))
+        keep = np.flatnonzero(seg.area >= 0.5 * seg.area[top])
+        keep = np.union1d(keep, [top])
+        return seg[keep]
+
+    # ------------------------------------------------------------------ check / retry
+    def check(self, mask: np.ndarray, seg: Segments) -> tuple[bool, str]:
+        c = self.config
+        share = float(mask.mean()) if mask.size else 0.0
+        if share < c.min_mask_area:
+            return False, f"mask too small ({share:.4f} of the frame)"
+        if share > c.max_mask_area:
+            return False, f"mask covers nearly the whole frame ({share:.2f})"
+        if len(seg) and float(seg.confidence.max()) < c.min_segment_score:
+            return False, f"low detection score ({float(seg.confidence.max()):.2f})"
+        return True, f"mask covers {share:.3f} of the frame"
+
+    def retry(self, choice: Choice, visible: list[Candidate]) -> Choice:
+        nxt = choice.attempt + 1
+        if nxt >= self.config.max_attempts or nxt >= len(visible):
+            return Choice(phrases=[], attempt=choice.attempt, status="failed", reason=f"{choice.reason}; no attempts left")
+        return Choice(phrases=[visible[nxt].phrase], attempt=nxt, status="pending", reason=f"retry with '{visible[nxt].phrase}'")
+
+    # ------------------------------------------------------------------ explain
+    @staticmethod
+    def explain(
+        labels: list[str],
+        frames_with: dict[str, list[int]],
+        n_frames: int,
+        top_tags: list[tuple[str, float]],
+        rejected: list[str],
+        silent: bool,
+        failed: bool,
+    ) -> str:
+        heard = ", ".join(f"'{lab}' ({score:.2f})" for lab, score in top_tags[:3]) or "nothing distinct"
+        if silent:
+            return "The audio is silent, so nothing visible is making a sound; the masks are empty."
+        if not labels:
+            reason = (
+                f"the objects that make such sounds ({', '.join(rejected)}) are not visible in the frames"
+                if rejected
+                else "no object that makes such sounds is recognised in the frames"
+            )
+            if failed:
+                reason = "every segmentation attempt failed the mask check"
+            return f"The audio sounds like {heard}, but {reason}, so the masks are empty."
+        parts = []
+        for lab in labels:
+            frames = frames_with[lab]
+            where = "in every frame" if len(frames) == n_frames else "in frames " + ", ".join(str(f + 1) for f in frames)
+            parts.append(f"the {lab} ({where})")
+        text = f"{' and '.join(parts).capitalize()} {'is' if len(labels) == 1 else 'are'} making the sound. "
+        text += f"The audio sounds like {heard}"
+        if rejected:
+            text += f"; also considered but not visible: {', '.join(rejected)}"
+        return text + "."

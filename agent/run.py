@@ -1,0 +1,52 @@
+"""Run the agent on one clip: the entry point the CLI, the evals and the chat share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.graph import graph
+from agent.nodes import RunContext
+from agent.rules import RulesReasoner
+from agent.settings import Settings
+from agent.toolset import Toolset, get_toolset
+from tools.types import Answer, Clip
+
+DEFAULT_QUESTION = "What is making the sound?"
+
+
+def make_context(settings: Settings, toolset: Toolset | None = None, progress: Callable[[str], None] | None = None) -> RunContext:
+    return RunContext(
+        settings=settings,
+        toolset=toolset or get_toolset(settings),
+        reasoner=RulesReasoner(settings.agent),
+        progress=progress or (lambda msg: None),
+    )
+
+
+def run_clip(
+    clip: Clip,
+    settings: Settings,
+    toolset: Toolset | None = None,
+    question: str = DEFAULT_QUESTION,
+    progress: Callable[[str], None] | None = None,
+) -> Answer:
+    """Answer ``question`` about a loaded clip."""
+    state = graph.invoke({"question": question, "clip": clip, "trace": []}, context=make_context(settings, toolset, progress))
+    return state["answer"]
+
+
+def run_media(
+    media: str | Path,
+    settings: Settings,
+    audio: str | Path | None = None,
+    question: str = DEFAULT_QUESTION,
+    toolset: Toolset | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Answer, Clip]:
+    """Load media and answer; returns the answer and the loaded clip (for overlays)."""
+    state = graph.invoke(
+        {"question": question, "media": str(media), "audio_path": str(audio) if audio else None, "trace": []},
+        context=make_context(settings, toolset, progress),
+    )
+    return state["answer"], state["clip"]

@@ -1,0 +1,60 @@
+"""The agent's state: what each node reads and writes. Fields are filled in graph order."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+from pydantic import BaseModel, Field
+
+from tools.types import Answer, AudioTags, Captions, Clip, Segments, TraceStep
+
+
+class Candidate(BaseModel):
+    """A possible sounding object on one frame."""
+
+    phrase: str = Field(description="short noun phrase a detector understands ('dog', not 'a dog barking')")
+    evidence: float = Field(description="audio evidence in [0, 1] (tag x source strength, or CLAP)")
+    because: list[str] = Field(default_factory=list, description="the audio labels or captions behind it")
+
+
+class Choice(BaseModel):
+    """What was segmented on one frame and how it went."""
+
+    phrases: list[str] = Field(default_factory=list)
+    attempt: int = 0
+    status: str = "pending"  # pending | ok | retry | failed | none
+    reason: str = ""
+
+
+class AgentState(TypedDict, total=False):
+    question: str
+    """What the person asked."""
+    media: str
+    """Path of the media (when the graph loads it itself)."""
+    audio_path: str | None
+    clip: Clip
+    """Frames at 1 fps and audio cut per frame."""
+    frame_tags: list[AudioTags]
+    """Audio tags of each frame's second."""
+    clip_tags: AudioTags
+    """Audio tags of the whole clip."""
+    audio_captions: list[Captions]
+    """Audio captions of the whole clip (one per prompt), when the profile has a captioner."""
+    image_captions: list[Captions]
+    """Caption and noun phrases per frame, when the profile has a captioner."""
+    candidates: list[list[Candidate]]
+    """Per frame, possible sounding objects, strongest audio evidence first."""
+    visible: list[list[Candidate]]
+    """Per frame, the candidates found in the frame, best first."""
+    groundings: list[dict[str, Segments]]
+    """Per frame, phrase -> its boxes and masks."""
+    choices: list[Choice]
+    """Per frame, what is segmented now and whether it passed the check."""
+    masks: list[Any]
+    """Per frame, (H, W) bool mask of the chosen sources."""
+    trace: Annotated[list[TraceStep], operator.add]
+    """Every decision, appended by each node."""
+    llm_stats: Annotated[list[dict], operator.add]
+    """One entry per LLM call: node, tokens, seconds."""
+    answer: Answer

