@@ -1,0 +1,310 @@
+"""Builders of tiny randomly initialised checkpoints for the full-profile tools.
+
+Each ``build_*`` makes a model from a small config, saves it with ``save_pretrained`` (model and
+processor) into a folder and returns that folder, so tests load it through the very same
+``from_pretrained(path)`` code as a real checkpoint. Tokenizers are built offline: a WordPiece
+``BertTokenizer`` from a word list (GroundingDINO's text side, BLIP) and byte-level BPE vocabularies
+trained with ``tokenizers`` (CLAP's RoBERTa tokenizer, CLIP, Qwen2-Audio).
+
+Reusable by any test: ``build_all(tmp_dir)`` returns ``{config key: folder}`` for every full-profile
+model. Building everything takes a few seconds on 2 CPU cores. Imports of torch/transformers are
+inside the builders.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WORDS = (
+    "a an the of and with in on is are at to his her its there some two man woman person people boy girl "
+    "child dog cat bird horse cow car truck bus train motorcycle helicopter airplane boat guitar piano "
+    "violin drum drums trumpet saxophone flute cello accordion ukulele harp bell clock phone baby lion "
+    "keyboard tabla sound playing sitting standing street room stage picture image photo of close up "
+    "black white red blue small big electric acoustic lawn mower engine siren water"
+).split()
+
+CORPUS = [
+    "a man playing an acoustic guitar on a stage",
+    "the sound of a dog barking in the street",
+    "a woman playing the piano in a room",
+    "a car engine and a siren, a helicopter flying",
+    "a baby crying, a cat and a bird singing",
+    "a person playing the violin, drums and a trumpet",
+    "the sound of a lawn mower, water and a bell",
+    "Describe the sound. What is making this sound? List the sound sources you hear.",
+] * 4
+
+
+def _bert_vocab(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "'", "##s", "##ing"]
+    vocab += sorted(set(WORDS))
+    path = folder / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    return path
+
+
+def _byte_bpe(folder: Path, specials: list[str], vocab_size: int = 400) -> tuple[Path, Path]:
+    """vocab.json + merges.txt of a byte-level BPE trained on ``CORPUS``."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS, vocab_size=vocab_size, min_frequency=1, special_tokens=specials)
+    bpe.save_model(str(folder))
+    return folder / "vocab.json", folder / "merges.txt"
+
+
+def _clip_bpe(folder: Path) -> tuple[Path, Path]:
+    """A CLIP-style vocabulary (words with the '</w>' end marker) and an empty merge list."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = [chr(c) for c in range(33, 127)]
+    vocab = base + [b + "</w>" for b in base] + [w + "</w>" for w in sorted(set(WORDS))]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    vjson = folder / "clip_vocab.json"
+    vjson.write_text(json.dumps({t: i for i, t in enumerate(dict.fromkeys(vocab))}))
+    merges = folder / "clip_merges.txt"
+    merges.write_text("#version: 0.2\n")
+    return vjson, merges
+
+
+def build_grounding_dino(folder: Path) -> Path:
+    from transformers import BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoProcessor
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+
+    folder = Path(folder)
+    tok = BertTokenizer(vocab_file=str(_bert_vocab(folder / "_tok")))
+    config = GroundingDinoConfig(
+        backbone_config=dict(
+            model_type="swin", embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
+            image_size=64, out_indices=[2, 3, 4],
+        ),
+        text_config=dict(
+            model_type="bert", vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+            num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+        ),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=20, encoder_n_points=2,
+        decoder_n_points=2, max_text_len=64,
+    )
+    GroundingDinoForObjectDetection(config).save_pretrained(folder)
+    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96})
+    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+def build_sam(folder: Path) -> Path:
+    from transformers import SamConfig, SamModel, SamProcessor
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    folder = Path(folder)
+    config = SamConfig(
+        vision_config=dict(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32, output_channels=16,
+            image_size=64, patch_size=16, global_attn_indexes=[0], window_size=2,
+        ),
+        prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=16),
+    )
+    config.vision_config.num_pos_feats = 8
+    SamModel(config).save_pretrained(folder)
+    image_processor = SamImageProcessorPil(
+        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16},
+        mask_pad_size={"height": 16, "width": 16},
+    )
+    SamProcessor(image_processor=image_processor).save_pretrained(folder)
+    return folder
+
+
+def build_sam2(folder: Path) -> Path:
+    """A tiny SAM2 with a ``preprocessor_config.json`` (transformers' Sam2 image processor needs
+    torchvision, so the grounder preprocesses SAM2 input itself from these values)."""
+    from transformers import Sam2Config, Sam2Model
+
+    folder = Path(folder)
+    config = Sam2Config(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1, blocks_per_stage=[1, 2, 1, 1],
+                embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
+                window_size_per_stage=[2, 2, 2, 2], global_attention_blocks=[2], image_size=[64, 64],
+                window_positional_embedding_background_size=[2, 2],
+            ),
+            backbone_channel_list=[64, 32, 16, 8], fpn_hidden_size=32, backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32),
+    )
+    Sam2Model(config).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "Sam2ImageProcessorFast",
+                "size": {"height": 64, "width": 64},
+                "image_mean": [0.485, 0.456, 0.406],
+                "image_std": [0.229, 0.224, 0.225],
+                "rescale_factor": 1 / 255,
+            }
+        )
+    )
+    return folder
+
+
+def build_clap(folder: Path) -> Path:
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
+
+    folder = Path(folder)
+    vocab, merges = _byte_bpe(folder / "_tok", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tok = RobertaTokenizer(vocab=str(vocab), merges=str(merges))
+    config = ClapConfig(
+        text_config=dict(
+            vocab_size=tok.vocab_size + 8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=32, max_position_embeddings=80, projection_dim=16,
+        ),
+        audio_config=dict(
+            spec_size=64, patch_size=4, patch_stride=(4, 4), patch_embeds_hidden_size=8, hidden_size=32,
+            depths=[1, 1], num_attention_heads=[1, 1], window_size=4, num_mel_bins=64, projection_dim=16,
+            enable_fusion=False,
+        ),
+        projection_dim=16,
+    )
+    ClapModel(config).save_pretrained(folder)
+    feature_extractor = ClapFeatureExtractor(feature_size=64, sampling_rate=48_000, hop_length=480, max_length_s=1, fft_window_size=1024)
+    ClapProcessor(feature_extractor=feature_extractor, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+def build_blip(folder: Path) -> Path:
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    folder = Path(folder)
+    tok = BertTokenizer(vocab_file=str(_bert_vocab(folder / "_tok")))
+    tok.bos_token = "[CLS]"
+    config = BlipConfig(
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            encoder_hidden_size=16, max_position_embeddings=64, bos_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
+        ),
+        projection_dim=16,
+    )
+    BlipForConditionalGeneration(config).save_pretrained(folder)
+    image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
+    BlipProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+def build_ast(folder: Path, num_labels: int = 527) -> Path:
+    """AST with AudioSet-sized output (527 labels named 'label_i' except a few real names)."""
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+    folder = Path(folder)
+    names = ["Speech", "Dog", "Guitar", "Piano", "Car", "Music", "Animal", "Vehicle"]
+    id2label = {i: (names[i] if i < len(names) else f"label_{i}") for i in range(num_labels)}
+    config = ASTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, patch_size=16,
+        frequency_stride=10, time_stride=10, max_length=100, num_mel_bins=128, id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
+    ASTForAudioClassification(config).save_pretrained(folder)
+    ASTFeatureExtractor(max_length=100, num_mel_bins=128).save_pretrained(folder)
+    return folder
+
+
+def build_clip(folder: Path) -> Path:
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    folder = Path(folder)
+    vocab, merges = _clip_bpe(folder / "_tok")
+    tok = CLIPTokenizer(vocab=str(vocab), merges=str(merges))
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+            num_attention_heads=2, max_position_embeddings=32,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        ),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+
+
+def build_qwen2_audio(folder: Path) -> Path:
+    from transformers import (
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        Qwen2Tokenizer,
+        WhisperFeatureExtractor,
+    )
+
+    folder = Path(folder)
+    vocab, merges = _byte_bpe(folder / "_tok", QWEN_SPECIALS)
+    tok = Qwen2Tokenizer(
+        vocab=str(vocab), merges=str(merges), unk_token=None, bos_token=None, eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", extra_special_tokens=QWEN_SPECIALS[1:],
+    )
+    audio_id = tok.convert_tokens_to_ids("<|AUDIO|>")
+    config = Qwen2AudioConfig(
+        audio_config=dict(
+            d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=128,
+            max_source_positions=1500,
+        ),
+        text_config=dict(
+            model_type="qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+            eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
+        ),
+        audio_token_index=audio_id,
+    )
+    model = Qwen2AudioForConditionalGeneration(config)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(folder)
+    feature_extractor = WhisperFeatureExtractor(feature_size=128)
+    Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+BUILDERS = {
+    "tools.grounder.detector": build_grounding_dino,
+    "tools.grounder.segmenter": build_sam,
+    "sam2": build_sam2,
+    "tools.audio_tagger.model": build_ast,
+    "tools.audio_text_scorer.model": build_clap,
+    "tools.image_captioner.model": build_blip,
+    "tools.audio_captioner.model": build_qwen2_audio,
+    "tools.clip_check.model": build_clip,
+}
+
+
+def build_all(root: Path, include_sam2: bool = False) -> dict[str, Path]:
+    """Every full-profile model as a tiny checkpoint under ``root``: ``{config key: folder}``."""
+    root = Path(root)
+    out = {}
+    for key, builder in BUILDERS.items():
+        if key == "sam2" and not include_sam2:
+            continue
+        out[key] = builder(root / key.replace(".", "_"))
+    return out
+
+
+def set_overrides(paths: dict[str, Path]) -> list[str]:
+    """``--set`` pairs pointing each model of the full profile at the tiny folders of ``build_all``."""
+    pairs = []
+    for key, folder in paths.items():
+        if key == "sam2":
+            continue
+        pairs.append(f"{key}.source={folder}")
+        pairs.append(f"{key}.revision=null")
+    return pairs
