@@ -127,8 +127,24 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         steps.append(_step("verify", msg, t0, frame=frame.index, rejected=rejected))
         visible_all.append(visible)
         groundings.append(found)
+    # frame consistency: a source seen in most frames is looked for again, less strictly, where it was missed
+    consistent = ctx.reasoner.consistent_phrases(visible_all)
+    thr = ctx.settings.tools.grounder.box_threshold * ctx.settings.agent.consistency_threshold
+    for frame, cands, visible, found in zip(clip.frames, state["candidates"], visible_all, groundings, strict=True):
+        missing = [c for c in cands if c.phrase in consistent and c not in visible]
+        if not missing or visible:
+            continue
+        t0 = time.perf_counter()
+        seg = ctx.toolset.grounder.ground(frame, [c.phrase for c in missing], box_threshold=thr)
+        for c in missing:
+            sel = seg[np.asarray([lab == c.phrase for lab in seg.labels], bool)] if len(seg) else seg
+            if len(sel):
+                found[c.phrase] = sel
+        visible[:] = ctx.reasoner.verify(cands, found)
+        steps.append(_step("verify", f"looked again at threshold {thr:.2f} for {', '.join(c.phrase for c in missing)} (seen in other frames): visible: {', '.join(c.phrase for c in visible) or 'none'}", t0, frame=frame.index))
+    for visible in visible_all:
         phrases = ctx.reasoner.choose(visible, 0)
-        choices.append(Choice(phrases=phrases, status="pending" if phrases else "none", reason="" if phrases else msg))
+        choices.append(Choice(phrases=phrases, status="pending" if phrases else "none", reason="" if phrases else "no visible candidate"))
     return {"visible": visible_all, "groundings": groundings, "choices": choices, "trace": steps}
 
 

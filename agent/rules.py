@@ -53,6 +53,8 @@ class RulesReasoner:
         """evidence: (T + 1, len(phrases)) audio-text scores per second, last row the whole clip."""
         c = self.config
         out = []
+        strongest = float(np.maximum(evidence[:-1].max(initial=0.0), evidence[-1].max(initial=0.0))) if evidence.size else 0.0
+        floor = max(c.min_evidence, c.relative_evidence * strongest)
         for i, is_silent in enumerate(silent):
             if is_silent:
                 out.append([])
@@ -63,7 +65,7 @@ class RulesReasoner:
                 [
                     Candidate(phrase=phrases[j], evidence=round(float(score[j]), 4), because=because.get(phrases[j], []))
                     for j in order
-                    if score[j] >= c.min_tag_score
+                    if score[j] >= floor
                 ][: c.max_candidates]
             )
         return out
@@ -83,6 +85,14 @@ class RulesReasoner:
             return (tier, -prominence if tier == 0 else -cand.evidence, -cand.evidence)
 
         return sorted(visible, key=key)
+
+    def consistent_phrases(self, visible: list[list[Candidate]]) -> list[str]:
+        """Phrases visible in at least half of the frames (frame consistency)."""
+        counts: dict[str, int] = {}
+        for cands in visible:
+            for cand in cands:
+                counts[cand.phrase] = counts.get(cand.phrase, 0) + 1
+        return [p for p, n in counts.items() if n >= max(1, len(visible) / 2)]
 
     # ------------------------------------------------------------------ choose / segment
     def choose(self, visible: list[Candidate], attempt: int) -> list[str]:

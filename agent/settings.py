@@ -90,7 +90,14 @@ class AgentSettings(_Section):
 
     min_tag_score: float = Field(0.1, description="audio tags below this score are ignored")
     max_tags: int = Field(10, description="audio tags considered per second")
+    min_evidence: float = Field(0.15, description="a candidate needs at least this audio evidence to be segmented")
+    relative_evidence: float = Field(
+        0.3, description="and at least this share of the clip's strongest candidate (weak side-sounds are not the source)"
+    )
     max_candidates: int = Field(4, description="candidate sounding objects kept per frame")
+    consistency_threshold: float = Field(
+        0.5, description="a source seen in other frames is looked for again at this share of the box threshold"
+    )
     max_attempts: int = Field(3, description="segmentation attempts per frame (first try + retries)")
     min_mask_area: float = Field(0.002, description="a mask smaller than this share of the frame counts as empty")
     max_mask_area: float = Field(0.95, description="a mask larger than this share of the frame counts as wrong")

@@ -44,7 +44,7 @@ DESCRIPTIONS: dict[str, list[str]] = {
     "train": ["locomotive", "railway train", "train horn"],
     "truck": ["lorry", "pickup truck", "truck engine"],
     "boat": ["ship", "motorboat", "sailboat"],
-    "bird": ["songbird", "rooster", "chicken", "duck", "pigeon", "bird song"],
+    "bird": ["songbird", "rooster", "chicken", "fowl", "poultry", "duck", "pigeon", "bird song"],
     "cat": ["kitten", "meow", "purr"],
     "dog": ["puppy", "bark", "dog bark", "howl"],
     "horse": ["pony", "neigh", "clip-clop"],
