@@ -163,14 +163,15 @@ def build_clap(folder: Path) -> Path:
             intermediate_size=32, max_position_embeddings=80, projection_dim=16,
         ),
         audio_config=dict(
-            spec_size=64, patch_size=4, patch_stride=(4, 4), patch_embeds_hidden_size=8, hidden_size=32,
+            spec_size=128, patch_size=4, patch_stride=(4, 4), patch_embeds_hidden_size=8, hidden_size=16,
             depths=[1, 1], num_attention_heads=[1, 1], window_size=4, num_mel_bins=64, projection_dim=16,
             enable_fusion=False,
         ),
         projection_dim=16,
     )
     ClapModel(config).save_pretrained(folder)
-    feature_extractor = ClapFeatureExtractor(feature_size=64, sampling_rate=48_000, hop_length=480, max_length_s=1, fft_window_size=1024)
+    feature_extractor = ClapFeatureExtractor(feature_size=64, sampling_rate=48_000, hop_length=480, max_length_s=1, fft_window_size=1024,
+                                             truncation="rand_trunc", padding="repeatpad")
     ClapProcessor(feature_extractor=feature_extractor, tokenizer=tok).save_pretrained(folder)
     return folder
 
@@ -308,3 +309,99 @@ def set_overrides(paths: dict[str, Path]) -> list[str]:
         pairs.append(f"{key}.source={folder}")
         pairs.append(f"{key}.revision=null")
     return pairs
+
+
+# --- original packages (segment-anything; a stand-in for groundingdino-py) -------------------------
+
+TINY_SAM_TYPE = "vit_tiny"
+
+
+def register_tiny_sam_original() -> None:
+    """Add a tiny ViT (``vit_tiny``) to segment-anything's ``sam_model_registry`` (1024 px input as
+    the real ones, 1 block of width 32)."""
+    from functools import partial
+
+    from tools.grounded_sam_original import import_segment_anything
+
+    build_sam = import_segment_anything()
+    build_sam.sam_model_registry[TINY_SAM_TYPE] = partial(
+        build_sam._build_sam, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=1, encoder_global_attn_indexes=[0]
+    )
+
+
+def build_sam_original(folder: Path) -> Path:
+    """A random tiny segment-anything checkpoint file ``sam_vit_tiny.pth`` in ``folder``; returns the file."""
+    import torch
+
+    from tools.grounded_sam_original import import_segment_anything
+
+    register_tiny_sam_original()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sam = import_segment_anything().sam_model_registry[TINY_SAM_TYPE](checkpoint=None)
+    path = folder / "sam_vit_tiny.pth"
+    torch.save(sam.state_dict(), path)
+    return path
+
+
+def install_fake_groundingdino(tokenizer_folder: Path, num_queries: int = 12):
+    """Put a stand-in ``groundingdino`` package into ``sys.modules`` (groundingdino-py itself cannot be
+    installed beside transformers 5): ``models.build_model``, ``util.slconfig.SLConfig`` and
+    ``util.utils.clean_state_dict`` with the real signatures; the model returns random
+    ``pred_logits`` (1, Q, 256) and ``pred_boxes`` (1, Q, 4) and carries a real BERT tokenizer.
+    Returns a function that removes the stand-in again."""
+    import sys
+    import types
+
+    import torch
+    from transformers import BertTokenizer
+
+    class FakeDino(torch.nn.Module):
+        max_text_len = 256
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 256)
+            self.box = torch.nn.Linear(3, 4)
+            self.tokenizer = BertTokenizer(vocab_file=str(_bert_vocab(Path(tokenizer_folder))))
+
+        def forward(self, samples, captions):
+            g = torch.Generator().manual_seed(len(captions[0]))
+            feats = samples.mean(dim=(2, 3))[:, None, :] + torch.randn(1, num_queries, 3, generator=g)
+            return {"pred_logits": self.proj(feats) * 5, "pred_boxes": torch.sigmoid(self.box(feats)) * 0.5 + 0.25}
+
+    root = types.ModuleType("groundingdino")
+    models = types.ModuleType("groundingdino.models")
+    util = types.ModuleType("groundingdino.util")
+    slconfig = types.ModuleType("groundingdino.util.slconfig")
+    utils = types.ModuleType("groundingdino.util.utils")
+    models.build_model = lambda args: FakeDino()
+    slconfig.SLConfig = type("SLConfig", (), {"fromfile": staticmethod(lambda path: types.SimpleNamespace(path=path))})
+    utils.clean_state_dict = lambda state: state
+    mods = {
+        "groundingdino": root, "groundingdino.models": models, "groundingdino.util": util,
+        "groundingdino.util.slconfig": slconfig, "groundingdino.util.utils": utils,
+    }
+    saved = {k: sys.modules.get(k) for k in mods}
+    sys.modules.update(mods)
+
+    def uninstall() -> None:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+    return uninstall, FakeDino
+
+
+def build_fake_groundingdino_folder(folder: Path) -> Path:
+    """A folder shaped like the real detector's (``*.cfg.py`` + ``*.pth``) for the stand-in model."""
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "GroundingDINO_SwinT_OGC.cfg.py").write_text("batch_size = 1\nmodelname = 'groundingdino'\n")
+    _, FakeDino = install_fake_groundingdino(folder / "_tok")
+    torch.save({"model": FakeDino().state_dict()}, folder / "groundingdino_swint_ogc.pth")
+    return folder
