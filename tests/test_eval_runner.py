@@ -57,7 +57,12 @@ class FakeGrounder:
             m[4:12, x0:x1] = True
             masks.append(m)
             boxes.append([x0, 4, x1, 12])
-        return Segments(np.array(boxes, np.float32).reshape(-1, 4), np.array(masks).reshape(-1, frame.height, frame.width), np.full(len(names), 0.8), list(names))
+        return Segments(
+            np.array(boxes, np.float32).reshape(-1, 4),
+            np.array(masks).reshape(-1, frame.height, frame.width),
+            np.full(len(names), 0.8),
+            list(names),
+        )
 
     def ground(self, frame, phrases, box_threshold=None):
         self.calls += 1
@@ -96,7 +101,13 @@ class FakeScorer:
 
 def fake_toolset() -> Toolset:
     tagger, matcher = FakeTagger(), FakeMatcher()
-    return Toolset(tagger=tagger, grounder=FakeGrounder(), scorer=FakeScorer(tagger, matcher), matcher=matcher, vocabulary=["dog", "car", "person"])
+    return Toolset(
+        tagger=tagger,
+        grounder=FakeGrounder(),
+        scorer=FakeScorer(tagger, matcher),
+        matcher=matcher,
+        vocabulary=["dog", "car", "person"],
+    )
 
 
 @pytest.fixture
@@ -111,7 +122,17 @@ def settings():
 
 def test_run_writes_layout_scores_and_summary(s4, settings, tmp_path):
     out = tmp_path / "run"
-    summary = R.run_eval("avsbench-s4", s4, "test", "segment-all", out, settings, toolset=fake_toolset(), cache_dir=None, progress=False)
+    summary = R.run_eval(
+        "avsbench-s4",
+        s4,
+        "test",
+        "segment-all",
+        out,
+        settings,
+        toolset=fake_toolset(),
+        cache_dir=None,
+        progress=False,
+    )
     for i in range(1, 6):
         png = out / "masks" / "dog_barking" / "vid_a" / f"vid_a_{i}.png"
         assert png.is_file()
@@ -124,22 +145,70 @@ def test_run_writes_layout_scores_and_summary(s4, settings, tmp_path):
     assert summary["offscreen_empty"] == 1.0 and summary["n_visible"] == 2
     assert len(R.read_jsonl(out / "traces.jsonl")) == 3
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["strategy"] == "segment-all" and cfg["settings"]["profile"] == "lite" and cfg["settings_fingerprint"]
+    assert (
+        cfg["strategy"] == "segment-all"
+        and cfg["settings"]["profile"] == "lite"
+        and cfg["settings_fingerprint"]
+    )
     assert "| J |" in (out / "summary.md").read_text()
     assert json.loads((out / "summary.json").read_text())["J"] == pytest.approx(summary["J"])
 
 
 def test_existing_run_needs_resume_and_same_config(s4, settings, tmp_path):
     out = tmp_path / "run"
-    R.run_eval("avsbench-s4", s4, "test", "segment-all", out, settings, toolset=fake_toolset(), cache_dir=None, progress=False, limit=1)
+    R.run_eval(
+        "avsbench-s4",
+        s4,
+        "test",
+        "segment-all",
+        out,
+        settings,
+        toolset=fake_toolset(),
+        cache_dir=None,
+        progress=False,
+        limit=1,
+    )
     with pytest.raises(R.RunError, match="--resume"):
-        R.run_eval("avsbench-s4", s4, "test", "segment-all", out, settings, toolset=fake_toolset(), cache_dir=None, progress=False, limit=1)
+        R.run_eval(
+            "avsbench-s4",
+            s4,
+            "test",
+            "segment-all",
+            out,
+            settings,
+            toolset=fake_toolset(),
+            cache_dir=None,
+            progress=False,
+            limit=1,
+        )
     with pytest.raises(R.RunError, match="strategy"):
-        R.run_eval("avsbench-s4", s4, "test", "audio-cls", out, settings, toolset=fake_toolset(), cache_dir=None, progress=False, limit=1, resume=True)
+        R.run_eval(
+            "avsbench-s4",
+            s4,
+            "test",
+            "audio-cls",
+            out,
+            settings,
+            toolset=fake_toolset(),
+            cache_dir=None,
+            progress=False,
+            limit=1,
+            resume=True,
+        )
 
 
 def test_resume_after_crash_gives_same_result(s4, settings, tmp_path, monkeypatch):
-    full = R.run_eval("avsbench-s4", s4, "test", "audio-cls", tmp_path / "full", settings, toolset=fake_toolset(), cache_dir=None, progress=False)
+    full = R.run_eval(
+        "avsbench-s4",
+        s4,
+        "test",
+        "audio-cls",
+        tmp_path / "full",
+        settings,
+        toolset=fake_toolset(),
+        cache_dir=None,
+        progress=False,
+    )
 
     out = tmp_path / "crashed"
     real = R.solve_sample
@@ -153,26 +222,61 @@ def test_resume_after_crash_gives_same_result(s4, settings, tmp_path, monkeypatc
 
     monkeypatch.setattr(R, "solve_sample", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        R.run_eval("avsbench-s4", s4, "test", "audio-cls", out, settings, toolset=fake_toolset(), cache_dir=None, progress=False)
+        R.run_eval(
+            "avsbench-s4",
+            s4,
+            "test",
+            "audio-cls",
+            out,
+            settings,
+            toolset=fake_toolset(),
+            cache_dir=None,
+            progress=False,
+        )
     assert len(R.read_jsonl(out / "clips.jsonl")) == 2
     # a kill in the middle of writing a line leaves a torn line behind
     with open(out / "clips.jsonl", "a") as f:
         f.write('{"key": "siren/vid_c", "J": 0.')
     monkeypatch.setattr(R, "solve_sample", real)
     counting = fake_toolset()
-    resumed = R.run_eval("avsbench-s4", s4, "test", "audio-cls", out, settings, toolset=counting, cache_dir=None, progress=False, resume=True)
+    resumed = R.run_eval(
+        "avsbench-s4",
+        s4,
+        "test",
+        "audio-cls",
+        out,
+        settings,
+        toolset=counting,
+        cache_dir=None,
+        progress=False,
+        resume=True,
+    )
     assert counting.tagger.calls == 6  # only the unfinished clip ran (5 seconds + the whole clip)
     keys = [r["key"] for r in R.read_jsonl(out / "clips.jsonl")]
     assert keys == ["dog_barking/vid_a", "car_horn/vid_b", "siren/vid_c"]
     drop = ("run", "seconds_per_clip")
-    assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in full.items() if k not in drop}
+    assert {k: v for k, v in resumed.items() if k not in drop} == {
+        k: v for k, v in full.items() if k not in drop
+    }
 
 
 def test_rescore_from_masks_matches_run(s4, settings, tmp_path):
     out = tmp_path / "run"
-    first = R.run_eval("avsbench-s4", s4, "test", "segment-all", out, settings, toolset=fake_toolset(), cache_dir=None, progress=False)
+    first = R.run_eval(
+        "avsbench-s4",
+        s4,
+        "test",
+        "segment-all",
+        out,
+        settings,
+        toolset=fake_toolset(),
+        cache_dir=None,
+        progress=False,
+    )
     again = R.rescore(out)
-    assert again["J"] == pytest.approx(first["J"], abs=1e-12) and again["F"] == pytest.approx(first["F"], abs=1e-12)
+    assert again["J"] == pytest.approx(first["J"], abs=1e-12) and again["F"] == pytest.approx(
+        first["F"], abs=1e-12
+    )
 
 
 def _app() -> typer.Typer:
@@ -194,7 +298,9 @@ def test_score_command_agrees_with_official_port(s4, tmp_path):
         gt = sample.labels.masks().astype(np.uint8)
         js.append(port_mask_iou(pred, gt))
         fs.append(port_fmeasure(pred, gt))
-    res = CliRunner().invoke(_app(), ["score", str(pred_root), "--dataset", "avsbench-s4", "--root", str(s4), "--json"])
+    res = CliRunner().invoke(
+        _app(), ["score", str(pred_root), "--dataset", "avsbench-s4", "--root", str(s4), "--json"]
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["J"] == pytest.approx(np.mean(js), abs=1e-6)
@@ -206,27 +312,65 @@ def test_score_accepts_official_zero_based_names(s4, tmp_path):
     ds = D.load_dataset("avsbench-s4", s4, "test")
     for sample in ds:
         for i, m in enumerate(sample.labels.masks()):
-            p = tmp_path / "pred" / sample.labels.category / sample.labels.name / f"{sample.labels.name}_{i}.png"
+            p = (
+                tmp_path
+                / "pred"
+                / sample.labels.category
+                / sample.labels.name
+                / f"{sample.labels.name}_{i}.png"
+            )
             p.parent.mkdir(parents=True, exist_ok=True)
             __import__("PIL.Image").Image.fromarray(m.astype(np.uint8)).convert("P").save(p)
-    res = CliRunner().invoke(_app(), ["score", str(tmp_path / "pred"), "--dataset", "avsbench-s4", "--root", str(s4), "--json"])
+    res = CliRunner().invoke(
+        _app(), ["score", str(tmp_path / "pred"), "--dataset", "avsbench-s4", "--root", str(s4), "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["J"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_cli_user_errors(s4, tmp_path):
     app = _app()
-    res = CliRunner().invoke(app, ["score", str(tmp_path / "nothing"), "--dataset", "avsbench-s4", "--root", str(s4)])
+    res = CliRunner().invoke(
+        app, ["score", str(tmp_path / "nothing"), "--dataset", "avsbench-s4", "--root", str(s4)]
+    )
     assert isinstance(res.exception, UserError) and "nothing" in str(res.exception)
     res = CliRunner().invoke(app, ["score", str(tmp_path), "--dataset", "bogus", "--root", str(s4)])
     assert isinstance(res.exception, UserError) and "bogus" in str(res.exception)
-    res = CliRunner().invoke(app, ["eval", "--dataset", "avsbench-s4", "--root", str(s4), "--strategy", "nope", "--out", str(tmp_path / "r")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--dataset",
+            "avsbench-s4",
+            "--root",
+            str(s4),
+            "--strategy",
+            "nope",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert isinstance(res.exception, UserError) and "nope" in str(res.exception)
     # missing predictions: an error naming the file, or skipped and counted
     (tmp_path / "empty").mkdir()
-    res = CliRunner().invoke(app, ["score", str(tmp_path / "empty"), "--dataset", "avsbench-s4", "--root", str(s4)])
+    res = CliRunner().invoke(
+        app, ["score", str(tmp_path / "empty"), "--dataset", "avsbench-s4", "--root", str(s4)]
+    )
     assert isinstance(res.exception, UserError) and "vid_a_1.png" in str(res.exception)
-    res = CliRunner().invoke(app, ["score", str(tmp_path / "empty"), "--dataset", "avsbench-s4", "--root", str(s4), "--on-missing", "skip", "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "score",
+            str(tmp_path / "empty"),
+            "--dataset",
+            "avsbench-s4",
+            "--root",
+            str(s4),
+            "--on-missing",
+            "skip",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0 and len(json.loads(res.output)["skipped"]) == 3
 
 
@@ -234,7 +378,17 @@ def test_report_compares_runs(s4, settings, tmp_path):
     pytest.importorskip("matplotlib")
     runs = []
     for strat in ("segment-all", "audio-cls"):
-        R.run_eval("avsbench-s4", s4, "test", strat, tmp_path / strat, settings, toolset=fake_toolset(), cache_dir=None, progress=False)
+        R.run_eval(
+            "avsbench-s4",
+            s4,
+            "test",
+            strat,
+            tmp_path / strat,
+            settings,
+            toolset=fake_toolset(),
+            cache_dir=None,
+            progress=False,
+        )
         runs.append(str(tmp_path / strat))
     res = CliRunner().invoke(_app(), ["report", *runs, "--out", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output

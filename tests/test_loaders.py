@@ -87,7 +87,9 @@ def make_avss(root: Path) -> Path:
         w.writerow(["x", "s_1", 0, 0, "dog", "test", "v1s"])
         w.writerow(["y", "v2_1", 0, 0, "guitar", "test", "v2"])
         w.writerow(["z", "m_1", 0, 0, "car", "train", "v1m"])
-    (root / "label2idx.json").write_text(json.dumps({"background": 0, "dog": 1, "guitar": 2, **{f"c{i}": i for i in range(3, 71)}}))
+    (root / "label2idx.json").write_text(
+        json.dumps({"background": 0, "dog": 1, "guitar": 2, **{f"c{i}": i for i in range(3, 71)}})
+    )
     for subset, uid, n, cls in (("v1s", "s_1", 5, 1), ("v2", "v2_1", 10, 2)):
         folder = root / subset / uid
         write_wav(folder / "audio.wav", float(n))

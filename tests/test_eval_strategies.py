@@ -1,0 +1,95 @@
+"""Strategies over the fake toolset (fast) and the real lite tools on the dev set (slow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_eval_runner import fake_toolset
+from test_loaders import make_s4
+
+from agent.settings import load_settings
+from evals import datasets as D
+from evals.strategies import STRATEGIES, StrategyError, get_strategy
+from tools.types import Captions
+
+
+@pytest.fixture
+def clips(tmp_path):
+    ds = D.load_dataset("avsbench-s4", make_s4(tmp_path), "test")
+    return [s.inputs.load() for s in ds], ds
+
+
+@pytest.mark.parametrize("name", ["audio-cls", "vcap-acls", "openavs", "segment-all"])
+def test_baselines_find_the_sounding_object(name, clips):
+    settings = load_settings("lite")
+    (dog, car, siren), _ = clips
+    ts = fake_toolset()
+    a = get_strategy(name).solve(dog, ts, settings)
+    assert len(a.masks) == 5 and a.masks[0].shape == (16, 16)
+    assert a.labels == ["dog"] and a.visible
+    assert get_strategy(name).solve(car, ts, settings).labels == ["car"]
+    off = get_strategy(name).solve(siren, ts, settings)  # a siren: nothing visible makes it
+    assert not off.visible and off.labels == []
+    assert a.stats["strategy"] == name and a.trace
+
+
+def test_lite_vcap_says_where_visible_nouns_come_from(clips):
+    (dog, _, _), _ = clips
+    a = get_strategy("vcap-acls").solve(dog, fake_toolset(), load_settings("lite"))
+    assert a.stats["visible_nouns_from"] == "detect_all"
+
+
+def test_openavs_rules_translation_is_marked(clips):
+    (dog, _, _), _ = clips
+    a = get_strategy("openavs").solve(dog, fake_toolset(), load_settings("lite"))
+    assert a.stats["translation"] == "rules" and a.stats["llm_calls"] == 0
+
+
+def test_caption_strategies_need_an_audio_captioner(clips):
+    (dog, _, _), _ = clips
+    for name in ("audio-caption", "acap-vcls"):
+        with pytest.raises(StrategyError, match="audio captioner"):
+            get_strategy(name).solve(dog, fake_toolset(), load_settings("lite"))
+
+
+class FakeAudioCaptioner:
+    name = "fake-acap"
+
+    def caption(self, audio, prompts=None):
+        return [Captions(texts=["a dog is barking"], noun_phrases=["dog"]) for _ in audio]
+
+
+def test_caption_strategies_with_a_captioner(clips):
+    (dog, _, _), _ = clips
+    ts = fake_toolset()
+    ts.audio_captioner = FakeAudioCaptioner()
+    for name in ("audio-caption", "acap-vcls"):
+        assert get_strategy(name).solve(dog, ts, load_settings("lite")).labels == ["dog"]
+
+
+def test_only_the_oracle_gets_the_label(clips):
+    assert [s.name for s in STRATEGIES.values() if s.needs_label] == ["oracle-label"]
+    (_, car, _), _ = clips
+    a = get_strategy("oracle-label").solve(car, fake_toolset(), load_settings("lite"), label="car_horn")
+    assert a.labels == ["car"] and a.stats["oracle"]
+    with pytest.raises(StrategyError, match="unknown strategy"):
+        get_strategy("nope")
+
+
+@pytest.mark.slow
+def test_lite_strategies_on_dev_set(dev_set, tmp_path):
+    """Every lite strategy over all 40 dev clips; the agent leaves off-screen clips empty."""
+    from evals.runner import run_eval
+
+    settings = load_settings("lite")
+    cache = tmp_path / "cache"
+    out = {}
+    for name in ("segment-all", "vcap-acls", "audio-cls", "openavs", "agent"):
+        out[name] = run_eval(
+            "avsbench-s4", dev_set, "test", name, tmp_path / name, settings, cache_dir=cache, progress=False
+        )
+        assert out[name]["n_clips"] == 40
+    assert out["agent"]["offscreen_empty"] >= 0.8
+    assert out["segment-all"]["J_visible"] > 0.3
+    assert all(0.0 <= s["J"] <= 1.0 and 0.0 <= s["F"] <= 1.0 for s in out.values())
+    assert np.isclose(out["vcap-acls"]["J"], out["segment-all"]["J"])  # lite: same perception, same rule
