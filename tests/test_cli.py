@@ -1,0 +1,146 @@
+"""`avs-agent` end to end on the real dev clips (AVSBench S4 layout) and on bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from agent.cli import app
+from tests.conftest import dev_clip_paths
+from tests.media_factory import write_image, write_video, write_wav
+
+runner = CliRunner()
+
+
+def _iou(a, b):
+    u = np.logical_or(a, b).sum()
+    return 1.0 if u == 0 else np.logical_and(a, b).sum() / u
+
+
+@pytest.mark.parametrize("name", ["pets_great_pyrenees_178_bark_01", "davis_car_shadow_horn_01", "pets_great_pyrenees_180_bark_01"])
+def test_ask_masks_the_visible_source(tmp_path, dev_set, name):
+    frames, wav, gt_dir = dev_clip_paths(name)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["ask", str(frames), "--audio", str(wav), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["visible"] and data["labels"]
+    assert len(data["frames"]) == 5
+    ious = []
+    for i, fr in enumerate(data["frames"]):
+        mask = np.asarray(Image.open(out / fr["mask_file"]))
+        assert mask.shape == (224, 224) and set(np.unique(mask)) <= {0, 255}
+        assert (out / fr["overlay_file"]).is_file()
+        ious.append(_iou(mask > 0, np.asarray(Image.open(gt_dir / f"{name}_{i + 1}.png")) > 127))
+        assert set(fr) >= {"index", "time_s", "labels", "boxes", "scores", "mask_file"}
+    assert np.mean(ious) >= 0.5
+    saved = json.loads((out / "answer.json").read_text())
+    assert saved["answer"] == data["answer"] and saved["trace"]
+    assert {s["node"] for s in saved["trace"]} >= {"load", "perceive", "propose", "verify", "segment", "check", "answer"}
+
+
+@pytest.mark.parametrize("name", ["pets_bombay_182_siren_01", "davis_goat_chainsaw_01", "pets_maine_coon_204_bark_01"])
+def test_ask_leaves_masks_empty_when_the_source_is_off_screen(tmp_path, dev_set, name):
+    frames, wav, _ = dev_clip_paths(name)
+    res = runner.invoke(app, ["ask", str(frames), "--audio", str(wav), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "not visible" in res.stdout or "not recognised" in res.stdout
+    for i in range(1, 6):
+        assert not np.asarray(Image.open(tmp_path / "masks" / f"frame_{i:04d}.png")).any()
+
+
+def test_ask_on_a_real_video_file(tmp_path, dev_set):
+    """A dev clip turned into an mp4 (frames at 1 fps + its wav) behaves like the frame folder."""
+    import av
+
+    frames, wav, gt_dir = dev_clip_paths("pets_great_pyrenees_176_bark_01")
+    from tools.media import decode_audio
+
+    audio = decode_audio(wav)
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=1)
+        vs.width = vs.height = 224
+        vs.pix_fmt = "yuv420p"
+        as_ = out.add_stream("aac", rate=16000)
+        as_.layout = "mono"
+        for i in range(5):
+            img = np.asarray(Image.open(frames / f"pets_great_pyrenees_176_bark_01_{i + 1}.png").convert("RGB"))
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            for p in vs.encode(f):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+        resampler = av.AudioResampler(format=as_.codec_context.format.name, layout="mono", rate=16000)
+        for start in range(0, len(audio), 1024):
+            af = av.AudioFrame.from_ndarray(audio[None, start : start + 1024].copy(), format="flt", layout="mono")
+            af.sample_rate = 16000
+            af.pts = start
+            for conv in resampler.resample(af):
+                for p in as_.encode(conv):
+                    out.mux(p)
+        for p in as_.encode():
+            out.mux(p)
+    res = runner.invoke(app, ["ask", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["labels"] == ["dog"] and len(data["frames"]) == 5
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    corrupt = tmp_path / "broken.mp4"
+    corrupt.write_bytes(b"\x00" * 1000)
+    cases = [
+        ([str(tmp_path / "missing.mp4")], "media not found"),
+        ([str(corrupt)], "cannot"),
+        ([str(write_video(tmp_path / "mute.mp4", audio_rate=None))], "no audio track"),
+        ([str(write_image(tmp_path / "i.png")), "--audio", str(write_wav(tmp_path / "e.wav", 0.0))], "empty"),
+        ([str(tmp_path / "x.txt")], "not found"),
+        ([str(write_image(tmp_path / "j.png"))], "--audio"),
+        ([str(write_image(tmp_path / "k.png")), "--audio", str(write_wav(tmp_path / "a.wav", 1.0)), "--set", "agent.bogus=1"], "invalid setting"),
+    ]
+    (tmp_path / "y.xyz").write_text("x")
+    cases.append(([str(tmp_path / "y.xyz")], "unsupported media type"))
+    for args, needle in cases:
+        proc = _run("ask", *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("INFO:")]
+        assert len(lines) == 1 and needle in lines[0], (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_missing_models_dir_is_a_clear_error(tmp_path):
+    img, wav = write_image(tmp_path / "i.png"), write_wav(tmp_path / "a.wav", 1.0)
+    proc = _run("ask", str(img), "--audio", str(wav), "--set", f"models_dir={tmp_path}")
+    assert proc.returncode == 2 and "AVS_AGENT_MODELS_DIR" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_on_every_command():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    import typer
+
+    commands = list(typer.main.get_command(app).commands)
+    assert {"ask", "graph", "config"} <= set(commands)
+    for name in commands:
+        r = runner.invoke(app, [name, "--help"])
+        assert r.exit_code == 0 and "Usage" in r.output, name
+
+
+def test_graph_prints_mermaid():
+    res = runner.invoke(app, ["graph"])
+    assert res.exit_code == 0 and "retry" in res.stdout and "graph TD" in res.stdout
+
+
+def test_config_shows_cli_override():
+    res = runner.invoke(app, ["config", "--set", "agent.max_attempts=9"])
+    assert json.loads(res.stdout)["agent"]["max_attempts"] == 9
