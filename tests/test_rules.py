@@ -1,0 +1,80 @@
+"""The rules reasoner's decisions on hand-made inputs."""
+
+import numpy as np
+
+from agent.rules import RulesReasoner
+from agent.settings import AgentSettings
+from agent.state import Candidate, Choice
+from tools.types import AudioTags, Segments
+
+R = RulesReasoner(AgentSettings())
+
+
+def _seg(label, box, conf=0.9, h=20, w=20):
+    m = np.zeros((1, h, w), bool)
+    x0, y0, x1, y1 = box
+    m[0, y0:y1, x0:x1] = True
+    return Segments(xyxy=[box], mask=m, confidence=[conf], labels=[label])
+
+
+def test_source_labels_dedupe_and_threshold():
+    clip = AudioTags(start_s=0, end_s=2, labels=["Dog", "Bark", "Noise"], scores=[0.9, 0.5, 0.05])
+    frames = [AudioTags(start_s=0, end_s=1, labels=["Bark", "Speech"], scores=[0.8, 0.2])]
+    assert R.source_labels(frames, clip) == ["Dog", "Bark", "Speech"]
+
+
+def test_propose_floors_and_frame_consistency():
+    phrases = ["dog", "car", "person"]
+    # rows: frame 0, frame 1 (quiet second), whole clip
+    ev = np.array([[0.9, 0.05, 0.2], [0.1, 0.0, 0.0], [0.95, 0.1, 0.25]], np.float32)
+    out = R.propose(phrases, {}, ev, silent=[False, False])
+    assert [c.phrase for c in out[0]] == ["dog"]  # person 0.2 < 0.3 x 0.95: a side-sound, not the source
+    assert [c.phrase for c in out[1]] == ["dog"] and out[1][0].evidence == 0.475  # inherits half the clip's evidence
+    assert R.propose(phrases, {}, ev, silent=[True, True]) == [[], []]
+
+
+def test_verify_keeps_visible_and_prefers_prominent_among_ties():
+    cands = [Candidate(phrase="car", evidence=0.8), Candidate(phrase="motorcycle", evidence=0.8), Candidate(phrase="dog", evidence=0.9)]
+    found = {"car": _seg("car", (0, 0, 4, 4)), "motorcycle": _seg("motorcycle", (0, 0, 15, 15)), "dog": Segments.empty(20, 20)}
+    assert [c.phrase for c in R.verify(cands, found)] == ["motorcycle", "car"]
+    assert R.verify(cands, {"dog": Segments.empty(20, 20)}) == []
+
+
+def test_choose_adds_a_close_second_source_only_first_time():
+    vis = [Candidate(phrase="dog", evidence=0.9), Candidate(phrase="person", evidence=0.6), Candidate(phrase="car", evidence=0.2)]
+    assert R.choose(vis, 0) == ["dog", "person"]
+    assert R.choose(vis, 1) == ["person"]
+    assert R.choose(vis[:1] + vis[2:], 0) == ["dog"]  # car too weak to be a second source
+    assert R.choose(vis, 5) == []
+
+
+def test_instances_drop_small_background_copies():
+    m = np.zeros((3, 20, 20), bool)
+    m[0, :10, :10] = True  # big
+    m[1, :2, :2] = True  # tiny one far behind
+    m[2, 10:19, 10:19] = True  # similar size
+    seg = Segments(xyxy=np.zeros((3, 4)), mask=m, confidence=[0.9, 0.95, 0.8], labels=["p"] * 3)
+    assert len(R.instances(seg)) == 2
+
+
+def test_check_and_bounded_retry():
+    seg = _seg("dog", (0, 0, 10, 10))
+    ok, _ = R.check(seg.union(), seg)
+    assert ok
+    assert not R.check(np.zeros((20, 20), bool), Segments.empty(20, 20))[0]
+    assert not R.check(np.ones((20, 20), bool), seg)[0]
+    assert not R.check(seg.union(), _seg("dog", (0, 0, 10, 10), conf=0.1))[0]
+    vis = [Candidate(phrase="a", evidence=0.9), Candidate(phrase="b", evidence=0.8)]
+    nxt = R.retry(Choice(phrases=["a"], attempt=0, status="retry", reason="mask too small"), vis)
+    assert nxt.phrases == ["b"] and nxt.status == "pending"
+    done = R.retry(Choice(phrases=["b"], attempt=1, status="retry", reason="mask too small"), vis)
+    assert done.status == "failed" and "no attempts left" in done.reason
+
+
+def test_explanations_are_honest():
+    text = R.explain(["dog"], {"dog": [0, 1]}, 2, [("Bark", 0.9)], ["cat"], silent=False, failed=False)
+    assert text.startswith("The dog (in every frame) is making the sound") and "not visible: cat" in text
+    off = R.explain([], {}, 2, [("Siren", 0.8)], ["car"], silent=False, failed=False)
+    assert "not visible" in off and "empty" in off
+    assert "every segmentation attempt failed" in R.explain([], {}, 2, [], [], silent=False, failed=True)
+    assert "silent" in R.explain([], {}, 2, [], [], silent=True, failed=False)
