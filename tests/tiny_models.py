@@ -402,6 +402,9 @@ def build_fake_groundingdino_folder(folder: Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "GroundingDINO_SwinT_OGC.cfg.py").write_text("batch_size = 1\nmodelname = 'groundingdino'\n")
-    _, FakeDino = install_fake_groundingdino(folder / "_tok")
-    torch.save({"model": FakeDino().state_dict()}, folder / "groundingdino_swint_ogc.pth")
+    uninstall, FakeDino = install_fake_groundingdino(folder / "_tok")
+    try:
+        torch.save({"model": FakeDino().state_dict()}, folder / "groundingdino_swint_ogc.pth")
+    finally:
+        uninstall()
     return folder
