@@ -1,8 +1,10 @@
 """Benchmark: a second strategy over cached perception vs the first run (target >= 5x faster).
 
 Runs on the dev set (S4 layout, ``$AVS_AGENT_SHARED/data/davis_av_dev`` by default) with the lite
-profile. Models are loaded and warmed on one clip before timing, so the first run's time is
-perception + reasoning, not model loading. Pairs timed, each with a fresh cache folder:
+profile. Each pair gets a freshly built toolset (no tool's in-memory cache carries over) whose models
+are loaded and warmed on a synthetic clip (random pixels and noise, not a dev clip) before timing,
+so the first run's time is perception + reasoning, not model loading. Pairs timed, each with a fresh
+cache folder:
 
 * ``segment-all`` (cold cache) then ``vcap-acls`` (same perception calls in lite: detect_all + scorer);
 * ``agent`` (cold cache) then ``agent`` again into another run folder (e.g. another LLM backend
@@ -34,23 +36,35 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_eval_cache.json")
     args = ap.parse_args()
 
+    import numpy as np
+
     from agent.settings import load_settings
-    from agent.toolset import get_toolset
+    from agent.toolset import build_toolset
     from evals.datasets import load_dataset
     from evals.runner import run_eval
     from evals.strategies import get_strategy
     from tools.cache import cached_toolset, settings_fingerprint
+    from tools.media import _assemble
+    from tools.types import SAMPLE_RATE, Frame
 
     settings = load_settings("lite")
-    base = get_toolset(settings)
     ds = load_dataset("avsbench-s4", args.root, "test", limit=args.limit)
-    warm_clip = ds.samples[0].inputs.load()
-    for name in ("segment-all", "agent"):
-        get_strategy(name).solve(warm_clip, base, settings)  # load and warm every model (not timed)
+    rng = np.random.default_rng(0)
+    frames = [Frame(i, i + 0.5, rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)) for i in range(2)]
+    warm_clip = _assemble(
+        "warm-up",
+        frames,
+        (0.1 * rng.standard_normal(2 * SAMPLE_RATE)).astype(np.float32),
+        one_segment=False,
+        meta={},
+    )
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for first, second in (("segment-all", "vcap-acls"), ("agent", "agent")):
+            base = build_toolset(settings)
+            for name in ("segment-all", "agent"):
+                get_strategy(name).solve(warm_clip, base, settings)  # load and warm every model (not timed)
             cache = Path(tmp) / f"cache-{first}"
             times = {}
             for i, strat in enumerate((first, second)):
