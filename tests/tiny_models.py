@@ -198,8 +198,9 @@ def build_blip(folder: Path) -> Path:
     return folder
 
 
-def build_ast(folder: Path, num_labels: int = 527) -> Path:
-    """AST with AudioSet-sized output (527 labels named 'label_i' except a few real names)."""
+def build_ast(folder: Path, num_labels: int = 527, dominant: str | None = "Dog") -> Path:
+    """AST with AudioSet-sized output (527 labels named 'label_i' except a few real names); the
+    ``dominant`` label gets a large bias so it tops every clip's tags."""
     from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
 
     folder = Path(folder)
@@ -210,7 +211,13 @@ def build_ast(folder: Path, num_labels: int = 527) -> Path:
         frequency_stride=10, time_stride=10, max_length=100, num_mel_bins=128, id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
     )
-    ASTForAudioClassification(config).save_pretrained(folder)
+    model = ASTForAudioClassification(config)
+    if dominant is not None:  # make one label win, so the agent has something to look for
+        import torch
+
+        with torch.no_grad():
+            model.classifier.dense.bias[names.index(dominant)] = 8.0
+    model.save_pretrained(folder)
     ASTFeatureExtractor(max_length=100, num_mel_bins=128).save_pretrained(folder)
     return folder
 
