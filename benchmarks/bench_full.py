@@ -61,8 +61,15 @@ def sync(device: str) -> None:
 
 
 def save_grounding_dino(d: Path) -> Path:
-    from transformers import BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoProcessor
-    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+    from transformers import (
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+    )
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+        GroundingDinoImageProcessorPil,
+    )
 
     tok = BertTokenizer(vocab_file=str(tm._bert_vocab(d / "_tok")))
     GroundingDinoForObjectDetection(GroundingDinoConfig()).save_pretrained(d)  # Swin-T, 900 queries
@@ -92,8 +99,10 @@ def save_clap(d: Path) -> Path:
 
     vocab, merges = tm._byte_bpe(d / "_tok", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     ClapModel(ClapConfig()).save_pretrained(d)  # HTSAT-unfused + RoBERTa
-    ClapProcessor(feature_extractor=ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad"),
-                  tokenizer=RobertaTokenizer(vocab=str(vocab), merges=str(merges))).save_pretrained(d)
+    ClapProcessor(
+        feature_extractor=ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad"),
+        tokenizer=RobertaTokenizer(vocab=str(vocab), merges=str(merges)),
+    ).save_pretrained(d)
     return d
 
 
@@ -122,24 +131,43 @@ def save_clip(d: Path) -> Path:
 
     vocab, merges = tm._clip_bpe(d / "_tok")
     CLIPModel(CLIPConfig(vision_config={"patch_size": 32})).save_pretrained(d)  # ViT-B/32
-    CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=CLIPTokenizer(vocab=str(vocab), merges=str(merges))).save_pretrained(d)
+    CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(), tokenizer=CLIPTokenizer(vocab=str(vocab), merges=str(merges))
+    ).save_pretrained(d)
     return d
 
 
 def save_qwen2_audio(d: Path) -> Path:
     import torch
-    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, Qwen2Tokenizer, WhisperFeatureExtractor
+    from transformers import (
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        Qwen2Tokenizer,
+        WhisperFeatureExtractor,
+    )
 
     vocab, merges = tm._byte_bpe(d / "_tok", tm.QWEN_SPECIALS)
-    tok = Qwen2Tokenizer(vocab=str(vocab), merges=str(merges), unk_token=None, bos_token=None, eos_token="<|im_end|>",
-                         pad_token="<|endoftext|>", extra_special_tokens=tm.QWEN_SPECIALS[1:])
-    config = Qwen2AudioConfig(audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"))  # 7B text + Whisper-large encoder
+    tok = Qwen2Tokenizer(
+        vocab=str(vocab),
+        merges=str(merges),
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=tm.QWEN_SPECIALS[1:],
+    )
+    config = Qwen2AudioConfig(
+        audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>")
+    )  # 7B text + Whisper-large encoder
     torch.set_default_dtype(torch.bfloat16)
     try:
         Qwen2AudioForConditionalGeneration(config).save_pretrained(d)
     finally:
         torch.set_default_dtype(torch.float32)
-    Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok).save_pretrained(d)
+    Qwen2AudioProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok
+    ).save_pretrained(d)
     return d
 
 
@@ -179,19 +207,34 @@ def main() -> None:
             return hf.locate("bench", str(path), None, None)
 
         def record(name: str, load_s: float, first_s: float, warm_s: float, **extra) -> None:
-            results["tools"][name] = {"load_s": round(load_s, 3), "first_call_s": round(first_s, 3), "warm_call_s": round(warm_s, 3),
-                                      "peak_rss_gb_after": round(peak_gb(), 3), **extra}
-            print(f"{name:18s} load {load_s:6.2f}s  first {first_s:6.2f}s  warm {warm_s:6.3f}s  peak RSS {peak_gb():.2f} GB", flush=True)
+            results["tools"][name] = {
+                "load_s": round(load_s, 3),
+                "first_call_s": round(first_s, 3),
+                "warm_call_s": round(warm_s, 3),
+                "peak_rss_gb_after": round(peak_gb(), 3),
+                **extra,
+            }
+            print(
+                f"{name:18s} load {load_s:6.2f}s  first {first_s:6.2f}s  warm {warm_s:6.3f}s  peak RSS {peak_gb():.2f} GB",
+                flush=True,
+            )
 
         # Grounded-SAM and the embedding reuse
         from tools.grounded_sam import GroundedSam
 
         seg_dir = save_sam2(tmp / "sam2") if args.sam2 else save_sam(tmp / "sam")
-        g = GroundedSam(loc(save_grounding_dino(tmp / "gdino")), loc(seg_dir), top_k=3, box_threshold=0.0, text_threshold=0.0, options=opts)
+        g = GroundedSam(
+            loc(save_grounding_dino(tmp / "gdino")),
+            loc(seg_dir),
+            top_k=3,
+            box_threshold=0.0,
+            text_threshold=0.0,
+            options=opts,
+        )
         load_s, _ = timed(g.load)
         first, _ = timed(lambda: g.ground(frame, ["a dog"]))
         fresh_times, retry_phrase, retry_thr = [], [], []
-        for i in range(args.repeat):
+        for _ in range(args.repeat):
             f = Frame(0, 0.0, rng.integers(0, 255, (224, 224, 3), dtype=np.uint8), aspect=16 / 9)
             t, _ = timed(lambda f=f: (g.ground(f, ["a dog"]), sync(device)))
             fresh_times.append(t)
@@ -206,14 +249,26 @@ def main() -> None:
         enc_s, _ = timed(lambda: (g._embed(img), sync(device)), args.repeat)
         boxes = np.asarray([[10, 10, 120, 200]], np.float32)
         dec_s, _ = timed(lambda: (g._segment(img, frame_key(img), boxes), sync(device)), args.repeat)
-        fresh, rp, rt = float(np.median(fresh_times)), float(np.median(retry_phrase)), float(np.median(retry_thr))
+        fresh, rp, rt = (
+            float(np.median(fresh_times)),
+            float(np.median(retry_phrase)),
+            float(np.median(retry_thr)),
+        )
         record(
-            "grounded_sam", load_s, first, fresh,
+            "grounded_sam",
+            load_s,
+            first,
+            fresh,
             segmenter="sam2.1-hiera-tiny sizes" if args.sam2 else "sam-vit-base sizes",
-            fresh_frame_s=round(fresh, 3), retry_new_phrase_s=round(rp, 3), retry_lower_threshold_s=round(rt, 3),
-            retry_new_phrase_ratio=round(rp / fresh, 3), retry_lower_threshold_ratio=round(rt / fresh, 4),
-            sam_image_encoder_s=round(enc_s, 3), sam_mask_decoder_s=round(dec_s, 4),
-            target_retry_ratio=1 / 3, meets_retry_target=bool(rp / fresh <= 1 / 3),
+            fresh_frame_s=round(fresh, 3),
+            retry_new_phrase_s=round(rp, 3),
+            retry_lower_threshold_s=round(rt, 3),
+            retry_new_phrase_ratio=round(rp / fresh, 3),
+            retry_lower_threshold_ratio=round(rt / fresh, 4),
+            sam_image_encoder_s=round(enc_s, 3),
+            sam_mask_decoder_s=round(dec_s, 4),
+            target_retry_ratio=1 / 3,
+            meets_retry_target=bool(rp / fresh <= 1 / 3),
         )
 
         from tools.clap import ClapScorer
@@ -234,7 +289,9 @@ def main() -> None:
 
         from tools.blip_captioner import BlipCaptioner
 
-        b = BlipCaptioner(loc(save_blip(tmp / "blip")), options={**opts, "max_new_tokens": 20, "num_beams": 1})
+        b = BlipCaptioner(
+            loc(save_blip(tmp / "blip")), options={**opts, "max_new_tokens": 20, "num_beams": 1}
+        )
         b.nouns = lambda texts: [[] for _ in texts]  # random weights: no words to parse; spaCy timed below
         load_s, _ = timed(lambda: b._load())
         first, _ = timed(lambda: b.caption([frame]))
@@ -245,7 +302,9 @@ def main() -> None:
 
         n = NounPhraseExtractor()
         load_s, _ = timed(lambda: n._nlp())
-        warm, _ = timed(lambda: n(["a man playing an acoustic guitar on a stage next to a dog"] * 5), args.repeat)
+        warm, _ = timed(
+            lambda: n(["a man playing an acoustic guitar on a stage next to a dog"] * 5), args.repeat
+        )
         record("spacy", load_s, warm, warm, call="noun phrases of 5 captions")
 
         from tools.clip_check import ClipCropChecker
@@ -265,7 +324,10 @@ def main() -> None:
         if args.with_audio_captioner:
             from tools.audio_captioner import Qwen2AudioCaptioner
 
-            q = Qwen2AudioCaptioner(loc(save_qwen2_audio(tmp / "qwen2_audio")), options={**opts, "dtype": "bfloat16", "max_new_tokens": 10})
+            q = Qwen2AudioCaptioner(
+                loc(save_qwen2_audio(tmp / "qwen2_audio")),
+                options={**opts, "dtype": "bfloat16", "max_new_tokens": 10},
+            )
             import types
 
             q.nouns = types.SimpleNamespace(merged=lambda texts: [])
@@ -274,7 +336,9 @@ def main() -> None:
             record("qwen2_audio", load_s, first, first, call="5 s clip, 1 prompt, 10 new tokens, bf16")
             results["peak_rss_gb_with_audio_captioner"] = round(peak_gb(), 3)
         else:
-            results["tools"]["qwen2_audio"] = {"skipped": "7B model: about 16 GB in bfloat16; run with --with-audio-captioner (GPU)"}
+            results["tools"]["qwen2_audio"] = {
+                "skipped": "7B model: about 16 GB in bfloat16; run with --with-audio-captioner (GPU)"
+            }
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

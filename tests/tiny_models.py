@@ -70,23 +70,48 @@ def _clip_bpe(folder: Path) -> tuple[Path, Path]:
 
 
 def build_grounding_dino(folder: Path) -> Path:
-    from transformers import BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoProcessor
-    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+    from transformers import (
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+    )
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+        GroundingDinoImageProcessorPil,
+    )
 
     folder = Path(folder)
     tok = BertTokenizer(vocab_file=str(_bert_vocab(folder / "_tok")))
     config = GroundingDinoConfig(
         backbone_config=dict(
-            model_type="swin", embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
-            image_size=64, out_indices=[2, 3, 4],
+            model_type="swin",
+            embed_dim=8,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 1, 1],
+            window_size=4,
+            image_size=64,
+            out_indices=[2, 3, 4],
         ),
         text_config=dict(
-            model_type="bert", vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
-            num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+            model_type="bert",
+            vocab_size=tok.vocab_size,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
         ),
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=20, encoder_n_points=2,
-        decoder_n_points=2, max_text_len=64,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=20,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        max_text_len=64,
     )
     GroundingDinoForObjectDetection(config).save_pretrained(folder)
     image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96})
@@ -101,16 +126,27 @@ def build_sam(folder: Path) -> Path:
     folder = Path(folder)
     config = SamConfig(
         vision_config=dict(
-            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32, output_channels=16,
-            image_size=64, patch_size=16, global_attn_indexes=[0], window_size=2,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            mlp_dim=32,
+            output_channels=16,
+            image_size=64,
+            patch_size=16,
+            global_attn_indexes=[0],
+            window_size=2,
         ),
         prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=16),
+        mask_decoder_config=dict(
+            hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=16
+        ),
     )
     config.vision_config.num_pos_feats = 8
     SamModel(config).save_pretrained(folder)
     image_processor = SamImageProcessorPil(
-        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16},
+        size={"longest_edge": 64},
+        pad_size={"height": 64, "width": 64},
+        mask_size={"longest_edge": 16},
         mask_pad_size={"height": 16, "width": 16},
     )
     SamProcessor(image_processor=image_processor).save_pretrained(folder)
@@ -126,15 +162,25 @@ def build_sam2(folder: Path) -> Path:
     config = Sam2Config(
         vision_config=dict(
             backbone_config=dict(
-                model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1, blocks_per_stage=[1, 2, 1, 1],
-                embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
-                window_size_per_stage=[2, 2, 2, 2], global_attention_blocks=[2], image_size=[64, 64],
+                model_type="sam2_hiera_det_model",
+                hidden_size=8,
+                num_attention_heads=1,
+                blocks_per_stage=[1, 2, 1, 1],
+                embed_dim_per_stage=[8, 16, 32, 64],
+                num_attention_heads_per_stage=[1, 1, 1, 1],
+                window_size_per_stage=[2, 2, 2, 2],
+                global_attention_blocks=[2],
+                image_size=[64, 64],
                 window_positional_embedding_background_size=[2, 2],
             ),
-            backbone_channel_list=[64, 32, 16, 8], fpn_hidden_size=32, backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
+            backbone_channel_list=[64, 32, 16, 8],
+            fpn_hidden_size=32,
+            backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
         ),
         prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32),
+        mask_decoder_config=dict(
+            hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32
+        ),
     )
     Sam2Model(config).save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(
@@ -159,19 +205,39 @@ def build_clap(folder: Path) -> Path:
     tok = RobertaTokenizer(vocab=str(vocab), merges=str(merges))
     config = ClapConfig(
         text_config=dict(
-            vocab_size=tok.vocab_size + 8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-            intermediate_size=32, max_position_embeddings=80, projection_dim=16,
+            vocab_size=tok.vocab_size + 8,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=80,
+            projection_dim=16,
         ),
         audio_config=dict(
-            spec_size=128, patch_size=4, patch_stride=(4, 4), patch_embeds_hidden_size=8, hidden_size=16,
-            depths=[1, 1], num_attention_heads=[1, 1], window_size=4, num_mel_bins=64, projection_dim=16,
+            spec_size=128,
+            patch_size=4,
+            patch_stride=(4, 4),
+            patch_embeds_hidden_size=8,
+            hidden_size=16,
+            depths=[1, 1],
+            num_attention_heads=[1, 1],
+            window_size=4,
+            num_mel_bins=64,
+            projection_dim=16,
             enable_fusion=False,
         ),
         projection_dim=16,
     )
     ClapModel(config).save_pretrained(folder)
-    feature_extractor = ClapFeatureExtractor(feature_size=64, sampling_rate=48_000, hop_length=480, max_length_s=1, fft_window_size=1024,
-                                             truncation="rand_trunc", padding="repeatpad")
+    feature_extractor = ClapFeatureExtractor(
+        feature_size=64,
+        sampling_rate=48_000,
+        hop_length=480,
+        max_length_s=1,
+        fft_window_size=1024,
+        truncation="rand_trunc",
+        padding="repeatpad",
+    )
     ClapProcessor(feature_extractor=feature_extractor, tokenizer=tok).save_pretrained(folder)
     return folder
 
@@ -184,11 +250,26 @@ def build_blip(folder: Path) -> Path:
     tok = BertTokenizer(vocab_file=str(_bert_vocab(folder / "_tok")))
     tok.bos_token = "[CLS]"
     config = BlipConfig(
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         text_config=dict(
-            vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            encoder_hidden_size=16, max_position_embeddings=64, bos_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
+            vocab_size=tok.vocab_size,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            encoder_hidden_size=16,
+            max_position_embeddings=64,
+            bos_token_id=tok.cls_token_id,
+            sep_token_id=tok.sep_token_id,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.sep_token_id,
         ),
         projection_dim=16,
     )
@@ -207,8 +288,16 @@ def build_ast(folder: Path, num_labels: int = 527, dominant: str | None = "Dog")
     names = ["Speech", "Dog", "Guitar", "Piano", "Car", "Music", "Animal", "Vehicle"]
     id2label = {i: (names[i] if i < len(names) else f"label_{i}") for i in range(num_labels)}
     config = ASTConfig(
-        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, patch_size=16,
-        frequency_stride=10, time_stride=10, max_length=100, num_mel_bins=128, id2label=id2label,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        patch_size=16,
+        frequency_stride=10,
+        time_stride=10,
+        max_length=100,
+        num_mel_bins=128,
+        id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
     )
     model = ASTForAudioClassification(config)
@@ -231,11 +320,24 @@ def build_clip(folder: Path) -> Path:
     tok = CLIPTokenizer(vocab=str(vocab), merges=str(merges))
     config = CLIPConfig(
         text_config=dict(
-            vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-            num_attention_heads=2, max_position_embeddings=32,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            vocab_size=tok.vocab_size,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
         ),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     CLIPModel(config).save_pretrained(folder)
@@ -259,19 +361,35 @@ def build_qwen2_audio(folder: Path) -> Path:
     folder = Path(folder)
     vocab, merges = _byte_bpe(folder / "_tok", QWEN_SPECIALS)
     tok = Qwen2Tokenizer(
-        vocab=str(vocab), merges=str(merges), unk_token=None, bos_token=None, eos_token="<|im_end|>",
-        pad_token="<|endoftext|>", extra_special_tokens=QWEN_SPECIALS[1:],
+        vocab=str(vocab),
+        merges=str(merges),
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=QWEN_SPECIALS[1:],
     )
     audio_id = tok.convert_tokens_to_ids("<|AUDIO|>")
     config = Qwen2AudioConfig(
         audio_config=dict(
-            d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=128,
+            d_model=16,
+            encoder_layers=1,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            num_mel_bins=128,
             max_source_positions=1500,
         ),
         text_config=dict(
-            model_type="qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-            eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
+            model_type="qwen2",
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=2048,
+            eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+            pad_token_id=tok.pad_token_id,
         ),
         audio_token_index=audio_id,
     )
@@ -332,7 +450,11 @@ def register_tiny_sam_original() -> None:
 
     build_sam = import_segment_anything()
     build_sam.sam_model_registry[TINY_SAM_TYPE] = partial(
-        build_sam._build_sam, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=1, encoder_global_attn_indexes=[0]
+        build_sam._build_sam,
+        encoder_embed_dim=32,
+        encoder_depth=1,
+        encoder_num_heads=1,
+        encoder_global_attn_indexes=[0],
     )
 
 
@@ -375,7 +497,10 @@ def install_fake_groundingdino(tokenizer_folder: Path, num_queries: int = 12):
         def forward(self, samples, captions):
             g = torch.Generator().manual_seed(len(captions[0]))
             feats = samples.mean(dim=(2, 3))[:, None, :] + torch.randn(1, num_queries, 3, generator=g)
-            return {"pred_logits": self.proj(feats) * 5, "pred_boxes": torch.sigmoid(self.box(feats)) * 0.5 + 0.25}
+            return {
+                "pred_logits": self.proj(feats) * 5,
+                "pred_boxes": torch.sigmoid(self.box(feats)) * 0.5 + 0.25,
+            }
 
     root = types.ModuleType("groundingdino")
     models = types.ModuleType("groundingdino.models")
@@ -383,11 +508,16 @@ def install_fake_groundingdino(tokenizer_folder: Path, num_queries: int = 12):
     slconfig = types.ModuleType("groundingdino.util.slconfig")
     utils = types.ModuleType("groundingdino.util.utils")
     models.build_model = lambda args: FakeDino()
-    slconfig.SLConfig = type("SLConfig", (), {"fromfile": staticmethod(lambda path: types.SimpleNamespace(path=path))})
+    slconfig.SLConfig = type(
+        "SLConfig", (), {"fromfile": staticmethod(lambda path: types.SimpleNamespace(path=path))}
+    )
     utils.clean_state_dict = lambda state: state
     mods = {
-        "groundingdino": root, "groundingdino.models": models, "groundingdino.util": util,
-        "groundingdino.util.slconfig": slconfig, "groundingdino.util.utils": utils,
+        "groundingdino": root,
+        "groundingdino.models": models,
+        "groundingdino.util": util,
+        "groundingdino.util.slconfig": slconfig,
+        "groundingdino.util.utils": utils,
     }
     saved = {k: sys.modules.get(k) for k in mods}
     sys.modules.update(mods)

@@ -63,7 +63,11 @@ class AstTagger:
         """Tags per ``seconds`` of the clip, and for the whole clip."""
         hop = max(1, int(round(seconds * SAMPLE_RATE)))
         parts = [
-            AudioSegment(audio.start_s + i / SAMPLE_RATE, audio.start_s + min(i + hop, len(audio.waveform)) / SAMPLE_RATE, audio.waveform[i : i + hop])
+            AudioSegment(
+                audio.start_s + i / SAMPLE_RATE,
+                audio.start_s + min(i + hop, len(audio.waveform)) / SAMPLE_RATE,
+                audio.waveform[i : i + hop],
+            )
             for i in range(0, max(len(audio.waveform), 1), hop)
         ]
         tags = self.tag(parts + [audio])
@@ -102,12 +106,21 @@ class AstTagger:
                 out.append(logits.float().sigmoid().cpu().numpy())
         return np.concatenate(out)
 
-    def _postprocess(self, segments: list[AudioSegment], probs: np.ndarray, owner: np.ndarray) -> list[AudioTags]:
+    def _postprocess(
+        self, segments: list[AudioSegment], probs: np.ndarray, owner: np.ndarray
+    ) -> list[AudioTags]:
         labels = self.labels
         k = int(self.options.get("top_k", len(labels)))
         result = []
         for i, seg in enumerate(segments):
             p = probs[owner == i].max(axis=0)
             order = np.argsort(-p)[:k]
-            result.append(AudioTags(start_s=seg.start_s, end_s=seg.end_s, labels=[labels[j] for j in order], scores=[float(p[j]) for j in order]))
+            result.append(
+                AudioTags(
+                    start_s=seg.start_s,
+                    end_s=seg.end_s,
+                    labels=[labels[j] for j in order],
+                    scores=[float(p[j]) for j in order],
+                )
+            )
         return result

@@ -38,7 +38,12 @@ class Qwen2AudioCaptioner:
 
     name = "qwen2_audio"
 
-    def __init__(self, model: hf.Location, prompts: list[str] | tuple[str, ...] | None = None, options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model: hf.Location,
+        prompts: list[str] | tuple[str, ...] | None = None,
+        options: dict[str, Any] | None = None,
+    ):
         self.loc = model
         self.options = dict(options or {})
         self.prompts = list(prompts or self.options.get("prompts") or DEFAULT_PROMPTS)
@@ -54,7 +59,12 @@ class Qwen2AudioCaptioner:
 
             processor = hf.load_pretrained(AutoProcessor, self.loc, "Qwen2-Audio processor")
             processor.tokenizer.padding_side = "left"
-            model = hf.load_pretrained(Qwen2AudioForConditionalGeneration, self.loc, "Qwen2-Audio", dtype=hf.pick_dtype(self.options, self.device))
+            model = hf.load_pretrained(
+                Qwen2AudioForConditionalGeneration,
+                self.loc,
+                "Qwen2-Audio",
+                dtype=hf.pick_dtype(self.options, self.device),
+            )
             return model.to(self.device).eval(), processor
 
         return hf.cached(("qwen2_audio", self.loc.where, self.device, str(self.options.get("dtype"))), load)
@@ -80,16 +90,29 @@ class Qwen2AudioCaptioner:
     def _preprocess(self, segments: list[AudioSegment], prompts: list[str]) -> dict[str, Any]:
         _, processor = self._load()
         max_n = int(float(self.options.get("max_seconds", 30)) * SAMPLE_RATE)
-        waves = [s.waveform[:max_n] if len(s.waveform) else np.zeros(SAMPLE_RATE // 10, np.float32) for s in segments]
+        waves = [
+            s.waveform[:max_n] if len(s.waveform) else np.zeros(SAMPLE_RATE // 10, np.float32)
+            for s in segments
+        ]
         texts = [
             processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "audio", "audio_url": "segment.wav"}, {"type": "text", "text": p}]}],
+                [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "audio", "audio_url": "segment.wav"},
+                            {"type": "text", "text": p},
+                        ],
+                    }
+                ],
                 add_generation_prompt=True,
                 tokenize=False,
             )
             for p in prompts
         ]
-        return dict(processor(text=texts, audio=waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True))
+        return dict(
+            processor(text=texts, audio=waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
+        )
 
     def _forward(self, inputs: dict[str, Any]) -> list[str]:
         import torch
@@ -99,6 +122,8 @@ class Qwen2AudioCaptioner:
             moved = {k: v.to(self.device) for k, v in inputs.items()}
             if "input_features" in moved:
                 moved["input_features"] = moved["input_features"].to(model.dtype)
-            ids = model.generate(**moved, max_new_tokens=int(self.options.get("max_new_tokens", 40)), do_sample=False)
+            ids = model.generate(
+                **moved, max_new_tokens=int(self.options.get("max_new_tokens", 40)), do_sample=False
+            )
         new = ids[:, inputs["input_ids"].shape[1] :]
         return [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]

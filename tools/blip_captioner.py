@@ -34,7 +34,12 @@ DROP_POS = {"DET", "NUM", "PRON", "PUNCT", "CCONJ", "ADP", "PART", "SPACE", "AUX
 class NounPhraseExtractor:
     """Lemmatised noun phrases of short texts (spaCy noun chunks), generic nouns dropped."""
 
-    def __init__(self, model: str = DEFAULT_SPACY_MODEL, generic: frozenset[str] = GENERIC_NOUNS, add_heads: bool = True):
+    def __init__(
+        self,
+        model: str = DEFAULT_SPACY_MODEL,
+        generic: frozenset[str] = GENERIC_NOUNS,
+        add_heads: bool = True,
+    ):
         self.model = model
         self.generic = generic
         self.add_heads = add_heads
@@ -98,7 +103,12 @@ class BlipCaptioner:
 
     name = "blip"
 
-    def __init__(self, model: hf.Location, options: dict[str, Any] | None = None, nouns: NounPhraseExtractor | None = None):
+    def __init__(
+        self,
+        model: hf.Location,
+        options: dict[str, Any] | None = None,
+        nouns: NounPhraseExtractor | None = None,
+    ):
         self.loc = model
         self.options = dict(options or {})
         self.nouns = nouns or NounPhraseExtractor(str(self.options.get("spacy_model", DEFAULT_SPACY_MODEL)))
@@ -129,7 +139,10 @@ class BlipCaptioner:
         prompt = self.options.get("prompt")
         texts = [self._strip_prompt(t, prompt) for t in texts]
         phrases = self.nouns(texts)
-        return [Captions(texts=[t], noun_phrases=p, prompts=[prompt or ""]) for t, p in zip(texts, phrases, strict=True)]
+        return [
+            Captions(texts=[t], noun_phrases=p, prompts=[prompt or ""])
+            for t, p in zip(texts, phrases, strict=True)
+        ]
 
     def noun_phrases(self, frame: Frame) -> list[str]:
         """The noun phrases of one frame's caption (the grounder's ``detect_all`` uses this)."""

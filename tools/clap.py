@@ -69,7 +69,12 @@ class _ClapBase:
 
     name = "clap"
 
-    def __init__(self, templates: list[str] | tuple[str, ...] = DEFAULT_TEMPLATES, mode: str = "softmax", options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        templates: list[str] | tuple[str, ...] = DEFAULT_TEMPLATES,
+        mode: str = "softmax",
+        options: dict[str, Any] | None = None,
+    ):
         if mode not in ("softmax", "cosine"):
             raise ValueError(f"CLAP score mode must be 'softmax' or 'cosine', got {mode!r}")
         self.templates = tuple(templates)
@@ -115,7 +120,13 @@ class ClapScorer(_ClapBase):
 
     name = "clap"
 
-    def __init__(self, model: hf.Location, templates=DEFAULT_TEMPLATES, mode: str = "softmax", options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model: hf.Location,
+        templates=DEFAULT_TEMPLATES,
+        mode: str = "softmax",
+        options: dict[str, Any] | None = None,
+    ):
         super().__init__(templates, mode, options)
         self.loc = model
 
@@ -182,7 +193,13 @@ class LaionClapScorer(_ClapBase):
 
     name = "laion_clap"
 
-    def __init__(self, model: hf.Location, templates=DEFAULT_TEMPLATES, mode: str = "softmax", options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model: hf.Location,
+        templates=DEFAULT_TEMPLATES,
+        mode: str = "softmax",
+        options: dict[str, Any] | None = None,
+    ):
         super().__init__(templates, mode, options)
         self.loc = model
 
@@ -195,9 +212,13 @@ class LaionClapScorer(_ClapBase):
                 import laion_clap
             except ImportError as exc:
                 raise hf.not_found(
-                    self.loc, "laion-clap", "the laion-clap package is not installed (pip install laion-clap; it needs numpy<2)"
+                    self.loc,
+                    "laion-clap",
+                    "the laion-clap package is not installed (pip install laion-clap; it needs numpy<2)",
                 ) from exc
-            ckpt = hf.fetch_file(self.loc, str(self.options.get("filename", "630k-audioset-best.pt")), "laion-clap checkpoint")
+            ckpt = hf.fetch_file(
+                self.loc, str(self.options.get("filename", "630k-audioset-best.pt")), "laion-clap checkpoint"
+            )
             module = laion_clap.CLAP_Module(
                 enable_fusion=bool(self.options.get("enable_fusion", False)),
                 amodel=str(self.options.get("amodel", "HTSAT-tiny")),
@@ -231,4 +252,6 @@ class LaionClapScorer(_ClapBase):
         for i, w in enumerate(waves):
             batch[i, : len(w)] = w
         with torch.inference_mode():
-            return np.asarray(self._load().get_audio_embedding_from_data(x=batch, use_tensor=False), np.float32)
+            return np.asarray(
+                self._load().get_audio_embedding_from_data(x=batch, use_tensor=False), np.float32
+            )

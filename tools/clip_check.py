@@ -20,7 +20,9 @@ from tools.types import Frame
 DEFAULT_TEMPLATE = "a photo of a {x}"
 
 
-def square_crop(image: np.ndarray, mask: np.ndarray, margin: float = 1.0, blank_background: bool = False) -> np.ndarray | None:
+def square_crop(
+    image: np.ndarray, mask: np.ndarray, margin: float = 1.0, blank_background: bool = False
+) -> np.ndarray | None:
     """image: (H, W, 3) uint8, mask: (H, W) bool -> (S, S, 3) uint8 square crop centred on the mask's box,
     S = longer box side x margin; None for an empty mask."""
     ys, xs = np.nonzero(mask)

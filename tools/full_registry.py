@@ -16,26 +16,146 @@ from tools.errors import ConfigError
 # Objects that make sounds and can be seen: the AVSBench / AVSS classes plus common sound sources.
 OPEN_VOCABULARY: tuple[str, ...] = (
     # people
-    "man", "woman", "boy", "girl", "baby", "child", "person", "singer", "crowd",
+    "man",
+    "woman",
+    "boy",
+    "girl",
+    "baby",
+    "child",
+    "person",
+    "singer",
+    "crowd",
     # animals
-    "dog", "cat", "bird", "chicken", "rooster", "duck", "goose", "horse", "cow", "sheep", "goat", "pig",
-    "donkey", "lion", "tiger", "elephant", "wolf", "monkey", "frog", "owl", "parrot", "crow", "pigeon",
-    "seal", "whale", "dolphin", "bee", "insect", "mouse", "squirrel",
+    "dog",
+    "cat",
+    "bird",
+    "chicken",
+    "rooster",
+    "duck",
+    "goose",
+    "horse",
+    "cow",
+    "sheep",
+    "goat",
+    "pig",
+    "donkey",
+    "lion",
+    "tiger",
+    "elephant",
+    "wolf",
+    "monkey",
+    "frog",
+    "owl",
+    "parrot",
+    "crow",
+    "pigeon",
+    "seal",
+    "whale",
+    "dolphin",
+    "bee",
+    "insect",
+    "mouse",
+    "squirrel",
     # instruments
-    "guitar", "acoustic guitar", "electric guitar", "bass guitar", "ukulele", "banjo", "harp", "piano",
-    "keyboard", "organ", "accordion", "violin", "cello", "double bass", "flute", "clarinet", "saxophone",
-    "trumpet", "trombone", "tuba", "french horn", "harmonica", "bagpipes", "drum", "drum kit", "snare drum",
-    "tabla", "marimba", "xylophone", "glockenspiel", "cymbal", "gong", "bell", "tambourine", "erhu",
-    "guzheng", "pipa", "sitar", "microphone", "loudspeaker",
+    "guitar",
+    "acoustic guitar",
+    "electric guitar",
+    "bass guitar",
+    "ukulele",
+    "banjo",
+    "harp",
+    "piano",
+    "keyboard",
+    "organ",
+    "accordion",
+    "violin",
+    "cello",
+    "double bass",
+    "flute",
+    "clarinet",
+    "saxophone",
+    "trumpet",
+    "trombone",
+    "tuba",
+    "french horn",
+    "harmonica",
+    "bagpipes",
+    "drum",
+    "drum kit",
+    "snare drum",
+    "tabla",
+    "marimba",
+    "xylophone",
+    "glockenspiel",
+    "cymbal",
+    "gong",
+    "bell",
+    "tambourine",
+    "erhu",
+    "guzheng",
+    "pipa",
+    "sitar",
+    "microphone",
+    "loudspeaker",
     # vehicles and machines
-    "car", "race car", "truck", "bus", "ambulance", "fire truck", "police car", "motorcycle", "bicycle",
-    "train", "tram", "airplane", "helicopter", "boat", "ship", "tractor", "lawn mower", "chainsaw", "drill",
-    "hammer", "saw", "vacuum cleaner", "hair dryer", "blender", "washing machine", "sewing machine",
-    "fan", "engine", "siren", "horn",
+    "car",
+    "race car",
+    "truck",
+    "bus",
+    "ambulance",
+    "fire truck",
+    "police car",
+    "motorcycle",
+    "bicycle",
+    "train",
+    "tram",
+    "airplane",
+    "helicopter",
+    "boat",
+    "ship",
+    "tractor",
+    "lawn mower",
+    "chainsaw",
+    "drill",
+    "hammer",
+    "saw",
+    "vacuum cleaner",
+    "hair dryer",
+    "blender",
+    "washing machine",
+    "sewing machine",
+    "fan",
+    "engine",
+    "siren",
+    "horn",
     # household and other
-    "clock", "alarm clock", "phone", "telephone", "computer", "keyboard", "typewriter", "television",
-    "radio", "door", "toilet", "faucet", "water", "fountain", "waterfall", "fire", "fireworks", "gun",
-    "ball", "tennis racket", "whistle", "kettle", "pan", "cup", "glass", "toy", "robot",
+    "clock",
+    "alarm clock",
+    "phone",
+    "telephone",
+    "computer",
+    "keyboard",
+    "typewriter",
+    "television",
+    "radio",
+    "door",
+    "toilet",
+    "faucet",
+    "water",
+    "fountain",
+    "waterfall",
+    "fire",
+    "fireworks",
+    "gun",
+    "ball",
+    "tennis racket",
+    "whistle",
+    "kettle",
+    "pan",
+    "cup",
+    "glass",
+    "toy",
+    "robot",
 )
 
 
@@ -53,7 +173,9 @@ def _loc(settings: Any, key: str, spec: Any) -> hf.Location:
 def build_audio_tagger(settings: Any) -> Any:
     s = settings.tools.audio_tagger
     if s.impl != "ast":
-        raise ConfigError(f"tools.audio_tagger.impl '{s.impl}' is not a full-profile tagger (use ast or yamnet)")
+        raise ConfigError(
+            f"tools.audio_tagger.impl '{s.impl}' is not a full-profile tagger (use ast or yamnet)"
+        )
     from tools.ast_tagger import AstTagger
 
     return AstTagger(_loc(settings, "tools.audio_tagger.model", s.model))
@@ -80,7 +202,9 @@ def build_grounder(settings: Any) -> Any:
         from tools.grounded_sam_original import GroundedSamOriginal
 
         return GroundedSamOriginal(**kwargs)
-    raise ConfigError(f"tools.grounder.impl '{s.impl}' is not a full-profile grounder (use transformers or original)")
+    raise ConfigError(
+        f"tools.grounder.impl '{s.impl}' is not a full-profile grounder (use transformers or original)"
+    )
 
 
 def build_audio_text_scorer(settings: Any) -> Any:
@@ -97,7 +221,9 @@ def build_audio_text_scorer(settings: Any) -> Any:
         from tools.clap import LaionClapScorer
 
         return LaionClapScorer(loc, templates=templates, mode=mode, options=opts)
-    raise ConfigError(f"tools.audio_text_scorer.impl '{s.impl}' is unknown (use clap, laion_clap or tag_embedding)")
+    raise ConfigError(
+        f"tools.audio_text_scorer.impl '{s.impl}' is unknown (use clap, laion_clap or tag_embedding)"
+    )
 
 
 def build_audio_captioner(settings: Any) -> Any:
@@ -106,7 +232,9 @@ def build_audio_captioner(settings: Any) -> Any:
         raise ConfigError(f"tools.audio_captioner.impl '{s.impl}' is unknown (use qwen2_audio or none)")
     from tools.audio_captioner import Qwen2AudioCaptioner
 
-    return Qwen2AudioCaptioner(_loc(settings, "tools.audio_captioner.model", s.model), options=dict(s.options))
+    return Qwen2AudioCaptioner(
+        _loc(settings, "tools.audio_captioner.model", s.model), options=dict(s.options)
+    )
 
 
 def build_image_captioner(settings: Any) -> Any:
@@ -151,7 +279,10 @@ _CLASSES = {
     ("audio_tagger", "ast"): ("ASTForAudioClassification + AutoFeatureExtractor", "config.json"),
     ("grounder.detector", "transformers"): ("GroundingDinoForObjectDetection + AutoProcessor", "config.json"),
     ("grounder.segmenter", "transformers"): ("SamModel + SamProcessor | Sam2Model", "config.json"),
-    ("grounder.detector", "original"): ("groundingdino-py build_model (.cfg.py + .pth)", "groundingdino_swint_ogc.pth"),
+    ("grounder.detector", "original"): (
+        "groundingdino-py build_model (.cfg.py + .pth)",
+        "groundingdino_swint_ogc.pth",
+    ),
     ("grounder.segmenter", "original"): ("segment_anything sam_model_registry (.pth)", ""),
     ("audio_text_scorer", "clap"): ("ClapModel + ClapProcessor", "config.json"),
     ("audio_text_scorer", "laion_clap"): ("laion_clap.CLAP_Module (.pt)", "630k-audioset-best.pt"),
@@ -184,10 +315,32 @@ def model_entries(settings: Any) -> list[ModelEntry]:
             entries.append(ModelEntry(key, impl, loads, "", None, "(not set)", False, False))
             continue
         loc = hf.locate(key, spec.source, spec.revision, settings.models_dir)
-        entries.append(ModelEntry(key, impl, loads, spec.source, spec.revision, loc.where, loc.is_local, hf.available(loc, probe)))
+        entries.append(
+            ModelEntry(
+                key,
+                impl,
+                loads,
+                spec.source,
+                spec.revision,
+                loc.where,
+                loc.is_local,
+                hf.available(loc, probe),
+            )
+        )
     nouns = _spacy_model(settings)
     if nouns:
-        entries.append(ModelEntry("spacy (noun phrases)", "spacy", "spacy.load", nouns, None, "installed package", True, _spacy_available(nouns)))
+        entries.append(
+            ModelEntry(
+                "spacy (noun phrases)",
+                "spacy",
+                "spacy.load",
+                nouns,
+                None,
+                "installed package",
+                True,
+                _spacy_available(nouns),
+            )
+        )
     return entries
 
 

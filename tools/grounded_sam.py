@@ -81,7 +81,9 @@ def union_by_label(seg: Segments) -> Segments:
     items = []
     for label in dict.fromkeys(seg.labels):
         part = seg[np.asarray([lab == label for lab in seg.labels])]
-        xyxy = np.asarray([[part.xyxy[:, 0].min(), part.xyxy[:, 1].min(), part.xyxy[:, 2].max(), part.xyxy[:, 3].max()]])
+        xyxy = np.asarray(
+            [[part.xyxy[:, 0].min(), part.xyxy[:, 1].min(), part.xyxy[:, 2].max(), part.xyxy[:, 3].max()]]
+        )
         data = {k: [v[0]] for k, v in part.data.items()}
         data["n_boxes"] = [len(part)]
         items.append(Segments(xyxy, part.union()[None], [part.confidence.max()], [label], data))
@@ -221,7 +223,11 @@ class GroundedSam:
             processor = hf.load_pretrained(AutoProcessor, self.detector_loc, "GroundingDINO processor")
             model = hf.load_pretrained(GroundingDinoForObjectDetection, self.detector_loc, "GroundingDINO")
             model = model.to(self.device, dtype=hf.pick_dtype(self.options, self.device)).eval()
-            return model, processor, _FeatureCache(model.model.backbone, int(self.options.get("cache_frames", 8)))
+            return (
+                model,
+                processor,
+                _FeatureCache(model.model.backbone, int(self.options.get("cache_frames", 8))),
+            )
 
         return hf.cached(("grounding_dino", self.detector_loc.where, self.device), load)
 
@@ -307,7 +313,9 @@ class GroundedSam:
                 logits, pred_boxes = self._forward_detection(model, inputs)
             finally:
                 feature_cache.key = None
-            boxes, scores = _postprocess_detection(logits, pred_boxes, token_phrase, len(chunk), image.shape[:2])
+            boxes, scores = _postprocess_detection(
+                logits, pred_boxes, token_phrase, len(chunk), image.shape[:2]
+            )
             boxes_all.append(boxes)
             scores_all.append(scores)
         # Each chunk has its own queries: stack queries, phrase columns are block-diagonal.
@@ -321,7 +329,9 @@ class GroundedSam:
         return _Detection(np.concatenate(boxes_all).astype(np.float32), scores)
 
     @staticmethod
-    def _preprocess_detection(processor: Any, image: np.ndarray, phrases: list[str]) -> tuple[dict[str, Any], np.ndarray]:
+    def _preprocess_detection(
+        processor: Any, image: np.ndarray, phrases: list[str]
+    ) -> tuple[dict[str, Any], np.ndarray]:
         """Inputs for one text 'p1. p2.' and, per token, the index of its phrase (-1: none)."""
         text = ". ".join(phrases) + "."
         spans = phrase_spans(text, phrases)
@@ -347,7 +357,9 @@ class GroundedSam:
             out = model(**moved)
             return out.logits[0].float().sigmoid().cpu().numpy(), out.pred_boxes[0].float().cpu().numpy()
 
-    def _select(self, det: _Detection, phrases: list[str], thr: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def _select(
+        self, det: _Detection, phrases: list[str], thr: float
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         boxes, scores, labels = [], [], []
         for p, phrase in enumerate(phrases):
             s = det.scores[:, p]
@@ -383,7 +395,10 @@ class GroundedSam:
             sizes = {"original": inputs["original_sizes"], "reshaped": inputs["reshaped_input_sizes"]}
         else:
             pixel_values = _sam2_pixels(image, prep)
-            sizes = {"original": torch.tensor([image.shape[:2]]), "reshaped": torch.tensor([[prep["height"], prep["width"]]])}
+            sizes = {
+                "original": torch.tensor([image.shape[:2]]),
+                "reshaped": torch.tensor([[prep["height"], prep["width"]]]),
+            }
         with torch.inference_mode():
             emb = model.get_image_embeddings(pixel_values.to(self.device, dtype=model.dtype))
         return {"embedding": emb, **sizes}
@@ -407,7 +422,9 @@ class GroundedSam:
             )
             low_res = out.pred_masks.float().cpu()  # (1, n, 1, h, w) logits
         if kind == "sam":
-            masks = prep.image_processor.post_process_masks(low_res, cached["original"], cached["reshaped"])[0]
+            masks = prep.image_processor.post_process_masks(low_res, cached["original"], cached["reshaped"])[
+                0
+            ]
             return masks[:, 0].numpy().astype(bool)
         import torch.nn.functional as F
 
@@ -451,7 +468,9 @@ def _sam2_preprocessing(loc: hf.Location) -> dict[str, Any]:
     defaults (1024x1024, ImageNet mean/std)."""
     cfg: dict[str, Any] = {}
     try:
-        cfg = json.loads(hf.fetch_file(loc, "preprocessor_config.json", "SAM2 preprocessor config").read_text())
+        cfg = json.loads(
+            hf.fetch_file(loc, "preprocessor_config.json", "SAM2 preprocessor config").read_text()
+        )
     except Exception:  # noqa: BLE001 - the defaults are SAM2's own
         cfg = {}
     size = cfg.get("size") or {}
@@ -469,6 +488,10 @@ def _sam2_pixels(image: np.ndarray, prep: dict[str, Any]) -> Any:
     import torch
     from PIL import Image
 
-    resized = np.asarray(Image.fromarray(image).resize((prep["width"], prep["height"]), Image.Resampling.BILINEAR), np.float32)
-    x = (resized * prep["rescale"] - np.asarray(prep["mean"], np.float32)) / np.asarray(prep["std"], np.float32)
+    resized = np.asarray(
+        Image.fromarray(image).resize((prep["width"], prep["height"]), Image.Resampling.BILINEAR), np.float32
+    )
+    x = (resized * prep["rescale"] - np.asarray(prep["mean"], np.float32)) / np.asarray(
+        prep["std"], np.float32
+    )
     return torch.from_numpy(x.transpose(2, 0, 1)[None].copy())

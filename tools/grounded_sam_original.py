@@ -90,7 +90,9 @@ def dino_pixels(image: np.ndarray, shortest: int = 800, longest: int = 1333) -> 
     if max(h, w) * scale > longest:
         scale = longest / max(h, w)
     nh, nw = int(round(h * scale)), int(round(w * scale))
-    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR), np.float32) / 255.0
+    resized = (
+        np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR), np.float32) / 255.0
+    )
     return ((resized - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
 
 
@@ -134,7 +136,9 @@ class GroundedSamOriginal(GroundedSam):
             cfgs = sorted(loc.path.glob("*.py"))
             weights = sorted(loc.path.glob("*.pth"))
             if cfgs and weights:
-                return (loc.path / cfg_name if cfg_name else cfgs[0]), (loc.path / w_name if w_name else weights[0])
+                return (loc.path / cfg_name if cfg_name else cfgs[0]), (
+                    loc.path / w_name if w_name else weights[0]
+                )
         return (
             hf.fetch_file(loc, str(cfg_name or DINO_CONFIG), "GroundingDINO config"),
             hf.fetch_file(loc, str(w_name or DINO_WEIGHTS), "GroundingDINO weights"),
@@ -149,18 +153,29 @@ class GroundedSamOriginal(GroundedSam):
                     raise hf.not_found(loc, "segment-anything checkpoint", "no .pth file in the folder")
                 path = found[0]
             else:
-                path = hf.fetch_file(loc, str(self.options.get("sam_file", "sam_vit_b_01ec64.pth")), "segment-anything checkpoint")
+                path = hf.fetch_file(
+                    loc,
+                    str(self.options.get("sam_file", "sam_vit_b_01ec64.pth")),
+                    "segment-anything checkpoint",
+                )
             try:
                 build_sam = import_segment_anything()
             except ImportError as exc:
-                raise hf.not_found(loc, "segment-anything", f"cannot import segment_anything ({exc}); pip install segment-anything") from None
+                raise hf.not_found(
+                    loc,
+                    "segment-anything",
+                    f"cannot import segment_anything ({exc}); pip install segment-anything",
+                ) from None
             kind = str(self.options.get("sam_type") or sam_variant(path))
             if kind not in build_sam.sam_model_registry:
                 raise hf.not_found(loc, "segment-anything", f"unknown SAM type {kind!r}")
             sam = build_sam.sam_model_registry[kind](checkpoint=str(path))
             return "sam_original", sam.to(self.device).eval(), {"kind": kind}
 
-        return hf.cached(("segment_anything", self.segmenter_loc.where, self.device, str(self.options.get("sam_type"))), load)
+        return hf.cached(
+            ("segment_anything", self.segmenter_loc.where, self.device, str(self.options.get("sam_type"))),
+            load,
+        )
 
     # --- detection -------------------------------------------------------------------------------
     def _detect_uncached(self, image: np.ndarray, key: str, phrases: list[str]) -> _Detection:

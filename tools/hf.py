@@ -30,7 +30,9 @@ _TRUE = {"1", "true", "yes", "on"}
 
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, read now, not at import."""
-    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,9 @@ def locate(key: str, source: str, revision: str | None, models_dir: Path | str |
 def not_found(loc: Location, what: str, detail: str = "") -> ModelNotFoundError:
     offline = " (HF_HUB_OFFLINE is set)" if hub_offline() and not loc.is_local else ""
     why = f": {detail}" if detail else ""
-    return ModelNotFoundError(f"{what} for {loc.key} not found at {loc.where}{offline}{why}; {loc.how_to_get()}")
+    return ModelNotFoundError(
+        f"{what} for {loc.key} not found at {loc.where}{offline}{why}; {loc.how_to_get()}"
+    )
 
 
 def available(loc: Location, filename: str = "config.json") -> bool:
@@ -150,7 +154,9 @@ def fetch_file(loc: Location, filename: str, what: str) -> Path:
     except ImportError as exc:  # pragma: no cover
         raise not_found(loc, what, "huggingface_hub is not installed") from exc
     try:
-        return Path(hf_hub_download(loc.repo_id, filename, revision=loc.revision, local_files_only=hub_offline()))
+        return Path(
+            hf_hub_download(loc.repo_id, filename, revision=loc.revision, local_files_only=hub_offline())
+        )
     except Exception as exc:  # noqa: BLE001 - every hub failure here means 'not available'
         raise not_found(loc, what, _first_line(exc)) from None
 
@@ -158,12 +164,29 @@ def fetch_file(loc: Location, filename: str, what: str) -> Path:
 def _is_missing_files(exc: BaseException) -> bool:
     text = str(exc).lower()
     keys = (
-        "does not appear to have", "can't load", "cannot find", "couldn't connect", "not found",
-        "no such file", "is not a local folder", "we couldn't", "offline", "not a valid model identifier",
-        "repository not found", "local_files_only", "connection", "unrecognized model",
+        "does not appear to have",
+        "can't load",
+        "cannot find",
+        "couldn't connect",
+        "not found",
+        "no such file",
+        "is not a local folder",
+        "we couldn't",
+        "offline",
+        "not a valid model identifier",
+        "repository not found",
+        "local_files_only",
+        "connection",
+        "unrecognized model",
     )
     names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
-    hub_errors = {"LocalEntryNotFoundError", "RepositoryNotFoundError", "EntryNotFoundError", "RevisionNotFoundError", "GatedRepoError"}
+    hub_errors = {
+        "LocalEntryNotFoundError",
+        "RepositoryNotFoundError",
+        "EntryNotFoundError",
+        "RevisionNotFoundError",
+        "GatedRepoError",
+    }
     return bool(names & hub_errors) or any(k in text for k in keys)
 
 
