@@ -11,9 +11,10 @@ from typing import Literal
 import numpy as np
 from langgraph.runtime import Runtime
 
+from agent.llm import LLMReasoner
 from agent.rules import RulesReasoner
 from agent.settings import Settings
-from agent.state import AgentState, Choice
+from agent.state import AgentState, Candidate, Choice
 from agent.toolset import Toolset
 from tools.media import load_clip
 from tools.types import Answer, FrameResult, Segments, TraceStep
@@ -73,6 +74,40 @@ def perceive(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     return update
 
 
+def _merge(candidates: list[list]) -> list:
+    best: dict[str, object] = {}
+    for frame in candidates:
+        for c in frame:
+            if c.phrase not in best or c.evidence > best[c.phrase].evidence:
+                best[c.phrase] = c
+    return sorted(best.values(), key=lambda c: -c.evidence)
+
+
+def _prompt_data(state: AgentState, ctx: RunContext, frames: list, suggestions: list[tuple[str, float]] | None = None) -> dict[str, str]:
+    """The tool outputs an LLM prompt shows, as plain text lines (placed inside <data> by the template)."""
+    question = state.get("question") or ""
+    visible = []
+    captions = state.get("image_captions") or []
+    for frame in frames:
+        seen = ctx.toolset.grounder.detect_all(frame)
+        labels: dict[str, float] = {}
+        for lab, conf in zip(seen.labels, seen.confidence, strict=True):
+            labels[lab] = max(labels.get(lab, 0.0), float(conf))
+        line = f"frame {frame.index}: " + (", ".join(f"{k} {v:.2f}" for k, v in labels.items()) or "nothing detected")
+        if frame.index < len(captions):
+            line += f" | caption: {captions[frame.index].texts[:1]} nouns: {captions[frame.index].noun_phrases}"
+        visible.append(line)
+    audio_caps = state.get("audio_captions") or []
+    return {
+        "question_block": f"The person asked: {question!r}" if question else "",
+        "clip_tags": _fmt(state["clip_tags"].top(8)),
+        "frame_tags": "\n".join(f"second {i}: {_fmt(t.top(4))}" for i, t in enumerate(state["frame_tags"])),
+        "audio_captions": "\n".join(f"- {t}" for cap in audio_caps for t in cap.texts) or "(no audio captioner in this profile)",
+        "visible": "\n".join(visible),
+        "suggestions": ", ".join(f"{p}: {e:.2f}" for p, e in (suggestions or [])) or "none",
+    }
+
+
 def _fmt(pairs: list[tuple[str, float]]) -> str:
     return ", ".join(f"{label} {score:.2f}" for label, score in pairs) or "none"
 
@@ -99,10 +134,39 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         silent = [True] * len(silent)
     candidates = ctx.reasoner.propose(phrases, because, evidence, silent)
     steps = [_step("propose", f"sound sources considered: {', '.join(phrases) or 'none'}", t0, labels=labels, scorer=ctx.toolset.scorer.name)]
+    llm_stats: list[dict] = []
+    forced = state.get("force_phrases") or []
+    if forced:
+        scores = ctx.toolset.scorer.score([*clip.segments, clip.audio], forced)
+        candidates = [
+            [Candidate(phrase=p, evidence=round(float(max(scores[i, j], 0.5 * scores[-1, j])), 4), because=["asked"]) for j, p in enumerate(forced)]
+            for i in range(len(clip.frames))
+        ]
+        steps.append(TraceStep(node="propose", message=f"segmenting what the person asked for: {', '.join(forced)}"))
+    elif isinstance(ctx.reasoner, LLMReasoner):
+        t1 = time.perf_counter()
+        ctx.progress("asking the LLM")
+        data = _prompt_data(state, ctx, clip.frames, suggestions=[(c.phrase, c.evidence) for c in _merge(candidates)])
+        per_frame, not_visible, reasoning, llm_stats, error = ctx.reasoner.propose_llm(data, len(clip.frames))
+        if per_frame is None:
+            steps.append(_step("propose", f"LLM propose failed ({error}); the rules decided", t1, llm=ctx.reasoner.name))
+        else:
+            new_phrases = sorted({p for frame in per_frame for p in frame})
+            scores = ctx.toolset.scorer.score([*clip.segments, clip.audio], new_phrases) if new_phrases else np.zeros((len(clip.segments) + 1, 0))
+            candidates = []
+            for i, frame in enumerate(per_frame):
+                if silent[i]:
+                    candidates.append([])
+                    continue
+                ev = {p: float(max(scores[i, new_phrases.index(p)], 0.5 * scores[-1, new_phrases.index(p)])) for p in frame}
+                candidates.append(ctx.reasoner.candidates_from([frame], ev)[0])
+            steps.append(
+                _step("propose", f"LLM ({ctx.reasoner.name}) proposes: {reasoning}", t1, llm=ctx.reasoner.name, not_visible=not_visible, tokens=sum(s["tokens"] for s in llm_stats))
+            )
     for i, cands in enumerate(candidates):
         text = "silent" if silent[i] else (", ".join(f"{c.phrase} {c.evidence:.2f}" for c in cands) or "no candidate")
         steps.append(TraceStep(node="propose", frame=i, message=f"candidates: {text}"))
-    return {"candidates": candidates, "trace": steps}
+    return {"candidates": candidates, "trace": steps, "llm_stats": llm_stats}
 
 
 # ---------------------------------------------------------------------------------------------- verify
@@ -196,15 +260,37 @@ def retry(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     choices = list(state["choices"])
     masks = list(state["masks"])
     steps = []
+    llm_stats: list[dict] = []
+    decided: dict[int, str | None] = {}
+    failing = [i for i, c in enumerate(choices) if c.status == "retry"]
+    if isinstance(ctx.reasoner, LLMReasoner) and failing:
+        t0 = time.perf_counter()
+        clip = state["clip"]
+        failures = "\n".join(f"frame {i}: {', '.join(choices[i].phrases)} -> {choices[i].reason}; tried: {', '.join([*choices[i].tried, *choices[i].phrases])}" for i in failing)
+        data = _prompt_data(state, ctx, [clip.frames[i] for i in failing])
+        result, llm_stats, error = ctx.reasoner.retry_llm({"question_block": data["question_block"], "clip_tags": data["clip_tags"], "failures": failures, "visible": data["visible"]})
+        if result is None:
+            steps.append(_step("retry", f"LLM retry failed ({error}); the rules decided", t0, llm=ctx.reasoner.name))
+        else:
+            decided = {i: result.get(i) for i in failing}
+            steps.append(_step("retry", f"LLM ({ctx.reasoner.name}) retry phrases: {decided}", t0, llm=ctx.reasoner.name))
     for i, choice in enumerate(choices):
         if choice.status != "retry":
             continue
-        new = ctx.reasoner.retry(choice, state["visible"][i])
+        if i in decided:
+            phrase = decided[i]
+            tried = [*choice.tried, *choice.phrases]
+            if phrase and phrase not in tried and choice.attempt + 1 < ctx.settings.agent.max_attempts:
+                new = Choice(phrases=[phrase], attempt=choice.attempt + 1, tried=tried, status="pending", reason=f"LLM: retry with '{phrase}'")
+            else:
+                new = Choice(phrases=[], attempt=choice.attempt, tried=tried, status="failed", reason=f"{choice.reason}; the LLM gave up or repeated itself")
+        else:
+            new = ctx.reasoner.retry(choice, state["visible"][i])
         if new.status == "failed":
             masks[i] = np.zeros_like(masks[i])
         choices[i] = new
         steps.append(TraceStep(node="retry", frame=i, message=new.reason))
-    return {"choices": choices, "masks": masks, "trace": steps}
+    return {"choices": choices, "masks": masks, "trace": steps, "llm_stats": llm_stats}
 
 
 def route_after_retry(state: AgentState) -> Literal["segment", "answer"]:
@@ -247,5 +333,9 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         "reasoner": ctx.reasoner.name,
         "tools": {"tagger": ctx.toolset.tagger.name, "grounder": ctx.toolset.grounder.name, "scorer": ctx.toolset.scorer.name},
     }
-    result = Answer(question=state.get("question", ""), text=text, labels=found, frames=frames, masks=masks, trace=trace, stats=stats)
+    evidence = [
+        {"candidates": [[c.phrase, c.evidence] for c in cands], "visible": [c.phrase for c in vis]}
+        for cands, vis in zip(state["candidates"], state["visible"], strict=True)
+    ]
+    result = Answer(question=state.get("question", ""), text=text, labels=found, frames=frames, masks=masks, trace=trace, stats=stats, evidence=evidence)
     return {"answer": result, "masks": masks, "trace": [trace[-1]]}

@@ -136,8 +136,10 @@ class RulesReasoner:
     def retry(self, choice: Choice, visible: list[Candidate]) -> Choice:
         nxt = choice.attempt + 1
         if nxt >= self.config.max_attempts or nxt >= len(visible):
-            return Choice(phrases=[], attempt=choice.attempt, status="failed", reason=f"{choice.reason}; no attempts left")
-        return Choice(phrases=[visible[nxt].phrase], attempt=nxt, status="pending", reason=f"retry with '{visible[nxt].phrase}'")
+            return Choice(phrases=[], attempt=choice.attempt, tried=[*choice.tried, *choice.phrases], status="failed", reason=f"{choice.reason}; no attempts left")
+        return Choice(
+            phrases=[visible[nxt].phrase], attempt=nxt, tried=[*choice.tried, *choice.phrases], status="pending", reason=f"retry with '{visible[nxt].phrase}'"
+        )
 
     # ------------------------------------------------------------------ explain
     @staticmethod

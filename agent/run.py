@@ -7,7 +7,7 @@ from pathlib import Path
 
 from agent.graph import graph
 from agent.nodes import RunContext
-from agent.rules import RulesReasoner
+from agent.llm import make_reasoner
 from agent.settings import Settings
 from agent.toolset import Toolset, get_toolset
 from tools.types import Answer, Clip
@@ -19,7 +19,7 @@ def make_context(settings: Settings, toolset: Toolset | None = None, progress: C
     return RunContext(
         settings=settings,
         toolset=toolset or get_toolset(settings),
-        reasoner=RulesReasoner(settings.agent),
+        reasoner=make_reasoner(settings.agent, settings.llm),
         progress=progress or (lambda msg: None),
     )
 
@@ -43,10 +43,12 @@ def run_media(
     question: str = DEFAULT_QUESTION,
     toolset: Toolset | None = None,
     progress: Callable[[str], None] | None = None,
+    force_phrases: list[str] | None = None,
 ) -> tuple[Answer, Clip]:
-    """Load media and answer; returns the answer and the loaded clip (for overlays)."""
+    """Load media and answer; returns the answer and the loaded clip (for overlays). ``force_phrases``
+    replaces the proposal with objects the person named ("segment the car instead")."""
     state = graph.invoke(
-        {"question": question, "media": str(media), "audio_path": str(audio) if audio else None, "trace": []},
+        {"question": question, "media": str(media), "audio_path": str(audio) if audio else None, "trace": [], "force_phrases": force_phrases or []},
         context=make_context(settings, toolset, progress),
     )
     return state["answer"], state["clip"]

@@ -114,8 +114,11 @@ class LLMSettings(_Section):
     base_url: str | None = None
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (openai)")
     temperature: float = 0.0
-    timeout_s: float = 60.0
-    max_retries: int = 2
+    timeout_s: float = Field(60.0, description="seconds before one LLM request is abandoned")
+    max_retries: int = Field(2, description="retries with backoff on timeouts, 429 and 5xx before the rules decide")
+    structured_method: Literal["json_schema", "function_calling", "json_mode"] = Field(
+        "json_schema", description="how structured output is requested (response_format schema or a tool call)"
+    )
 
 
 class MediaSettings(_Section):

@@ -252,6 +252,8 @@ class Answer:
     masks: list[np.ndarray]
     trace: list[TraceStep]
     stats: dict[str, Any] = field(default_factory=dict)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    """Per frame: ``candidates`` [[phrase, audio evidence], ...] and ``visible`` [phrase, ...]."""
 
     def __post_init__(self) -> None:
         if len(self.masks) != len(self.frames):
@@ -278,5 +280,6 @@ class Answer:
             "visible": self.visible,
             "frames": frames,
             "stats": self.stats,
+            "evidence": self.evidence,
             "trace": [s.model_dump() for s in self.trace],
         }

@@ -1,0 +1,175 @@
+"""LLM backends and the LLM reasoner.
+
+``make_chat_model`` builds the configured chat model (``llm.backend``: openai — also any
+OpenAI-compatible server through ``llm.base_url`` — or ollama). ``LLMReasoner`` makes the propose and
+retry decisions with structured output (pydantic schemas below) and keeps every other decision of the
+rules. Any failure — timeout, HTTP error after the client's retries with backoff, an answer that does
+not parse even after one repair attempt — falls back to the rules for that decision, and the trace says
+why. Tool outputs reach the LLM only inside <data>...</data> (prompts/system.md).
+
+Cost: one call proposes for all frames of a clip; each retry round adds at most one call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from agent.prompts import load_prompt
+from agent.rules import RulesReasoner
+from agent.settings import AgentSettings, LLMSettings
+from agent.state import Candidate
+from tools.errors import ConfigError
+
+
+class FrameProposal(BaseModel):
+    frame: int = Field(description="frame index, 0-based")
+    sounding: list[str] = Field(default_factory=list, description="visible objects making the sound, best first")
+    not_visible: list[str] = Field(default_factory=list, description="sources the audio suggests that are not visible")
+
+
+class Proposal(BaseModel):
+    """The propose decision for all frames of a clip."""
+
+    frames: list[FrameProposal]
+    reasoning: str = ""
+
+
+class FrameRetry(BaseModel):
+    frame: int
+    phrase: str | None = Field(description="a new phrase to segment, or null to give up on this frame")
+    reason: str = ""
+
+
+class RetryDecision(BaseModel):
+    """The retry decision for the frames whose mask failed the check."""
+
+    frames: list[FrameRetry]
+
+
+def make_chat_model(llm: LLMSettings):
+    """The chat model for ``llm.backend``. Raises ConfigError for a missing API key (one line)."""
+    if llm.backend == "openai":
+        from langchain_openai import ChatOpenAI
+
+        key = os.environ.get(llm.api_key_env)
+        if not key:
+            if llm.base_url is None:
+                raise ConfigError(f"llm.backend=openai needs an API key: set {llm.api_key_env} (or llm.base_url for a local OpenAI-compatible server)")
+            key = "not-needed"  # local OpenAI-compatible servers usually accept any key
+        return ChatOpenAI(
+            model=llm.model,
+            base_url=llm.base_url,
+            api_key=key,
+            temperature=llm.temperature,
+            timeout=llm.timeout_s,
+            max_retries=llm.max_retries,  # the openai client retries 408/409/429/5xx and timeouts with backoff
+        )
+    if llm.backend == "ollama":
+        from langchain_ollama import ChatOllama
+
+        return ChatOllama(
+            model=llm.model,
+            base_url=llm.base_url or "http://127.0.0.1:11434",
+            temperature=llm.temperature,
+            client_kwargs={"timeout": llm.timeout_s},
+        )
+    raise ConfigError(f"llm.backend={llm.backend} has no chat model")
+
+
+def _retryable(exc: BaseException) -> bool:
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    if status is not None:
+        return status == 429 or status >= 500
+    return type(exc).__name__ in {"ConnectError", "ReadTimeout", "ConnectTimeout", "TimeoutException", "RemoteProtocolError"}
+
+
+class LLMReasoner(RulesReasoner):
+    """The rules, with propose and retry decided by an LLM (falling back to the rules on failure)."""
+
+    def __init__(self, config: AgentSettings, llm: LLMSettings, model: Any | None = None):
+        super().__init__(config)
+        self.llm = llm
+        self.model = model if model is not None else make_chat_model(llm)
+        self.name = f"{llm.backend}:{llm.model}"
+
+    # ------------------------------------------------------------------ calls
+    def _invoke(self, schema: type[BaseModel], user: str, node: str) -> tuple[BaseModel | None, list[dict], str]:
+        """One structured call, plus one repair call if the answer does not parse.
+
+        Returns (parsed or None, call stats, error text)."""
+        from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+        system = load_prompt("system")
+        messages: list = [SystemMessage(system.text), HumanMessage(user)]
+        runnable = self.model.with_structured_output(schema, method=self.llm.structured_method, include_raw=True)
+        if self.llm.backend == "ollama":  # ChatOpenAI retries inside the openai client; Ollama's client does not
+            runnable = runnable.with_retry(
+                retry_if_exception_type=(Exception,),
+                wait_exponential_jitter=True,
+                stop_after_attempt=self.llm.max_retries + 1,
+            )
+        stats: list[dict] = []
+        error = ""
+        for attempt in range(2):
+            t0 = time.perf_counter()
+            try:
+                out = runnable.invoke(messages)
+            except Exception as exc:  # network, timeout, HTTP status after retries, bad JSON from the server
+                stats.append({"node": node, "tokens": 0, "seconds": round(time.perf_counter() - t0, 3), "ok": False})
+                return None, stats, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            raw = out.get("raw")
+            usage = getattr(raw, "usage_metadata", None) or {}
+            parsed = out.get("parsed")
+            ok = parsed is not None and out.get("parsing_error") is None
+            stats.append({"node": node, "tokens": int(usage.get("total_tokens", 0)), "seconds": round(time.perf_counter() - t0, 3), "ok": ok})
+            if ok:
+                return parsed, stats, ""
+            error = f"unusable answer: {str(out.get('parsing_error'))[:200]}"
+            if attempt == 0:
+                content = getattr(raw, "content", "") or json.dumps(getattr(raw, "tool_calls", ""), default=str)
+                messages += [AIMessage(str(content)[:2000]), HumanMessage(f"That answer could not be used ({error}). Reply again with only the requested JSON structure.")]
+        return None, stats, error
+
+    # ------------------------------------------------------------------ decisions
+    def propose_llm(self, data: dict[str, str], n_frames: int) -> tuple[list[list[str]] | None, list[str], str, list[dict], str]:
+        """(sounding phrases per frame or None, not-visible phrases, reasoning, stats, error)."""
+        prompt = load_prompt("propose")
+        parsed, stats, error = self._invoke(Proposal, prompt.render(last_frame=n_frames - 1, **data), "propose")
+        if parsed is None:
+            return None, [], "", stats, error
+        per_frame: list[list[str]] = [[] for _ in range(n_frames)]
+        missing: list[str] = []
+        for fp in parsed.frames:
+            if 0 <= fp.frame < n_frames:
+                per_frame[fp.frame] = [_clean(p) for p in fp.sounding if _clean(p)][:2]
+                missing += [_clean(p) for p in fp.not_visible if _clean(p)]
+        return per_frame, sorted(set(missing)), parsed.reasoning, stats, ""
+
+    def retry_llm(self, data: dict[str, str]) -> tuple[dict[int, str | None] | None, list[dict], str]:
+        prompt = load_prompt("retry")
+        parsed, stats, error = self._invoke(RetryDecision, prompt.render(**data), "retry")
+        if parsed is None:
+            return None, stats, error
+        return {fr.frame: (_clean(fr.phrase) or None) if fr.phrase else None for fr in parsed.frames}, stats, ""
+
+    def candidates_from(self, phrases: list[list[str]], evidence: dict[str, float]) -> list[list[Candidate]]:
+        return [[Candidate(phrase=p, evidence=round(evidence.get(p, 0.0), 4), because=["llm"]) for p in frame] for frame in phrases]
+
+
+def _clean(phrase: str | None) -> str:
+    if not phrase:
+        return ""
+    p = " ".join(str(phrase).strip().strip(".").split()).lower()
+    for article in ("a ", "an ", "the "):
+        if p.startswith(article):
+            p = p[len(article) :]
+    return p[:60]
+
+
+def make_reasoner(agent: AgentSettings, llm: LLMSettings) -> RulesReasoner:
+    return RulesReasoner(agent) if llm.backend == "rules" else LLMReasoner(agent, llm)
