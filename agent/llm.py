@@ -81,11 +81,9 @@ def make_chat_model(llm: LLMSettings):
     raise ConfigError(f"llm.backend={llm.backend} has no chat model")
 
 
-def _retryable(exc: BaseException) -> bool:
-    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
-    if status is not None:
-        return status == 429 or status >= 500
-    return type(exc).__name__ in {"ConnectError", "ReadTimeout", "ConnectTimeout", "TimeoutException", "RemoteProtocolError"}
+def _is_parse_error(exc: BaseException) -> bool:
+    """The server answered, but not with the requested structure (worth one repair attempt)."""
+    return type(exc).__name__ in {"ValidationError", "JSONDecodeError", "OutputParserException", "LengthFinishReasonError"}
 
 
 class LLMReasoner(RulesReasoner):
@@ -119,9 +117,12 @@ class LLMReasoner(RulesReasoner):
             t0 = time.perf_counter()
             try:
                 out = runnable.invoke(messages)
-            except Exception as exc:  # network, timeout, HTTP status after retries, bad JSON from the server
-                stats.append({"node": node, "tokens": 0, "seconds": round(time.perf_counter() - t0, 3), "ok": False})
-                return None, stats, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            except Exception as exc:  # network, timeout, HTTP status after retries, or an answer the client could not parse
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+                if not _is_parse_error(exc):
+                    stats.append({"node": node, "tokens": 0, "seconds": round(time.perf_counter() - t0, 3), "ok": False})
+                    return None, stats, reason
+                out = {"raw": None, "parsed": None, "parsing_error": reason}
             raw = out.get("raw")
             usage = getattr(raw, "usage_metadata", None) or {}
             parsed = out.get("parsed")

@@ -1,0 +1,120 @@
+"""Local fake LLM servers speaking the OpenAI chat-completions and Ollama /api/chat protocols over real
+HTTP on 127.0.0.1, answering from a script. The real client classes (ChatOpenAI, ChatOllama) talk to them.
+
+Script items (used in order; the last one repeats):
+    {"json": obj}            answer with obj as the message content (structured output as JSON)
+    {"tool": obj}            answer with a tool call whose arguments are obj (function-calling structured output)
+    {"content": "text"}      answer with free text (garbage for structured output)
+    {"status": 429}          an HTTP error status
+    {"sleep": seconds}       wait before answering (to provoke client timeouts), then answer the next item
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeLLMServer:
+    def __init__(self, protocol: str, script: list[dict]):
+        assert protocol in ("openai", "ollama")
+        self.protocol = protocol
+        self.script = list(script)
+        self.requests: list[dict] = []
+        self._i = 0
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with server._lock:
+                    server.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+                    item = server._next()
+                if "sleep" in item:
+                    time.sleep(item["sleep"])
+                    with server._lock:
+                        item = server._next()
+                if "status" in item:
+                    payload = json.dumps({"error": {"message": "scripted error", "type": "rate_limit" if item["status"] == 429 else "server"}}).encode()
+                    self.send_response(item["status"])
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if server.protocol == "openai":
+                    self._openai(body, item)
+                else:
+                    self._ollama(body, item)
+
+            def _openai(self, body, item):
+                message: dict = {"role": "assistant", "content": None}
+                if "tool" in item:
+                    tools = body.get("tools") or [{"function": {"name": "answer"}}]
+                    message["tool_calls"] = [{"id": "call_1", "type": "function", "function": {"name": tools[0]["function"]["name"], "arguments": json.dumps(item["tool"])}}]
+                    finish = "tool_calls"
+                else:
+                    message["content"] = json.dumps(item["json"]) if "json" in item else item.get("content", "")
+                    finish = "stop"
+                payload = json.dumps(
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", "fake"),
+                        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+                        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _ollama(self, body, item):
+                if "tool" in item:
+                    message = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": (body.get("tools") or [{"function": {"name": "answer"}}])[0]["function"]["name"], "arguments": item["tool"]}}]}
+                else:
+                    message = {"role": "assistant", "content": json.dumps(item["json"]) if "json" in item else item.get("content", "")}
+                now = "2026-11-22T00:00:00Z"
+                final = {"model": body.get("model", "fake"), "created_at": now, "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop", "total_duration": 1, "prompt_eval_count": 90, "eval_count": 30}
+                if body.get("stream", True):
+                    lines = [{"model": body.get("model", "fake"), "created_at": now, "message": message, "done": False}, final]
+                    payload = "".join(json.dumps(x) + "\n" for x in lines).encode()
+                    ctype = "application/x-ndjson"
+                else:
+                    payload = json.dumps(final | {"message": message}).encode()
+                    ctype = "application/json"
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _next(self) -> dict:
+        item = self.script[min(self._i, len(self.script) - 1)]
+        self._i += 1
+        return item
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}" + ("/v1" if self.protocol == "openai" else "")
+
+    def __enter__(self) -> FakeLLMServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
