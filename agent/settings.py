@@ -139,6 +139,15 @@ class ServeSettings(_Section):
     max_request_mb: float = 64.0
     max_media_seconds: float = 600.0
     request_timeout_s: float = 120.0
+    client_retries: int = Field(3, description="remote backend: retries on connection errors and 503 (models loading)")
+    client_backoff_s: float = Field(0.5, description="remote backend: first retry delay, doubled per retry")
+    ray_replicas: int = Field(1, description="Ray Serve: replicas per tool deployment")
+    ray_gpus_per_replica: float = Field(0.0, description="Ray Serve: GPUs per replica (fractions share a GPU)")
+    ray_cpus_per_replica: float = Field(1.0, description="Ray Serve: CPUs reserved per replica")
+    ray_tool_options: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Ray Serve: per-tool overrides, e.g. {grounder: {replicas: 2, gpus: 1, cpus: 2}}",
+    )
 
 
 _yaml_layer: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("_yaml_layer", default={})

@@ -203,8 +203,8 @@ def client_from_settings(settings: Any) -> RemoteClient:
         settings.tools.backend,
         token=os.environ.get(TOKEN_ENV) or None,
         timeout_s=serve.request_timeout_s + 10.0,
-        retries=getattr(serve, "client_retries", 3),
-        backoff_s=getattr(serve, "client_backoff_s", 0.5),
+        retries=serve.client_retries,
+        backoff_s=serve.client_backoff_s,
     )
 
 
