@@ -1,0 +1,266 @@
+"""The web page (Gradio Blocks): upload a video (or an image and its audio), ask in a chat box, see every
+frame with the sounding object's mask drawn and named, the answer beside it, and the trace folded away.
+
+Each browser session holds one conversation thread (``agent.conversation.Conversation``), persisted in the
+same SQLite checkpointer as the terminal chat, so ``avs-agent chat --thread ID`` resumes it. Errors a
+person can cause (a file that is not media, an image without audio) are shown in the page in one line.
+The page binds to loopback unless told otherwise; ``avs-agent ui`` refuses a public address without auth.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from agent.settings import Settings
+from tools.errors import UserError
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machines: no phoning home
+
+TITLE = "avs-agent: what is making the sound?"
+EXAMPLE_QUESTION = "what is making the sound?"
+CSS = """
+#status p { margin: 0.2em 0; }
+#answer { min-height: 3em; }
+#trace pre { max-height: 420px; overflow: auto; font-size: 0.8em; }
+"""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_out_root(settings: Settings) -> Path:
+    return Path(settings.chat.checkpoint_path).expanduser().parent / "threads"
+
+
+def page_message(exc: Exception, uploads: dict[str, str]) -> str:
+    """A user error as one line for the page: upload paths shown by file name, CLI flags by what to do."""
+    text = str(exc)
+    for path, name in uploads.items():
+        text = text.replace(path, name)
+    text = text.replace("--audio FILE", "its audio file (Image + audio tab)").replace("with --audio", "with its audio file")
+    return text.replace("--audio", "the audio file")
+
+
+class ChatPage:
+    """The page's handlers, kept apart from the layout so they can be called without a browser."""
+
+    def __init__(self, settings: Settings, out_root: Path | None = None):
+        self.settings = settings
+        self.out_root = Path(out_root or default_out_root(settings)).expanduser()
+        self.out_root.mkdir(parents=True, exist_ok=True)
+        self._conversations: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def conversation(self, thread_id: str | None):
+        from agent.conversation import Conversation
+
+        with self._lock:
+            if thread_id is None or thread_id not in self._conversations:
+                conv = Conversation(self.settings, thread_id=thread_id, out_root=self.out_root)
+                self._conversations[conv.thread_id] = conv
+                return conv
+            return self._conversations[thread_id]
+
+    # -- media ---------------------------------------------------------------------------------------
+
+    def open_media(self, media: str | None, audio: str | None) -> tuple[str | None, str]:
+        """Open an upload in a new conversation: (thread id or None, a status line in Markdown)."""
+        if not media:
+            return None, "Upload a video, or an image and its audio."
+        uploads = {media: Path(media).name} | ({audio: Path(audio).name} if audio else {})
+        conv = self.conversation(None)
+        try:
+            conv.open(media, audio)
+        except UserError as exc:
+            return None, f"**Cannot use this upload:** {page_message(exc, uploads)}"
+        what = Path(media).name + (f" with {Path(audio).name}" if audio else "")
+        return conv.thread_id, (
+            f"Opened **{what}**. Ask, e.g. *{EXAMPLE_QUESTION}*  \n"
+            f"<small>conversation `{conv.thread_id}` (terminal: `avs-agent chat --thread {conv.thread_id}`)</small>"
+        )
+
+    # -- questions -----------------------------------------------------------------------------------
+
+    def ask(self, text: str, thread_id: str | None, progress=None) -> dict[str, Any]:
+        """Answer one question. Returns the reply text and, when masks are (re)computed or first shown,
+        the gallery items, the answer panel and the trace."""
+        text = (text or "").strip()
+        if not text:
+            return {"text": "Type a question, e.g. *what is making the sound?*"}
+        if thread_id is None:
+            return {"text": "Upload a video (or an image and its audio) first."}
+        conv = self.conversation(thread_id)
+        try:
+            reply = conv.ask(text, progress=progress)
+        except UserError as exc:
+            return {"text": f"Error: {exc}"}
+        out: dict[str, Any] = {"text": reply.text, "kind": reply.kind}
+        if reply.out_dir and reply.kind in ("analysis", "resegment"):
+            record = _read_answer(Path(reply.out_dir))
+            out["gallery"] = gallery_items(reply, record)
+            out["answer"] = answer_markdown(reply, record)
+            out["trace"] = trace_markdown(record)
+        return out
+
+
+def _read_answer(out_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out_dir / "answer.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def gallery_items(reply, record: dict[str, Any]) -> list[tuple[str, str]]:
+    """(overlay PNG path, caption) per frame: 'frame 1 · 0.0 s · dog'."""
+    frames = record.get("frames") or []
+    items = []
+    for i, path in enumerate(reply.overlays):
+        fr = frames[i] if i < len(frames) else {}
+        labels = ", ".join(fr.get("labels", [])) or "no visible source"
+        time = f" · {fr['time_s']:.1f} s" if "time_s" in fr else ""
+        items.append((path, f"frame {i + 1}{time} · {labels}"))
+    return items
+
+
+def answer_markdown(reply, record: dict[str, Any]) -> str:
+    labels = reply.labels or record.get("labels") or []
+    head = "### " + (", ".join(labels) if labels else "No visible object makes this sound")
+    lines = [head, reply.text]
+    frames = record.get("frames") or []
+    if frames:
+        rows = [f"| {fr['index'] + 1} | {fr['time_s']:.1f} | {', '.join(fr['labels']) or '-'} | {fr['mask_area'] * 100:.1f}% |" for fr in frames]
+        lines += ["", "| frame | s | object | mask |", "|---|---|---|---|", *rows]
+    if reply.out_dir:
+        lines += ["", f"<small>masks and overlays: `{reply.out_dir}`</small>"]
+    return "\n".join(lines)
+
+
+def trace_markdown(record: dict[str, Any]) -> str:
+    steps = record.get("trace") or []
+    if not steps:
+        return "No trace."
+    rows = []
+    for s in steps:
+        where = f"frame {s['frame'] + 1}" if s.get("frame") is not None else "clip"
+        rows.append(f"{s['node']:<8} {where:<9} {s['message']}")
+    stats = record.get("stats") or {}
+    tail = f"\n\nstats: {json.dumps(stats)}" if stats else ""
+    return "```text\n" + "\n".join(rows) + "\n```" + tail
+
+
+def build_app(settings: Settings, out_root: Path | None = None):
+    """The Blocks page. Returns (demo, page)."""
+    import gradio as gr
+
+    page = ChatPage(settings, out_root)
+
+    def on_video(video, thread):
+        if not video:
+            return thread, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        new_thread, status = page.open_media(video, None)
+        return new_thread, status, [], [], "", ""
+
+    def on_image(image, audio, thread):
+        if not image:
+            return thread, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        new_thread, status = page.open_media(image, audio)
+        if new_thread is None and not audio and Path(image).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}:
+            status = f"Now add the audio of **{Path(image).name}**."
+        return new_thread, status, [], [], "", ""
+
+    def on_submit(text, history):
+        text = (text or "").strip()
+        if not text:
+            return "", history
+        return "", [*history, {"role": "user", "content": text}]
+
+    def on_ask(history, thread, progress=gr.Progress()):
+        if not history or history[-1]["role"] != "user":
+            return history, gr.skip(), gr.skip(), gr.skip()
+        progress(0.0, desc="thinking")
+        result = page.ask(history[-1]["content"], thread, progress=lambda m: progress(None, desc=m))
+        history = [*history, {"role": "assistant", "content": result["text"]}]
+        if "gallery" not in result:
+            return history, gr.skip(), gr.skip(), gr.skip()
+        return history, result["gallery"], result["answer"], result["trace"]
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        thread = gr.State(None)
+        gr.Markdown(f"## {TITLE}\nUpload a video (or an image and its audio), then ask. Follow up: *why not the man?*, *segment the car instead*, *which seconds?*")
+        with gr.Row():
+            with gr.Column(scale=2):
+                with gr.Tabs():
+                    with gr.Tab("Video"):
+                        video = gr.Video(label="Video", sources=["upload"], elem_id="video", height=260)
+                    with gr.Tab("Image + audio"):
+                        image = gr.File(label="Image", elem_id="image", height=100)
+                        audio = gr.File(label="Its audio", elem_id="audio", height=100)
+                status = gr.Markdown("Upload a video, or an image and its audio.", elem_id="status")
+            with gr.Column(scale=3):
+                chat = gr.Chatbot(label="Conversation", elem_id="chat", height=320, buttons=["copy"])
+                with gr.Row():
+                    box = gr.Textbox(placeholder=EXAMPLE_QUESTION, show_label=False, elem_id="question", scale=5, submit_btn=False)
+                    send = gr.Button("Ask", variant="primary", elem_id="ask", scale=1, min_width=80)
+        with gr.Row():
+            with gr.Column(scale=3):
+                gallery = gr.Gallery(
+                    label="Frames: the sounding object masked in red and named", elem_id="overlays", columns=5, object_fit="contain", height="auto"
+                )
+            with gr.Column(scale=2):
+                answer = gr.Markdown(elem_id="answer")
+                with gr.Accordion("Trace: how the answer was reached", open=False, elem_id="trace-box"):
+                    trace = gr.Markdown(elem_id="trace")
+
+        media_outputs = [thread, status, chat, gallery, answer, trace]
+        video.change(on_video, [video, thread], media_outputs)
+        image.change(on_image, [image, audio, thread], media_outputs)
+        audio.change(on_image, [image, audio, thread], media_outputs)
+        ask_outputs = [chat, gallery, answer, trace]
+        for trigger in (box.submit, send.click):
+            trigger(on_submit, [box, chat], [box, chat], queue=False).then(on_ask, [chat, thread], ask_outputs)
+    return demo, page
+
+
+def launch(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: tuple[str, str] | None = None,
+    out_root: Path | None = None,
+    block: bool = True,
+):
+    """Serve the page. With ``block=False`` returns (demo, url) and keeps serving in a thread."""
+    import gradio as gr
+
+    demo, page = build_app(settings, out_root)
+    theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    try:
+        _, url, _ = demo.queue(default_concurrency_limit=1).launch(
+            server_name=host,
+            server_port=port,
+            auth=auth,
+            auth_message="avs-agent" if auth else None,
+            share=False,
+            ssr_mode=False,
+            allowed_paths=[str(page.out_root)],
+            max_file_size="1gb",
+            prevent_thread_lock=not block,
+            quiet=not block,
+            theme=theme,
+            css=CSS,
+            footer_links=[],
+        )
+    except OSError as exc:
+        raise UserError(f"cannot serve the page on {host}:{port}: {exc}") from None
+    return demo, url
