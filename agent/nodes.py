@@ -239,15 +239,25 @@ def segment(state: AgentState, runtime: Runtime[RunContext]) -> dict:
 def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     choices = list(state["choices"])
+    masks = list(state["masks"])
     steps = []
     for i, choice in enumerate(choices):
         if choice.status != "pending":
             continue
-        seg = Segments.concat([state["groundings"][i][p] for p in choice.phrases], *state["masks"][i].shape)
-        ok, why = ctx.reasoner.check(state["masks"][i], seg)
-        choices[i] = choice.model_copy(update={"status": "ok" if ok else "retry", "reason": why})
-        steps.append(TraceStep(node="check", frame=i, message=("ok: " if ok else "failed: ") + why))
-    return {"choices": choices, "trace": steps}
+        shape = state["masks"][i].shape
+        passed, reasons = [], []
+        for p in choice.phrases:  # each source is checked on its own mask
+            seg = ctx.reasoner.instances(state["groundings"][i][p])
+            ok, why = ctx.reasoner.check(seg.union() if len(seg) else np.zeros(shape, bool), seg)
+            reasons.append(f"{p}: {why}")
+            if ok:
+                passed.append(p)
+        if passed and len(passed) < len(choice.phrases):
+            keep = Segments.concat([ctx.reasoner.instances(state["groundings"][i][p]) for p in passed], *shape)
+            masks[i] = keep.union()
+        choices[i] = choice.model_copy(update={"status": "ok" if passed else "retry", "phrases": passed or choice.phrases, "reason": "; ".join(reasons)})
+        steps.append(TraceStep(node="check", frame=i, message=("ok: " if passed else "failed: ") + "; ".join(reasons)))
+    return {"choices": choices, "masks": masks, "trace": steps}
 
 
 def route_after_check(state: AgentState) -> Literal["retry", "answer"]:
