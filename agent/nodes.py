@@ -340,6 +340,8 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         "attempts": sum(c.attempt + 1 for c in state["choices"] if c.phrases or c.status == "failed"),
         "llm_calls": len(state.get("llm_stats", [])),
         "llm_tokens": sum(s.get("tokens", 0) for s in state.get("llm_stats", [])),
+        "llm_seconds": round(sum(s.get("seconds", 0.0) for s in state.get("llm_stats", [])), 3),
+        "llm": state.get("llm_stats", []),
         "reasoner": ctx.reasoner.name,
         "tools": {"tagger": ctx.toolset.tagger.name, "grounder": ctx.toolset.grounder.name, "scorer": ctx.toolset.scorer.name},
     }
