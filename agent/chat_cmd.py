@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -36,7 +36,9 @@ def describe_reply(reply: Reply) -> list[str]:
     lines = [reply.text]
     if reply.overlays and reply.kind != "followup":
         folder = Path(reply.overlays[0]).parent
-        lines.append(f"  overlays: {folder}/ ({len(reply.overlays)} PNG, frame with the mask tinted and the object named)")
+        lines.append(
+            f"  overlays: {folder}/ ({len(reply.overlays)} PNG, frame with the mask tinted and the object named)"
+        )
     if reply.masks and reply.kind != "followup":
         lines.append(f"  masks:    {Path(reply.masks[0]).parent}/ (0/255 PNG per frame)")
     if reply.out_dir and reply.kind in ("analysis", "resegment"):
@@ -58,7 +60,9 @@ def format_trace(conv: Conversation) -> list[str]:
 class ChatSession:
     """The terminal conversation's commands, apart from the input loop (so it can be driven directly)."""
 
-    def __init__(self, settings, thread_id: str | None, out_root: Path | None, echo: Callable[[str], None], status=None):
+    def __init__(
+        self, settings, thread_id: str | None, out_root: Path | None, echo: Callable[[str], None], status=None
+    ):
         self.settings = settings
         self.out_root = out_root
         self.echo = echo
@@ -82,11 +86,20 @@ class ChatSession:
                     who = "you" if t["role"] == "user" else "avs"
                     self.echo(f"  {who}: {t['text']}")
         else:
-            self.echo(f"Conversation {conv.thread_id} (resume it with: avs-agent chat --thread {conv.thread_id})")
+            self.echo(
+                f"Conversation {conv.thread_id} (resume it with: avs-agent chat --thread {conv.thread_id})"
+            )
         if conv.media:
-            self.echo(f"Media: {conv.media}")
+            audio = conv.state.get("audio")
+            self.echo(
+                f"Media: {conv.media}"
+                + (f" with {audio}" if audio else "")
+                + '. Ask, e.g. "what is making the sound?"'
+            )
         else:
-            self.echo("Open a video with /open PATH (an image needs its audio: /open IMAGE AUDIO). /help for more.")
+            self.echo(
+                "Open a video with /open PATH (an image needs its audio: /open IMAGE AUDIO). /help for more."
+            )
 
     def open(self, media: str, audio: str | None) -> bool:
         try:
@@ -94,7 +107,11 @@ class ChatSession:
         except UserError as exc:
             self.echo(f"error: {exc}")
             return False
-        self.echo(f"Opened {media}" + (f" with {audio}" if audio else "") + '. Ask, e.g. "what is making the sound?"')
+        self.echo(
+            f"Opened {media}"
+            + (f" with {audio}" if audio else "")
+            + '. Ask, e.g. "what is making the sound?"'
+        )
         return True
 
     def ask(self, text: str) -> None:
@@ -158,9 +175,16 @@ def _parse_auth(auth: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="lite (CPU, default) or full (GPU foundation models)")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file of settings (over the profile's)")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override any setting: --set llm.backend=openai (repeatable)")]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", help="lite (CPU, default) or full (GPU foundation models)")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="YAML file of settings (over the profile's)")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override any setting: --set llm.backend=openai (repeatable)"),
+]
 
 
 def _settings(profile: str | None, config: Path | None, overrides: list[str] | None):
@@ -177,11 +201,21 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def chat(
-        media: Annotated[Optional[str], typer.Argument(help="video, image (with --audio) or folder of frames (with --audio)")] = None,
-        audio: Annotated[Optional[str], typer.Option("--audio", help="audio file for an image or a folder of frames")] = None,
-        thread: Annotated[Optional[str], typer.Option("--thread", help="resume the conversation with this id")] = None,
+        media: Annotated[
+            str | None, typer.Argument(help="video, image (with --audio) or folder of frames (with --audio)")
+        ] = None,
+        audio: Annotated[
+            str | None, typer.Option("--audio", help="audio file for an image or a folder of frames")
+        ] = None,
+        thread: Annotated[
+            str | None, typer.Option("--thread", help="resume the conversation with this id")
+        ] = None,
         out: Annotated[
-            Optional[Path], typer.Option("--out", help="write each answer's masks and overlays under this folder (default beside the chat database)")
+            Path | None,
+            typer.Option(
+                "--out",
+                help="write each answer's masks and overlays under this folder (default beside the chat database)",
+            ),
         ] = None,
         profile: ProfileOpt = None,
         config: ConfigOpt = None,
@@ -189,13 +223,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Talk about a video in the terminal: ask what makes the sound, then follow up. /help inside lists the commands."""
         settings = _settings(profile, config, set_)
-        session = ChatSession(settings, thread, out, echo=typer.echo, status=lambda msg: err.status(msg, spinner="dots"))
-        session.greet(resumed=thread is not None)
+        session = ChatSession(
+            settings, thread, out, echo=typer.echo, status=lambda msg: err.status(msg, spinner="dots")
+        )
         if media is not None:
             session.conv.open(media, audio)  # a bad argument is a one-line error and exit 2, as for `ask`
-            typer.echo(f"Opened {media}" + (f" with {audio}" if audio else "") + '. Ask, e.g. "what is making the sound?"')
         elif audio is not None:
             raise UserError("--audio needs MEDIA (an image or a folder of frames)")
+        session.greet(resumed=thread is not None)
         while True:
             try:
                 line = input(PROMPT)
@@ -208,13 +243,23 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def ui(
-        host: Annotated[str, typer.Option("--host", help="address to bind; 127.0.0.1 keeps the page on this machine")] = "127.0.0.1",
+        host: Annotated[
+            str, typer.Option("--host", help="address to bind; 127.0.0.1 keeps the page on this machine")
+        ] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port", help="port of the page")] = 7860,
-        auth: Annotated[Optional[str], typer.Option("--auth", help="USER:PASSWORD required to open the page (needed off loopback)")] = None,
+        auth: Annotated[
+            str | None,
+            typer.Option("--auth", help="USER:PASSWORD required to open the page (needed off loopback)"),
+        ] = None,
         insecure_no_auth: Annotated[
             bool, typer.Option("--insecure-no-auth", help="allow a non-loopback --host without --auth")
         ] = False,
-        out: Annotated[Optional[Path], typer.Option("--out", help="folder for the masks and overlays (default beside the chat database)")] = None,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "--out", help="folder for the masks and overlays (default beside the chat database)"
+            ),
+        ] = None,
         profile: ProfileOpt = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
@@ -224,6 +269,8 @@ def register(app: typer.Typer) -> None:
 
         credentials = _parse_auth(auth)
         if not is_loopback(host) and credentials is None and not insecure_no_auth:
-            raise UserError(f"--host {host} exposes the page beyond this machine: give --auth USER:PASSWORD (or --insecure-no-auth)")
+            raise UserError(
+                f"--host {host} exposes the page beyond this machine: give --auth USER:PASSWORD (or --insecure-no-auth)"
+            )
         settings = _settings(profile, config, set_)
         launch(settings, host=host, port=port, auth=credentials, out_root=out)

@@ -48,7 +48,9 @@ def page_message(exc: Exception, uploads: dict[str, str]) -> str:
     text = str(exc)
     for path, name in uploads.items():
         text = text.replace(path, name)
-    text = text.replace("--audio FILE", "its audio file (Image + audio tab)").replace("with --audio", "with its audio file")
+    text = text.replace("--audio FILE", "its audio file (Image + audio tab)").replace(
+        "with --audio", "with its audio file"
+    )
     return text.replace("--audio", "the audio file")
 
 
@@ -139,7 +141,10 @@ def answer_markdown(reply, record: dict[str, Any]) -> str:
     lines = [head, reply.text]
     frames = record.get("frames") or []
     if frames:
-        rows = [f"| {fr['index'] + 1} | {fr['time_s']:.1f} | {', '.join(fr['labels']) or '-'} | {fr['mask_area'] * 100:.1f}% |" for fr in frames]
+        rows = [
+            f"| {fr['index'] + 1} | {fr['time_s']:.1f} | {', '.join(fr['labels']) or '-'} | {fr['mask_area'] * 100:.1f}% |"
+            for fr in frames
+        ]
         lines += ["", "| frame | s | object | mask |", "|---|---|---|---|", *rows]
     if reply.out_dir:
         lines += ["", f"<small>masks and overlays: `{reply.out_dir}`</small>"]
@@ -175,7 +180,11 @@ def build_app(settings: Settings, out_root: Path | None = None):
         if not image:
             return thread, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         new_thread, status = page.open_media(image, audio)
-        if new_thread is None and not audio and Path(image).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}:
+        if (
+            new_thread is None
+            and not audio
+            and Path(image).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+        ):
             status = f"Now add the audio of **{Path(image).name}**."
         return new_thread, status, [], [], "", ""
 
@@ -185,7 +194,7 @@ def build_app(settings: Settings, out_root: Path | None = None):
             return "", history
         return "", [*history, {"role": "user", "content": text}]
 
-    def on_ask(history, thread, progress=gr.Progress()):
+    def on_ask(history, thread, progress=gr.Progress()):  # noqa: B008 (gradio injects progress this way)
         if not history or history[-1]["role"] != "user":
             return history, gr.skip(), gr.skip(), gr.skip()
         progress(0.0, desc="thinking")
@@ -197,7 +206,9 @@ def build_app(settings: Settings, out_root: Path | None = None):
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         thread = gr.State(None)
-        gr.Markdown(f"## {TITLE}\nUpload a video (or an image and its audio), then ask. Follow up: *why not the man?*, *segment the car instead*, *which seconds?*")
+        gr.Markdown(
+            f"## {TITLE}\nUpload a video (or an image and its audio), then ask. Follow up: *why not the man?*, *segment the car instead*, *which seconds?*"
+        )
         with gr.Row():
             with gr.Column(scale=2):
                 with gr.Tabs():
@@ -210,12 +221,22 @@ def build_app(settings: Settings, out_root: Path | None = None):
             with gr.Column(scale=3):
                 chat = gr.Chatbot(label="Conversation", elem_id="chat", height=320, buttons=["copy"])
                 with gr.Row():
-                    box = gr.Textbox(placeholder=EXAMPLE_QUESTION, show_label=False, elem_id="question", scale=5, submit_btn=False)
+                    box = gr.Textbox(
+                        placeholder=EXAMPLE_QUESTION,
+                        show_label=False,
+                        elem_id="question",
+                        scale=5,
+                        submit_btn=False,
+                    )
                     send = gr.Button("Ask", variant="primary", elem_id="ask", scale=1, min_width=80)
         with gr.Row():
             with gr.Column(scale=3):
                 gallery = gr.Gallery(
-                    label="Frames: the sounding object masked in red and named", elem_id="overlays", columns=5, object_fit="contain", height="auto"
+                    label="Frames: the sounding object masked in red and named",
+                    elem_id="overlays",
+                    columns=5,
+                    object_fit="contain",
+                    height="auto",
                 )
             with gr.Column(scale=2):
                 answer = gr.Markdown(elem_id="answer")
@@ -228,7 +249,9 @@ def build_app(settings: Settings, out_root: Path | None = None):
         audio.change(on_image, [image, audio, thread], media_outputs)
         ask_outputs = [chat, gallery, answer, trace]
         for trigger in (box.submit, send.click):
-            trigger(on_submit, [box, chat], [box, chat], queue=False).then(on_ask, [chat, thread], ask_outputs)
+            trigger(on_submit, [box, chat], [box, chat], queue=False).then(
+                on_ask, [chat, thread], ask_outputs
+            )
     return demo, page
 
 
@@ -244,7 +267,9 @@ def launch(
     import gradio as gr
 
     demo, page = build_app(settings, out_root)
-    theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    theme = gr.themes.Soft(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
     try:
         _, url, _ = demo.queue(default_concurrency_limit=1).launch(
             server_name=host,
