@@ -7,7 +7,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,9 +23,16 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="lite (CPU, default) or full (GPU foundation models)")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file of settings (over the profile's)")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override any setting: --set llm.backend=openai (repeatable)")]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", help="lite (CPU, default) or full (GPU foundation models)")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="YAML file of settings (over the profile's)")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override any setting: --set llm.backend=openai (repeatable)"),
+]
 
 
 def settings_from(profile: str | None, config: Path | None, overrides: list[str] | None):
@@ -36,11 +43,19 @@ def settings_from(profile: str | None, config: Path | None, overrides: list[str]
 
 @app.command()
 def ask(
-    media: Annotated[Path, typer.Argument(help="video file, image file (with --audio), or folder of frames (with --audio)")],
-    audio: Annotated[Optional[Path], typer.Option("--audio", help="audio file for an image or a folder of frames")] = None,
-    question: Annotated[str, typer.Option("--question", "-q", help="what to ask")] = "What is making the sound?",
+    media: Annotated[
+        Path, typer.Argument(help="video file, image file (with --audio), or folder of frames (with --audio)")
+    ],
+    audio: Annotated[
+        Path | None, typer.Option("--audio", help="audio file for an image or a folder of frames")
+    ] = None,
+    question: Annotated[
+        str, typer.Option("--question", "-q", help="what to ask")
+    ] = "What is making the sound?",
     profile: ProfileOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="write answer.json, masks/ and overlays/ here")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write answer.json, masks/ and overlays/ here")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON on stdout")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -51,7 +66,9 @@ def ask(
 
     settings = settings_from(profile, config, set_)
     with err.status("starting", spinner="dots") as status:
-        answer, clip = run_media(media, settings, audio=audio, question=question, progress=lambda m: status.update(m))
+        answer, clip = run_media(
+            media, settings, audio=audio, question=question, progress=lambda m: status.update(m)
+        )
     files = write_outputs(answer, clip, out) if out else None
     if as_json:
         typer.echo(json.dumps(answer_json(answer, files), indent=2))
@@ -59,7 +76,9 @@ def ask(
     typer.echo(answer.text)
     for fr in answer.frames:
         what = ", ".join(fr.labels) or "-"
-        typer.echo(f"  frame {fr.index + 1} ({fr.time_s:.1f} s): {what}  mask {fr.mask_area * 100:.1f}% of the frame")
+        typer.echo(
+            f"  frame {fr.index + 1} ({fr.time_s:.1f} s): {what}  mask {fr.mask_area * 100:.1f}% of the frame"
+        )
     if out:
         typer.echo(f"masks, overlays and answer.json written to {out}")
 

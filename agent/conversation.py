@@ -63,8 +63,14 @@ class ChatContext:
     progress: Callable[[str], None] = field(default=lambda m: None)
 
 
-_RESEGMENT = re.compile(r"^(?:please\s+)?(?:segment|mask|show(?: me)?|highlight|find|outline)\s+(?:the\s+|a\s+|an\s+)?(?P<x>[\w\s-]+?)(?:\s+instead)?\s*[.!?]*$", re.I)
-_WHY_NOT = re.compile(r"^(?:but\s+)?(?:why\s+not|what\s+about|and|is\s+it|isn't\s+it|could\s+it\s+be)\s+(?:the\s+|a\s+|an\s+)?(?P<x>[\w\s-]+?)\s*\??$", re.I)
+_RESEGMENT = re.compile(
+    r"^(?:please\s+)?(?:segment|mask|show(?: me)?|highlight|find|outline)\s+(?:the\s+|a\s+|an\s+)?(?P<x>[\w\s-]+?)(?:\s+instead)?\s*[.!?]*$",
+    re.I,
+)
+_WHY_NOT = re.compile(
+    r"^(?:but\s+)?(?:why\s+not|what\s+about|and|is\s+it|isn't\s+it|could\s+it\s+be)\s+(?:the\s+|a\s+|an\s+)?(?P<x>[\w\s-]+?)\s*\??$",
+    re.I,
+)
 _WHEN = re.compile(r"\b(which|what)\s+(seconds?|frames?|times?)\b|\bwhen\b", re.I)
 _WHY = re.compile(r"^\s*(why|how do you know|explain)\b", re.I)
 
@@ -115,20 +121,36 @@ def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
         out = ctx.out_root / ctx.thread_id / f"turn_{n:03d}"
         ctx.progress("analysing" if intent == "new" else f"segmenting {obj}")
         answer, clip = run_media(
-            state["media"], ctx.settings, audio=state.get("audio"), question=text, progress=ctx.progress, force_phrases=[obj] if obj else None
+            state["media"],
+            ctx.settings,
+            audio=state.get("audio"),
+            question=text,
+            progress=ctx.progress,
+            force_phrases=[obj] if obj else None,
         )
         files = write_outputs(answer, clip, out)
         record = answer.to_dict(files["masks"], files["overlays"]) | {"out_dir": str(out)}
         if intent == "resegment":
             found = [i for i, fr in enumerate(answer.frames) if fr.labels]
-            msg = f"Here is the {obj}, found in frames {_frames_text(found)}." if found else f"I could not find a {obj} in the frames; the masks are empty."
+            msg = (
+                f"Here is the {obj}, found in frames {_frames_text(found)}."
+                if found
+                else f"I could not find a {obj} in the frames; the masks are empty."
+            )
             previous = ", ".join(result.get("labels", [])) if result else ""
             if previous and obj not in result.get("labels", []):
                 msg += f" (By the sound, I had found: {previous}.)"
             kind = "resegment"
         else:
             msg, kind = answer.text, "analysis"
-        reply = Reply(text=msg, labels=answer.labels, overlays=[str(out / f) for f in files["overlays"]], masks=[str(out / f) for f in files["masks"]], out_dir=str(out), kind=kind)
+        reply = Reply(
+            text=msg,
+            labels=answer.labels,
+            overlays=[str(out / f) for f in files["overlays"]],
+            masks=[str(out / f) for f in files["masks"]],
+            out_dir=str(out),
+            kind=kind,
+        )
         update = {"result": record if intent == "new" else result | {"resegmented": record}, "analyses": n}
     else:
         reply = _followup(intent, obj, text, result, state, ctx)
@@ -136,14 +158,28 @@ def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
     return update
 
 
-def _followup(intent: str, obj: str | None, text: str, result: dict, state: ChatState, ctx: ChatContext) -> Reply:
+def _followup(
+    intent: str, obj: str | None, text: str, result: dict, state: ChatState, ctx: ChatContext
+) -> Reply:
     out = result.get("out_dir")
-    base = dict(labels=result.get("labels", []), overlays=[str(Path(out) / f["overlay_file"]) for f in result["frames"]], masks=[str(Path(out) / f["mask_file"]) for f in result["frames"]], out_dir=out, kind="followup")
+    base = dict(
+        labels=result.get("labels", []),
+        overlays=[str(Path(out) / f["overlay_file"]) for f in result["frames"]],
+        masks=[str(Path(out) / f["mask_file"]) for f in result["frames"]],
+        out_dir=out,
+        kind="followup",
+    )
     if intent == "when":
         labels = result.get("labels", [])
         if not labels:
-            return Reply(text="No visible object makes the sound in any second, so there is nothing to place in time.", **base)
-        parts = [f"the {lab} in frames {_frames_text([fr['index'] for fr in result['frames'] if lab in fr['labels']])}" for lab in labels]
+            return Reply(
+                text="No visible object makes the sound in any second, so there is nothing to place in time.",
+                **base,
+            )
+        parts = [
+            f"the {lab} in frames {_frames_text([fr['index'] for fr in result['frames'] if lab in fr['labels']])}"
+            for lab in labels
+        ]
         return Reply(text="Found " + "; ".join(parts) + ".", **base)
     if intent == "why_not" and obj:
         return Reply(text=_why_not(obj, result, state, ctx), **base)
@@ -151,7 +187,11 @@ def _followup(intent: str, obj: str | None, text: str, result: dict, state: Chat
         llm_text = _llm_explain(text, result, ctx)
         if llm_text:
             return Reply(text=llm_text, **base)
-    key = [s["message"] for s in result.get("trace", []) if s["node"] in ("propose", "verify", "check", "retry") and s.get("frame") in (None, 0)]
+    key = [
+        s["message"]
+        for s in result.get("trace", [])
+        if s["node"] in ("propose", "verify", "check", "retry") and s.get("frame") in (None, 0)
+    ]
     return Reply(text=result["answer"] + " Decisions: " + " | ".join(key[:6]), **base)
 
 
@@ -174,9 +214,15 @@ def _why_not(obj: str, result: dict, state: ChatState, ctx: ChatContext) -> str:
     from tools.media import load_clip
 
     m = ctx.settings.media
-    clip = load_clip(state["media"], state.get("audio"), max_seconds=m.max_seconds, max_side=m.max_side, aspect=m.aspect)
+    clip = load_clip(
+        state["media"], state.get("audio"), max_seconds=m.max_seconds, max_side=m.max_side, aspect=m.aspect
+    )
     seen = [f.index for f in clip.frames if len(toolset.grounder.ground(f, [name]))]
-    tags = ", ".join(s["message"].split(": ", 1)[-1] for s in result.get("trace", []) if s["node"] == "perceive" and s.get("frame") is None)[:200]
+    tags = ", ".join(
+        s["message"].split(": ", 1)[-1]
+        for s in result.get("trace", [])
+        if s["node"] == "perceive" and s.get("frame") is None
+    )[:200]
     if seen:
         return f"A {obj} is visible in frames {_frames_text(seen)}, but nothing in the audio points to it (the audio: {tags})."
     return f"I see no {obj} in the frames, and nothing in the audio points to one (the audio: {tags})."
@@ -188,11 +234,18 @@ def _llm_explain(question: str, result: dict, ctx: ChatContext) -> str | None:
     from agent.llm import make_chat_model
     from agent.prompts import load_prompt
 
-    frames = "\n".join(f"frame {fr['index']}: {fr['time_s']} s, {', '.join(fr['labels']) or '-'}, {fr['mask_area']:.3f}" for fr in result["frames"])
+    frames = "\n".join(
+        f"frame {fr['index']}: {fr['time_s']} s, {', '.join(fr['labels']) or '-'}, {fr['mask_area']:.3f}"
+        for fr in result["frames"]
+    )
     trace = "\n".join(f"{s['node']}[{s.get('frame')}]: {s['message']}" for s in result.get("trace", [])[:60])
-    prompt = load_prompt("explain").render(answer=result["answer"], frames=frames, trace=trace, question=question)
+    prompt = load_prompt("explain").render(
+        answer=result["answer"], frames=frames, trace=trace, question=question
+    )
     try:
-        msg = make_chat_model(ctx.settings.llm).invoke([SystemMessage(load_prompt("system").text), HumanMessage(prompt)])
+        msg = make_chat_model(ctx.settings.llm).invoke(
+            [SystemMessage(load_prompt("system").text), HumanMessage(prompt)]
+        )
     except UserError:
         raise
     except Exception:
@@ -241,8 +294,19 @@ class Conversation:
         from tools.media import load_clip
 
         m = self.settings.media
-        load_clip(media, audio, max_seconds=m.max_seconds, max_side=m.max_side, aspect=m.aspect)  # validates now: one clear error
-        self._graph.update_state(self._config, {"media": str(media), "audio": str(audio) if audio else None, "result": None, "turns": [{"role": "system", "text": f"opened {media}"}]}, as_node="respond")
+        load_clip(
+            media, audio, max_seconds=m.max_seconds, max_side=m.max_side, aspect=m.aspect
+        )  # validates now: one clear error
+        self._graph.update_state(
+            self._config,
+            {
+                "media": str(media),
+                "audio": str(audio) if audio else None,
+                "result": None,
+                "turns": [{"role": "system", "text": f"opened {media}"}],
+            },
+            as_node="respond",
+        )
 
     def ask(self, text: str, progress: Callable[[str], None] | None = None) -> Reply:
         ctx = ChatContext(self.settings, self.out_root, self.thread_id, progress or (lambda m: None))

@@ -28,8 +28,12 @@ from tools.errors import ConfigError
 
 class FrameProposal(BaseModel):
     frame: int = Field(description="frame index, 0-based")
-    sounding: list[str] = Field(default_factory=list, description="visible objects making the sound, best first")
-    not_visible: list[str] = Field(default_factory=list, description="sources the audio suggests that are not visible")
+    sounding: list[str] = Field(
+        default_factory=list, description="visible objects making the sound, best first"
+    )
+    not_visible: list[str] = Field(
+        default_factory=list, description="sources the audio suggests that are not visible"
+    )
 
 
 class Proposal(BaseModel):
@@ -59,7 +63,9 @@ def make_chat_model(llm: LLMSettings):
         key = os.environ.get(llm.api_key_env)
         if not key:
             if llm.base_url is None:
-                raise ConfigError(f"llm.backend=openai needs an API key: set {llm.api_key_env} (or llm.base_url for a local OpenAI-compatible server)")
+                raise ConfigError(
+                    f"llm.backend=openai needs an API key: set {llm.api_key_env} (or llm.base_url for a local OpenAI-compatible server)"
+                )
             key = "not-needed"  # local OpenAI-compatible servers usually accept any key
         return ChatOpenAI(
             model=llm.model,
@@ -83,7 +89,12 @@ def make_chat_model(llm: LLMSettings):
 
 def _is_parse_error(exc: BaseException) -> bool:
     """The server answered, but not with the requested structure (worth one repair attempt)."""
-    return type(exc).__name__ in {"ValidationError", "JSONDecodeError", "OutputParserException", "LengthFinishReasonError"}
+    return type(exc).__name__ in {
+        "ValidationError",
+        "JSONDecodeError",
+        "OutputParserException",
+        "LengthFinishReasonError",
+    }
 
 
 class LLMReasoner(RulesReasoner):
@@ -96,7 +107,9 @@ class LLMReasoner(RulesReasoner):
         self.name = f"{llm.backend}:{llm.model}"
 
     # ------------------------------------------------------------------ calls
-    def _invoke(self, schema: type[BaseModel], user: str, node: str) -> tuple[BaseModel | None, list[dict], str]:
+    def _invoke(
+        self, schema: type[BaseModel], user: str, node: str
+    ) -> tuple[BaseModel | None, list[dict], str]:
         """One structured call, plus one repair call if the answer does not parse.
 
         Returns (parsed or None, call stats, error text)."""
@@ -104,8 +117,12 @@ class LLMReasoner(RulesReasoner):
 
         system = load_prompt("system")
         messages: list = [SystemMessage(system.text), HumanMessage(user)]
-        runnable = self.model.with_structured_output(schema, method=self.llm.structured_method, include_raw=True)
-        if self.llm.backend == "ollama":  # ChatOpenAI retries inside the openai client; Ollama's client does not
+        runnable = self.model.with_structured_output(
+            schema, method=self.llm.structured_method, include_raw=True
+        )
+        if (
+            self.llm.backend == "ollama"
+        ):  # ChatOpenAI retries inside the openai client; Ollama's client does not
             runnable = runnable.with_retry(
                 retry_if_exception_type=(Exception,),
                 wait_exponential_jitter=True,
@@ -117,30 +134,57 @@ class LLMReasoner(RulesReasoner):
             t0 = time.perf_counter()
             try:
                 out = runnable.invoke(messages)
-            except Exception as exc:  # network, timeout, HTTP status after retries, or an answer the client could not parse
+            except (
+                Exception
+            ) as exc:  # network, timeout, HTTP status after retries, or an answer the client could not parse
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 if not _is_parse_error(exc):
-                    stats.append({"node": node, "tokens": 0, "seconds": round(time.perf_counter() - t0, 3), "ok": False})
+                    stats.append(
+                        {
+                            "node": node,
+                            "tokens": 0,
+                            "seconds": round(time.perf_counter() - t0, 3),
+                            "ok": False,
+                        }
+                    )
                     return None, stats, reason
                 out = {"raw": None, "parsed": None, "parsing_error": reason}
             raw = out.get("raw")
             usage = getattr(raw, "usage_metadata", None) or {}
             parsed = out.get("parsed")
             ok = parsed is not None and out.get("parsing_error") is None
-            stats.append({"node": node, "tokens": int(usage.get("total_tokens", 0)), "seconds": round(time.perf_counter() - t0, 3), "ok": ok})
+            stats.append(
+                {
+                    "node": node,
+                    "tokens": int(usage.get("total_tokens", 0)),
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    "ok": ok,
+                }
+            )
             if ok:
                 return parsed, stats, ""
             error = f"unusable answer: {str(out.get('parsing_error'))[:200]}"
             if attempt == 0:
-                content = getattr(raw, "content", "") or json.dumps(getattr(raw, "tool_calls", ""), default=str)
-                messages += [AIMessage(str(content)[:2000]), HumanMessage(f"That answer could not be used ({error}). Reply again with only the requested JSON structure.")]
+                content = getattr(raw, "content", "") or json.dumps(
+                    getattr(raw, "tool_calls", ""), default=str
+                )
+                messages += [
+                    AIMessage(str(content)[:2000]),
+                    HumanMessage(
+                        f"That answer could not be used ({error}). Reply again with only the requested JSON structure."
+                    ),
+                ]
         return None, stats, error
 
     # ------------------------------------------------------------------ decisions
-    def propose_llm(self, data: dict[str, str], n_frames: int) -> tuple[list[list[str]] | None, list[str], str, list[dict], str]:
+    def propose_llm(
+        self, data: dict[str, str], n_frames: int
+    ) -> tuple[list[list[str]] | None, list[str], str, list[dict], str]:
         """(sounding phrases per frame or None, not-visible phrases, reasoning, stats, error)."""
         prompt = load_prompt("propose")
-        parsed, stats, error = self._invoke(Proposal, prompt.render(last_frame=n_frames - 1, **data), "propose")
+        parsed, stats, error = self._invoke(
+            Proposal, prompt.render(last_frame=n_frames - 1, **data), "propose"
+        )
         if parsed is None:
             return None, [], "", stats, error
         per_frame: list[list[str]] = [[] for _ in range(n_frames)]
@@ -156,10 +200,17 @@ class LLMReasoner(RulesReasoner):
         parsed, stats, error = self._invoke(RetryDecision, prompt.render(**data), "retry")
         if parsed is None:
             return None, stats, error
-        return {fr.frame: (_clean(fr.phrase) or None) if fr.phrase else None for fr in parsed.frames}, stats, ""
+        return (
+            {fr.frame: (_clean(fr.phrase) or None) if fr.phrase else None for fr in parsed.frames},
+            stats,
+            "",
+        )
 
     def candidates_from(self, phrases: list[list[str]], evidence: dict[str, float]) -> list[list[Candidate]]:
-        return [[Candidate(phrase=p, evidence=round(evidence.get(p, 0.0), 4), because=["llm"]) for p in frame] for frame in phrases]
+        return [
+            [Candidate(phrase=p, evidence=round(evidence.get(p, 0.0), 4), because=["llm"]) for p in frame]
+            for frame in phrases
+        ]
 
 
 def _clean(phrase: str | None) -> str:

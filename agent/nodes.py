@@ -31,7 +31,9 @@ class RunContext:
 
 
 def _step(node: str, message: str, t0: float, frame: int | None = None, **data) -> TraceStep:
-    return TraceStep(node=node, message=message, frame=frame, data=data, seconds=round(time.perf_counter() - t0, 4))
+    return TraceStep(
+        node=node, message=message, frame=frame, data=data, seconds=round(time.perf_counter() - t0, 4)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -42,11 +44,20 @@ def load(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     else:
         m = runtime.context.settings.media
         runtime.context.progress("loading media")
-        clip = load_clip(state["media"], state.get("audio_path"), max_seconds=m.max_seconds, max_side=m.max_side, aspect=m.aspect)
+        clip = load_clip(
+            state["media"],
+            state.get("audio_path"),
+            max_seconds=m.max_seconds,
+            max_side=m.max_side,
+            aspect=m.aspect,
+        )
     msg = f"{len(clip.frames)} frame(s) at 1 fps, {clip.duration_s:.2f} s of audio"
     if clip.meta.get("truncated"):
         msg += f" (only the first {runtime.context.settings.media.max_seconds:g} s analysed)"
-    return {"clip": clip, "trace": [_step("load", msg, t0, size=[clip.frames[0].width, clip.frames[0].height])]}
+    return {
+        "clip": clip,
+        "trace": [_step("load", msg, t0, size=[clip.frames[0].width, clip.frames[0].height])],
+    }
 
 
 # ---------------------------------------------------------------------------------------------- perceive
@@ -57,7 +68,9 @@ def perceive(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     ctx.progress("tagging audio")
     tags = ctx.toolset.tagger.tag([*clip.segments, clip.audio])
     frame_tags, clip_tags = tags[:-1], tags[-1]
-    steps = [_step("perceive", f"audio tags (clip): {_fmt(clip_tags.top(5))}", t0, tool=ctx.toolset.tagger.name)]
+    steps = [
+        _step("perceive", f"audio tags (clip): {_fmt(clip_tags.top(5))}", t0, tool=ctx.toolset.tagger.name)
+    ]
     for i, ft in enumerate(frame_tags):
         steps.append(TraceStep(node="perceive", frame=i, message=f"audio tags: {_fmt(ft.top(3))}"))
     update: dict = {"frame_tags": frame_tags, "clip_tags": clip_tags}
@@ -69,7 +82,9 @@ def perceive(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         t1 = time.perf_counter()
         update["image_captions"] = ctx.toolset.image_captioner.caption(clip.frames)
         for i, cap in enumerate(update["image_captions"]):
-            steps.append(_step("perceive", f"image caption: {cap.texts[:1]} nouns {cap.noun_phrases}", t1, frame=i))
+            steps.append(
+                _step("perceive", f"image caption: {cap.texts[:1]} nouns {cap.noun_phrases}", t1, frame=i)
+            )
     update["trace"] = steps
     return update
 
@@ -83,7 +98,9 @@ def _merge(candidates: list[list]) -> list:
     return sorted(best.values(), key=lambda c: -c.evidence)
 
 
-def _prompt_data(state: AgentState, ctx: RunContext, frames: list, suggestions: list[tuple[str, float]] | None = None) -> dict[str, str]:
+def _prompt_data(
+    state: AgentState, ctx: RunContext, frames: list, suggestions: list[tuple[str, float]] | None = None
+) -> dict[str, str]:
     """The tool outputs an LLM prompt shows, as plain text lines (placed inside <data> by the template)."""
     question = state.get("question") or ""
     visible = []
@@ -93,16 +110,21 @@ def _prompt_data(state: AgentState, ctx: RunContext, frames: list, suggestions: 
         labels: dict[str, float] = {}
         for lab, conf in zip(seen.labels, seen.confidence, strict=True):
             labels[lab] = max(labels.get(lab, 0.0), float(conf))
-        line = f"frame {frame.index}: " + (", ".join(f"{k} {v:.2f}" for k, v in labels.items()) or "nothing detected")
+        line = f"frame {frame.index}: " + (
+            ", ".join(f"{k} {v:.2f}" for k, v in labels.items()) or "nothing detected"
+        )
         if frame.index < len(captions):
-            line += f" | caption: {captions[frame.index].texts[:1]} nouns: {captions[frame.index].noun_phrases}"
+            line += (
+                f" | caption: {captions[frame.index].texts[:1]} nouns: {captions[frame.index].noun_phrases}"
+            )
         visible.append(line)
     audio_caps = state.get("audio_captions") or []
     return {
         "question_block": f"The person asked: {question!r}" if question else "",
         "clip_tags": _fmt(state["clip_tags"].top(8)),
         "frame_tags": "\n".join(f"second {i}: {_fmt(t.top(4))}" for i, t in enumerate(state["frame_tags"])),
-        "audio_captions": "\n".join(f"- {t}" for cap in audio_caps for t in cap.texts) or "(no audio captioner in this profile)",
+        "audio_captions": "\n".join(f"- {t}" for cap in audio_caps for t in cap.texts)
+        or "(no audio captioner in this profile)",
         "visible": "\n".join(visible),
         "suggestions": ", ".join(f"{p}: {e:.2f}" for p, e in (suggestions or [])) or "none",
     }
@@ -133,38 +155,79 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     if clip.audio.rms < silence:
         silent = [True] * len(silent)
     candidates = ctx.reasoner.propose(phrases, because, evidence, silent)
-    steps = [_step("propose", f"sound sources considered: {', '.join(phrases) or 'none'}", t0, labels=labels, scorer=ctx.toolset.scorer.name)]
+    steps = [
+        _step(
+            "propose",
+            f"sound sources considered: {', '.join(phrases) or 'none'}",
+            t0,
+            labels=labels,
+            scorer=ctx.toolset.scorer.name,
+        )
+    ]
     llm_stats: list[dict] = []
     forced = state.get("force_phrases") or []
     if forced:
         scores = ctx.toolset.scorer.score([*clip.segments, clip.audio], forced)
         candidates = [
-            [Candidate(phrase=p, evidence=round(float(max(scores[i, j], 0.5 * scores[-1, j])), 4), because=["asked"]) for j, p in enumerate(forced)]
+            [
+                Candidate(
+                    phrase=p,
+                    evidence=round(float(max(scores[i, j], 0.5 * scores[-1, j])), 4),
+                    because=["asked"],
+                )
+                for j, p in enumerate(forced)
+            ]
             for i in range(len(clip.frames))
         ]
-        steps.append(TraceStep(node="propose", message=f"segmenting what the person asked for: {', '.join(forced)}"))
+        steps.append(
+            TraceStep(node="propose", message=f"segmenting what the person asked for: {', '.join(forced)}")
+        )
     elif isinstance(ctx.reasoner, LLMReasoner):
         t1 = time.perf_counter()
         ctx.progress("asking the LLM")
-        data = _prompt_data(state, ctx, clip.frames, suggestions=[(c.phrase, c.evidence) for c in _merge(candidates)])
+        data = _prompt_data(
+            state, ctx, clip.frames, suggestions=[(c.phrase, c.evidence) for c in _merge(candidates)]
+        )
         per_frame, not_visible, reasoning, llm_stats, error = ctx.reasoner.propose_llm(data, len(clip.frames))
         if per_frame is None:
-            steps.append(_step("propose", f"LLM propose failed ({error}); the rules decided", t1, llm=ctx.reasoner.name))
+            steps.append(
+                _step(
+                    "propose", f"LLM propose failed ({error}); the rules decided", t1, llm=ctx.reasoner.name
+                )
+            )
         else:
             new_phrases = sorted({p for frame in per_frame for p in frame})
-            scores = ctx.toolset.scorer.score([*clip.segments, clip.audio], new_phrases) if new_phrases else np.zeros((len(clip.segments) + 1, 0))
+            scores = (
+                ctx.toolset.scorer.score([*clip.segments, clip.audio], new_phrases)
+                if new_phrases
+                else np.zeros((len(clip.segments) + 1, 0))
+            )
             candidates = []
             for i, frame in enumerate(per_frame):
                 if silent[i]:
                     candidates.append([])
                     continue
-                ev = {p: float(max(scores[i, new_phrases.index(p)], 0.5 * scores[-1, new_phrases.index(p)])) for p in frame}
+                ev = {
+                    p: float(max(scores[i, new_phrases.index(p)], 0.5 * scores[-1, new_phrases.index(p)]))
+                    for p in frame
+                }
                 candidates.append(ctx.reasoner.candidates_from([frame], ev)[0])
             steps.append(
-                _step("propose", f"LLM ({ctx.reasoner.name}) proposes: {reasoning}", t1, llm=ctx.reasoner.name, not_visible=not_visible, tokens=sum(s["tokens"] for s in llm_stats))
+                _step(
+                    "propose",
+                    f"LLM ({ctx.reasoner.name}) proposes: {reasoning}",
+                    t1,
+                    llm=ctx.reasoner.name,
+                    not_visible=not_visible,
+                    tokens=sum(s["tokens"] for s in llm_stats),
+                )
             )
     for i, cands in enumerate(candidates):
-        text = "silent" if silent[i] else (", ".join(f"{c.phrase} {c.evidence:.2f}" for c in cands) or "no candidate")
+        text = (
+            "silent"
+            if silent[i]
+            else (", ".join(f"{c.phrase} {c.evidence:.2f}" for c in cands) or "no candidate")
+        )
         steps.append(TraceStep(node="propose", frame=i, message=f"candidates: {text}"))
     return {"candidates": candidates, "trace": steps, "llm_stats": llm_stats}
 
@@ -194,7 +257,9 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     # frame consistency: a source seen in most frames is looked for again, less strictly, where it was missed
     consistent = ctx.reasoner.consistent_phrases(visible_all)
     thr = ctx.settings.tools.grounder.box_threshold * ctx.settings.agent.consistency_threshold
-    for frame, cands, visible, found in zip(clip.frames, state["candidates"], visible_all, groundings, strict=True):
+    for frame, cands, visible, found in zip(
+        clip.frames, state["candidates"], visible_all, groundings, strict=True
+    ):
         missing = [c for c in cands if c.phrase in consistent and c not in visible]
         if not missing or visible:
             continue
@@ -205,10 +270,23 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             if len(sel):
                 found[c.phrase] = sel
         visible[:] = ctx.reasoner.verify(cands, found)
-        steps.append(_step("verify", f"looked again at threshold {thr:.2f} for {', '.join(c.phrase for c in missing)} (seen in other frames): visible: {', '.join(c.phrase for c in visible) or 'none'}", t0, frame=frame.index))
+        steps.append(
+            _step(
+                "verify",
+                f"looked again at threshold {thr:.2f} for {', '.join(c.phrase for c in missing)} (seen in other frames): visible: {', '.join(c.phrase for c in visible) or 'none'}",
+                t0,
+                frame=frame.index,
+            )
+        )
     for visible in visible_all:
         phrases = ctx.reasoner.choose(visible, 0)
-        choices.append(Choice(phrases=phrases, status="pending" if phrases else "none", reason="" if phrases else "no visible candidate"))
+        choices.append(
+            Choice(
+                phrases=phrases,
+                status="pending" if phrases else "none",
+                reason="" if phrases else "no visible candidate",
+            )
+        )
     return {"visible": visible_all, "groundings": groundings, "choices": choices, "trace": steps}
 
 
@@ -227,11 +305,21 @@ def segment(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         if missing:  # a phrase the verify step did not ground (e.g. proposed by a retry)
             seg = ctx.toolset.grounder.ground(frame, missing)
             for p in missing:
-                groundings[i][p] = seg[np.asarray([lab == p for lab in seg.labels], bool)] if len(seg) else seg
+                groundings[i][p] = (
+                    seg[np.asarray([lab == p for lab in seg.labels], bool)] if len(seg) else seg
+                )
         parts = [ctx.reasoner.instances(groundings[i][p]) for p in choice.phrases]
         merged = Segments.concat(parts, frame.height, frame.width)
         masks[i] = merged.union()
-        steps.append(_step("segment", f"segmented {', '.join(choice.phrases)} (attempt {choice.attempt + 1})", t0, frame=i, boxes=len(merged)))
+        steps.append(
+            _step(
+                "segment",
+                f"segmented {', '.join(choice.phrases)} (attempt {choice.attempt + 1})",
+                t0,
+                frame=i,
+                boxes=len(merged),
+            )
+        )
     return {"masks": masks, "groundings": groundings, "trace": steps}
 
 
@@ -253,10 +341,20 @@ def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             if ok:
                 passed.append(p)
         if passed and len(passed) < len(choice.phrases):
-            keep = Segments.concat([ctx.reasoner.instances(state["groundings"][i][p]) for p in passed], *shape)
+            keep = Segments.concat(
+                [ctx.reasoner.instances(state["groundings"][i][p]) for p in passed], *shape
+            )
             masks[i] = keep.union()
-        choices[i] = choice.model_copy(update={"status": "ok" if passed else "retry", "phrases": passed or choice.phrases, "reason": "; ".join(reasons)})
-        steps.append(TraceStep(node="check", frame=i, message=("ok: " if passed else "failed: ") + "; ".join(reasons)))
+        choices[i] = choice.model_copy(
+            update={
+                "status": "ok" if passed else "retry",
+                "phrases": passed or choice.phrases,
+                "reason": "; ".join(reasons),
+            }
+        )
+        steps.append(
+            TraceStep(node="check", frame=i, message=("ok: " if passed else "failed: ") + "; ".join(reasons))
+        )
     return {"choices": choices, "masks": masks, "trace": steps}
 
 
@@ -276,14 +374,30 @@ def retry(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     if isinstance(ctx.reasoner, LLMReasoner) and failing:
         t0 = time.perf_counter()
         clip = state["clip"]
-        failures = "\n".join(f"frame {i}: {', '.join(choices[i].phrases)} -> {choices[i].reason}; tried: {', '.join([*choices[i].tried, *choices[i].phrases])}" for i in failing)
+        failures = "\n".join(
+            f"frame {i}: {', '.join(choices[i].phrases)} -> {choices[i].reason}; tried: {', '.join([*choices[i].tried, *choices[i].phrases])}"
+            for i in failing
+        )
         data = _prompt_data(state, ctx, [clip.frames[i] for i in failing])
-        result, llm_stats, error = ctx.reasoner.retry_llm({"question_block": data["question_block"], "clip_tags": data["clip_tags"], "failures": failures, "visible": data["visible"]})
+        result, llm_stats, error = ctx.reasoner.retry_llm(
+            {
+                "question_block": data["question_block"],
+                "clip_tags": data["clip_tags"],
+                "failures": failures,
+                "visible": data["visible"],
+            }
+        )
         if result is None:
-            steps.append(_step("retry", f"LLM retry failed ({error}); the rules decided", t0, llm=ctx.reasoner.name))
+            steps.append(
+                _step("retry", f"LLM retry failed ({error}); the rules decided", t0, llm=ctx.reasoner.name)
+            )
         else:
             decided = {i: result.get(i) for i in failing}
-            steps.append(_step("retry", f"LLM ({ctx.reasoner.name}) retry phrases: {decided}", t0, llm=ctx.reasoner.name))
+            steps.append(
+                _step(
+                    "retry", f"LLM ({ctx.reasoner.name}) retry phrases: {decided}", t0, llm=ctx.reasoner.name
+                )
+            )
     for i, choice in enumerate(choices):
         if choice.status != "retry":
             continue
@@ -291,9 +405,21 @@ def retry(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             phrase = decided[i]
             tried = [*choice.tried, *choice.phrases]
             if phrase and phrase not in tried and choice.attempt + 1 < ctx.settings.agent.max_attempts:
-                new = Choice(phrases=[phrase], attempt=choice.attempt + 1, tried=tried, status="pending", reason=f"LLM: retry with '{phrase}'")
+                new = Choice(
+                    phrases=[phrase],
+                    attempt=choice.attempt + 1,
+                    tried=tried,
+                    status="pending",
+                    reason=f"LLM: retry with '{phrase}'",
+                )
             else:
-                new = Choice(phrases=[], attempt=choice.attempt, tried=tried, status="failed", reason=f"{choice.reason}; the LLM gave up or repeated itself")
+                new = Choice(
+                    phrases=[],
+                    attempt=choice.attempt,
+                    tried=tried,
+                    status="failed",
+                    reason=f"{choice.reason}; the LLM gave up or repeated itself",
+                )
         else:
             new = ctx.reasoner.retry(choice, state["visible"][i])
         if new.status == "failed":
@@ -327,13 +453,24 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                     frames_with.setdefault(p, []).append(i)
         else:
             masks[i] = np.zeros((frame.height, frame.width), bool)
-        frames.append(FrameResult(index=i, time_s=frame.time_s, labels=labels, boxes=boxes, scores=scores, mask_area=round(float(masks[i].mean()), 5)))
+        frames.append(
+            FrameResult(
+                index=i,
+                time_s=frame.time_s,
+                labels=labels,
+                boxes=boxes,
+                scores=scores,
+                mask_area=round(float(masks[i].mean()), 5),
+            )
+        )
     found = sorted(frames_with, key=lambda p: -len(frames_with[p]))
     considered = {c.phrase for cands in state["candidates"] for c in cands}
     rejected = sorted(considered - set(found))
     silent = all(not c for c in state["candidates"]) and clip.audio.rms < ctx.settings.agent.silence_rms
     failed = any(c.status == "failed" for c in state["choices"]) and not found
-    text = ctx.reasoner.explain(found, frames_with, len(clip.frames), state["clip_tags"].top(5), rejected, silent, failed)
+    text = ctx.reasoner.explain(
+        found, frames_with, len(clip.frames), state["clip_tags"].top(5), rejected, silent, failed
+    )
     trace = [*state.get("trace", []), _step("answer", text, t0)]
     stats = {
         "frames": len(clip.frames),
@@ -343,11 +480,24 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         "llm_seconds": round(sum(s.get("seconds", 0.0) for s in state.get("llm_stats", [])), 3),
         "llm": state.get("llm_stats", []),
         "reasoner": ctx.reasoner.name,
-        "tools": {"tagger": ctx.toolset.tagger.name, "grounder": ctx.toolset.grounder.name, "scorer": ctx.toolset.scorer.name},
+        "tools": {
+            "tagger": ctx.toolset.tagger.name,
+            "grounder": ctx.toolset.grounder.name,
+            "scorer": ctx.toolset.scorer.name,
+        },
     }
     evidence = [
         {"candidates": [[c.phrase, c.evidence] for c in cands], "visible": [c.phrase for c in vis]}
         for cands, vis in zip(state["candidates"], state["visible"], strict=True)
     ]
-    result = Answer(question=state.get("question", ""), text=text, labels=found, frames=frames, masks=masks, trace=trace, stats=stats, evidence=evidence)
+    result = Answer(
+        question=state.get("question", ""),
+        text=text,
+        labels=found,
+        frames=frames,
+        masks=masks,
+        trace=trace,
+        stats=stats,
+        evidence=evidence,
+    )
     return {"answer": result, "masks": masks, "trace": [trace[-1]]}

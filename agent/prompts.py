@@ -32,4 +32,8 @@ def load_prompt(name: str) -> Prompt:
 
 def prompt_hashes() -> dict[str, str]:
     """name -> hash of every prompt file (recorded with eval runs)."""
-    return {p.name.removesuffix(".md"): load_prompt(p.name.removesuffix(".md")).sha256 for p in resources.files("prompts").iterdir() if p.name.endswith(".md")}
+    return {
+        p.name.removesuffix(".md"): load_prompt(p.name.removesuffix(".md")).sha256
+        for p in resources.files("prompts").iterdir()
+        if p.name.endswith(".md")
+    }

@@ -53,7 +53,11 @@ class RulesReasoner:
         """evidence: (T + 1, len(phrases)) audio-text scores per second, last row the whole clip."""
         c = self.config
         out = []
-        strongest = float(np.maximum(evidence[:-1].max(initial=0.0), evidence[-1].max(initial=0.0))) if evidence.size else 0.0
+        strongest = (
+            float(np.maximum(evidence[:-1].max(initial=0.0), evidence[-1].max(initial=0.0)))
+            if evidence.size
+            else 0.0
+        )
         floor = max(c.min_evidence, c.relative_evidence * strongest)
         for i, is_silent in enumerate(silent):
             if is_silent:
@@ -63,7 +67,11 @@ class RulesReasoner:
             order = np.argsort(-score)
             out.append(
                 [
-                    Candidate(phrase=phrases[j], evidence=round(float(score[j]), 4), because=because.get(phrases[j], []))
+                    Candidate(
+                        phrase=phrases[j],
+                        evidence=round(float(score[j]), 4),
+                        because=because.get(phrases[j], []),
+                    )
                     for j in order
                     if score[j] >= floor
                 ][: c.max_candidates]
@@ -104,7 +112,10 @@ class RulesReasoner:
         phrases = [first.phrase]
         if attempt == 0:
             for other in visible[1:]:
-                if other.evidence >= self.config.second_source_ratio * first.evidence and other.evidence >= 0.3:
+                if (
+                    other.evidence >= self.config.second_source_ratio * first.evidence
+                    and other.evidence >= 0.3
+                ):
                     phrases.append(other.phrase)
                     break
         return phrases
@@ -136,9 +147,19 @@ class RulesReasoner:
     def retry(self, choice: Choice, visible: list[Candidate]) -> Choice:
         nxt = choice.attempt + 1
         if nxt >= self.config.max_attempts or nxt >= len(visible):
-            return Choice(phrases=[], attempt=choice.attempt, tried=[*choice.tried, *choice.phrases], status="failed", reason=f"{choice.reason}; no attempts left")
+            return Choice(
+                phrases=[],
+                attempt=choice.attempt,
+                tried=[*choice.tried, *choice.phrases],
+                status="failed",
+                reason=f"{choice.reason}; no attempts left",
+            )
         return Choice(
-            phrases=[visible[nxt].phrase], attempt=nxt, tried=[*choice.tried, *choice.phrases], status="pending", reason=f"retry with '{visible[nxt].phrase}'"
+            phrases=[visible[nxt].phrase],
+            attempt=nxt,
+            tried=[*choice.tried, *choice.phrases],
+            status="pending",
+            reason=f"retry with '{visible[nxt].phrase}'",
         )
 
     # ------------------------------------------------------------------ explain
@@ -167,7 +188,11 @@ class RulesReasoner:
         parts = []
         for lab in labels:
             frames = frames_with[lab]
-            where = "in every frame" if len(frames) == n_frames else "in frames " + ", ".join(str(f + 1) for f in frames)
+            where = (
+                "in every frame"
+                if len(frames) == n_frames
+                else "in frames " + ", ".join(str(f + 1) for f in frames)
+            )
             parts.append(f"the {lab} ({where})")
         text = f"{' and '.join(parts).capitalize()} {'is' if len(labels) == 1 else 'are'} making the sound. "
         text += f"The audio sounds like {heard}"

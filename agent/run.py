@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.graph import graph
-from agent.nodes import RunContext
 from agent.llm import make_reasoner
+from agent.nodes import RunContext
 from agent.settings import Settings
 from agent.toolset import Toolset, get_toolset
 from tools.types import Answer, Clip
@@ -15,7 +15,9 @@ from tools.types import Answer, Clip
 DEFAULT_QUESTION = "What is making the sound?"
 
 
-def make_context(settings: Settings, toolset: Toolset | None = None, progress: Callable[[str], None] | None = None) -> RunContext:
+def make_context(
+    settings: Settings, toolset: Toolset | None = None, progress: Callable[[str], None] | None = None
+) -> RunContext:
     return RunContext(
         settings=settings,
         toolset=toolset or get_toolset(settings),
@@ -32,7 +34,9 @@ def run_clip(
     progress: Callable[[str], None] | None = None,
 ) -> Answer:
     """Answer ``question`` about a loaded clip."""
-    state = graph.invoke({"question": question, "clip": clip, "trace": []}, context=make_context(settings, toolset, progress))
+    state = graph.invoke(
+        {"question": question, "clip": clip, "trace": []}, context=make_context(settings, toolset, progress)
+    )
     return state["answer"]
 
 
@@ -48,7 +52,13 @@ def run_media(
     """Load media and answer; returns the answer and the loaded clip (for overlays). ``force_phrases``
     replaces the proposal with objects the person named ("segment the car instead")."""
     state = graph.invoke(
-        {"question": question, "media": str(media), "audio_path": str(audio) if audio else None, "trace": [], "force_phrases": force_phrases or []},
+        {
+            "question": question,
+            "media": str(media),
+            "audio_path": str(audio) if audio else None,
+            "trace": [],
+            "force_phrases": force_phrases or [],
+        },
         context=make_context(settings, toolset, progress),
     )
     return state["answer"], state["clip"]

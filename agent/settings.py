@@ -40,8 +40,12 @@ class _Section(BaseModel):
 class ModelSpec(_Section):
     """Where a model's weights live."""
 
-    source: str = Field(description="hub id ('org/name') or a local file/folder; relative paths resolve against models_dir")
-    revision: str | None = Field(None, description="hub revision (commit, tag or branch); pin it for reproducible runs")
+    source: str = Field(
+        description="hub id ('org/name') or a local file/folder; relative paths resolve against models_dir"
+    )
+    revision: str | None = Field(
+        None, description="hub revision (commit, tag or branch); pin it for reproducible runs"
+    )
 
 
 class AudioTaggerSettings(_Section):
@@ -60,12 +64,17 @@ class GrounderSettings(_Section):
     text_threshold: float = Field(0.25, description="GroundingDINO text-token threshold (full)")
     top_k: int = Field(5, description="at most this many boxes per phrase")
     nms_iou: float = Field(0.45, description="IoU above which overlapping boxes of one class are suppressed")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="backend extras (full: device, cache_frames)"
+    )
 
 
 class TextEmbedderSettings(_Section):
     model: ModelSpec = ModelSpec(source="sentence-transformers/all-MiniLM-L6-v2")
     ontology: str = Field("audioset_ontology/ontology.json", description="AudioSet ontology JSON")
-    match_threshold: float = Field(0.6, description="cosine similarity above which a phrase matches a detector class")
+    match_threshold: float = Field(
+        0.6, description="cosine similarity above which a phrase matches a detector class"
+    )
 
 
 class OptionalToolSettings(_Section):
@@ -75,7 +84,9 @@ class OptionalToolSettings(_Section):
 
 
 class ToolsSettings(_Section):
-    backend: str = Field("local", description="'local' runs models in-process; 'http://host:port' uses a tool server")
+    backend: str = Field(
+        "local", description="'local' runs models in-process; 'http://host:port' uses a tool server"
+    )
     audio_tagger: AudioTaggerSettings = AudioTaggerSettings()
     grounder: GrounderSettings = GrounderSettings()
     text_embedder: TextEmbedderSettings = TextEmbedderSettings()
@@ -90,21 +101,30 @@ class AgentSettings(_Section):
 
     min_tag_score: float = Field(0.1, description="audio tags below this score are ignored")
     max_tags: int = Field(10, description="audio tags considered per second")
-    min_evidence: float = Field(0.15, description="a candidate needs at least this audio evidence to be segmented")
+    min_evidence: float = Field(
+        0.15, description="a candidate needs at least this audio evidence to be segmented"
+    )
     relative_evidence: float = Field(
-        0.3, description="and at least this share of the clip's strongest candidate (weak side-sounds are not the source)"
+        0.3,
+        description="and at least this share of the clip's strongest candidate (weak side-sounds are not the source)",
     )
     max_candidates: int = Field(4, description="candidate sounding objects kept per frame")
     consistency_threshold: float = Field(
-        0.5, description="a source seen in other frames is looked for again at this share of the box threshold"
+        0.5,
+        description="a source seen in other frames is looked for again at this share of the box threshold",
     )
     max_attempts: int = Field(3, description="segmentation attempts per frame (first try + retries)")
-    min_mask_area: float = Field(0.002, description="a mask smaller than this share of the frame counts as empty")
-    max_mask_area: float = Field(0.95, description="a mask larger than this share of the frame counts as wrong")
+    min_mask_area: float = Field(
+        0.002, description="a mask smaller than this share of the frame counts as empty"
+    )
+    max_mask_area: float = Field(
+        0.95, description="a mask larger than this share of the frame counts as wrong"
+    )
     min_segment_score: float = Field(0.35, description="a detection below this score is low-confidence")
     silence_rms: float = Field(0.001, description="audio quieter than this RMS is silence")
     second_source_ratio: float = Field(
-        0.5, description="a second visible source is kept when its audio evidence is at least this share of the first's"
+        0.5,
+        description="a second visible source is kept when its audio evidence is at least this share of the first's",
     )
 
 
@@ -112,23 +132,32 @@ class LLMSettings(_Section):
     backend: Literal["rules", "openai", "ollama"] = "rules"
     model: str = "gpt-4o"
     base_url: str | None = None
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (openai)")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="environment variable holding the API key (openai)"
+    )
     temperature: float = 0.0
     timeout_s: float = Field(60.0, description="seconds before one LLM request is abandoned")
-    max_retries: int = Field(2, description="retries with backoff on timeouts, 429 and 5xx before the rules decide")
+    max_retries: int = Field(
+        2, description="retries with backoff on timeouts, 429 and 5xx before the rules decide"
+    )
     structured_method: Literal["json_schema", "function_calling", "json_mode"] = Field(
-        "json_schema", description="how structured output is requested (response_format schema or a tool call)"
+        "json_schema",
+        description="how structured output is requested (response_format schema or a tool call)",
     )
 
 
 class MediaSettings(_Section):
     max_seconds: float = Field(120.0, description="only the first N seconds of longer media are analysed")
     max_side: int = Field(1280, description="frames are downscaled to this longer side")
-    aspect: float | None = Field(None, description="display aspect (w/h) of squashed frames, e.g. 1.7778 for AVSBench")
+    aspect: float | None = Field(
+        None, description="display aspect (w/h) of squashed frames, e.g. 1.7778 for AVSBench"
+    )
 
 
 class ChatSettings(_Section):
-    checkpoint_path: str = Field("~/.cache/avs-agent/chat.sqlite", description="SQLite file of the chat checkpointer")
+    checkpoint_path: str = Field(
+        "~/.cache/avs-agent/chat.sqlite", description="SQLite file of the chat checkpointer"
+    )
 
 
 class ServeSettings(_Section):
@@ -139,10 +168,14 @@ class ServeSettings(_Section):
     max_request_mb: float = 64.0
     max_media_seconds: float = 600.0
     request_timeout_s: float = 120.0
-    client_retries: int = Field(3, description="remote backend: retries on connection errors and 503 (models loading)")
+    client_retries: int = Field(
+        3, description="remote backend: retries on connection errors and 503 (models loading)"
+    )
     client_backoff_s: float = Field(0.5, description="remote backend: first retry delay, doubled per retry")
     ray_replicas: int = Field(1, description="Ray Serve: replicas per tool deployment")
-    ray_gpus_per_replica: float = Field(0.0, description="Ray Serve: GPUs per replica (fractions share a GPU)")
+    ray_gpus_per_replica: float = Field(
+        0.0, description="Ray Serve: GPUs per replica (fractions share a GPU)"
+    )
     ray_cpus_per_replica: float = Field(1.0, description="Ray Serve: CPUs reserved per replica")
     ray_tool_options: dict[str, dict[str, float]] = Field(
         default_factory=dict,
@@ -150,7 +183,7 @@ class ServeSettings(_Section):
     )
 
 
-_yaml_layer: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("_yaml_layer", default={})
+_yaml_layer: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("_yaml_layer", default=None)
 
 
 class _DictSource(PydanticBaseSettingsSource):
@@ -160,14 +193,16 @@ class _DictSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return _yaml_layer.get()
+        return _yaml_layer.get() or {}
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AVS_AGENT_", env_nested_delimiter="__", extra="forbid")
 
     profile: Profile = "lite"
-    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="folder of local weights (lite models live here)")
+    models_dir: Path = Field(
+        DEFAULT_MODELS_DIR, description="folder of local weights (lite models live here)"
+    )
     tools: ToolsSettings = ToolsSettings()
     agent: AgentSettings = AgentSettings()
     llm: LLMSettings = LLMSettings()
@@ -176,7 +211,9 @@ class Settings(BaseSettings):
     serve: ServeSettings = ServeSettings()
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         return (init_settings, env_settings, _DictSource(settings_cls))
 
     def resolve(self, source: str) -> Path:

@@ -49,7 +49,9 @@ def build_toolset(settings: Settings) -> Toolset:
     from tools.text_matcher import EmbeddingTextMatcher, MiniLMEmbedder
     from tools.vocab import COCO80
 
-    embedder = MiniLMEmbedder(tools.text_embedder.model.source, tools.text_embedder.model.revision, settings.models_dir)
+    embedder = MiniLMEmbedder(
+        tools.text_embedder.model.source, tools.text_embedder.model.revision, settings.models_dir
+    )
     matcher = EmbeddingTextMatcher(
         embedder,
         ontology_path=settings.resolve(tools.text_embedder.ontology),
@@ -97,13 +99,19 @@ def build_toolset(settings: Settings) -> Toolset:
         scorer = build_audio_text_scorer(settings)
 
     optional = {}
-    for key, attr in (("audio_captioner", "audio_captioner"), ("image_captioner", "image_captioner"), ("clip_check", "crop_checker")):
+    for key, attr in (
+        ("audio_captioner", "audio_captioner"),
+        ("image_captioner", "image_captioner"),
+        ("clip_check", "crop_checker"),
+    ):
         if getattr(tools, key).impl != "none":
             from tools import full_registry
 
             optional[attr] = getattr(full_registry, f"build_{key}")(settings)
 
-    return Toolset(tagger=tagger, grounder=grounder, scorer=scorer, matcher=matcher, vocabulary=vocabulary, **optional)
+    return Toolset(
+        tagger=tagger, grounder=grounder, scorer=scorer, matcher=matcher, vocabulary=vocabulary, **optional
+    )
 
 
 _CACHE: dict[str, Toolset] = {}

@@ -40,7 +40,13 @@ def main() -> None:
 
     dev = SHARED / "data" / "davis_av_dev"
     rows = list(csv.DictReader(open(dev / "s4_meta_data.csv")))[: args.clips]
-    paths = [(dev / "s4_data/visual_frames/test" / r["category"] / r["name"], dev / "s4_data/audio_wav/test" / r["category"] / f"{r['name']}.wav") for r in rows]
+    paths = [
+        (
+            dev / "s4_data/visual_frames/test" / r["category"] / r["name"],
+            dev / "s4_data/audio_wav/test" / r["category"] / f"{r['name']}.wav",
+        )
+        for r in rows
+    ]
 
     settings = load_settings()
     rss0 = peak_rss_mb()
@@ -61,10 +67,18 @@ def main() -> None:
         per_clip.append(t3 - t1)
     result = {
         "benchmark": "lite ask, 5-s dev clips (5 frames 224x224 + 5 s audio)",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "clips": len(per_clip),
         "first_clip_incl_model_load_s": round(load_s, 3),
-        "per_clip_s": {"mean": round(statistics.mean(per_clip), 3), "median": round(statistics.median(per_clip), 3), "max": round(max(per_clip), 3)},
+        "per_clip_s": {
+            "mean": round(statistics.mean(per_clip), 3),
+            "median": round(statistics.median(per_clip), 3),
+            "max": round(max(per_clip), 3),
+        },
         "media_load_s_mean": round(statistics.mean(load_media), 4),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "rss_before_models_mb": round(rss0, 1),

@@ -17,7 +17,6 @@ Killed at any moment, ``--resume`` drops a torn last line, skips finished clips 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -31,7 +30,8 @@ import numpy as np
 
 from evals import datasets as D
 from evals.scoring import score_clip, summarize
-from evals.strategies import PROMPTS_DIR, get_strategy
+from agent.prompts import prompt_hashes
+from evals.strategies import get_strategy
 from tools.errors import UserError
 
 DEFAULT_CACHE_DIR = Path("~/.cache/avs-agent/perception")
@@ -96,10 +96,6 @@ def _git_commit() -> str | None:
         return None
 
 
-def _prompt_hashes() -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(PROMPTS_DIR.glob("*.md"))}
-
-
 def make_config(
     dataset: str, root: Path, split: str, strategy: str, limit: int | None, on_missing: str, settings: Any
 ) -> dict[str, Any]:
@@ -121,7 +117,7 @@ def make_config(
             "backend": settings.llm.backend,
             "model": settings.llm.model if settings.llm.backend != "rules" else None,
         },
-        "prompts": _prompt_hashes(),
+        "prompts": prompt_hashes(),
         "git_commit": _git_commit(),
         "python": sys.version.split()[0],
         "numpy": numpy.__version__,

@@ -26,7 +26,7 @@ openavs            OpenAVS-style translation: audio descriptions (captions under
                    consistency) and smoothed over frames (frame consistency), then grounded.
                    With ``llm.backend: rules`` the translation is done by the text matcher
                    (rules translation, marked in ``stats['translation']``); with openai or
-                   ollama an LLM translates (``evals/prompts/openavs_translate.md``).
+                   ollama an LLM translates (``prompts/openavs_translate.md``).
 segment-all        segment everything, then associate: every object ``detect_all`` finds,
                    scored against the second's audio; the ones the audio supports are kept.
 agent              ``agent.run.run_clip`` (the full agent: propose, verify, segment, retry).
@@ -41,16 +41,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agent.prompts import load_prompt
 from tools.errors import ConfigError, UserError
 from tools.types import Answer, Clip, FrameResult, Segments, TraceStep
 
 Solver = Callable[..., Answer]
-PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 
 
 class StrategyError(UserError):
@@ -297,10 +296,10 @@ def _translate_llm(settings: Any, descriptions: list[str], run: _Run) -> list[li
         raise StrategyError(
             f"llm.backend={backend} needs the 'llm' extra (pip install avs-agent[llm])"
         ) from None
-    template = (PROMPTS_DIR / "openavs_translate.md").read_text()
+    template = load_prompt("openavs_translate")
     out = []
     for desc in descriptions:
-        msg = llm.invoke(template.replace("{description}", desc))
+        msg = llm.invoke(template.render(description=desc))
         run.stats["llm_calls"] += 1
         usage = getattr(msg, "usage_metadata", None) or {}
         run.stats["llm_tokens"] += int(usage.get("total_tokens", 0))

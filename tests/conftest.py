@@ -38,7 +38,9 @@ def _isolated_env(monkeypatch, tmp_path_factory):
         if key.startswith("AVS_AGENT_") and key not in ("AVS_AGENT_SHARED",):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AVS_AGENT_MODELS_DIR", str(SHARED / "models"))
-    monkeypatch.setenv("AVS_AGENT_CHAT__CHECKPOINT_PATH", str(tmp_path_factory.mktemp("chat") / "chat.sqlite"))
+    monkeypatch.setenv(
+        "AVS_AGENT_CHAT__CHECKPOINT_PATH", str(tmp_path_factory.mktemp("chat") / "chat.sqlite")
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 

@@ -41,7 +41,14 @@ class FakeLLMServer:
                     with server._lock:
                         item = server._next()
                 if "status" in item:
-                    payload = json.dumps({"error": {"message": "scripted error", "type": "rate_limit" if item["status"] == 429 else "server"}}).encode()
+                    payload = json.dumps(
+                        {
+                            "error": {
+                                "message": "scripted error",
+                                "type": "rate_limit" if item["status"] == 429 else "server",
+                            }
+                        }
+                    ).encode()
                     self.send_response(item["status"])
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
@@ -57,10 +64,21 @@ class FakeLLMServer:
                 message: dict = {"role": "assistant", "content": None}
                 if "tool" in item:
                     tools = body.get("tools") or [{"function": {"name": "answer"}}]
-                    message["tool_calls"] = [{"id": "call_1", "type": "function", "function": {"name": tools[0]["function"]["name"], "arguments": json.dumps(item["tool"])}}]
+                    message["tool_calls"] = [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {
+                                "name": tools[0]["function"]["name"],
+                                "arguments": json.dumps(item["tool"]),
+                            },
+                        }
+                    ]
                     finish = "tool_calls"
                 else:
-                    message["content"] = json.dumps(item["json"]) if "json" in item else item.get("content", "")
+                    message["content"] = (
+                        json.dumps(item["json"]) if "json" in item else item.get("content", "")
+                    )
                     finish = "stop"
                 payload = json.dumps(
                     {
@@ -68,7 +86,9 @@ class FakeLLMServer:
                         "object": "chat.completion",
                         "created": int(time.time()),
                         "model": body.get("model", "fake"),
-                        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+                        "choices": [
+                            {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+                        ],
                         "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
                     }
                 ).encode()
@@ -80,13 +100,46 @@ class FakeLLMServer:
 
             def _ollama(self, body, item):
                 if "tool" in item:
-                    message = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": (body.get("tools") or [{"function": {"name": "answer"}}])[0]["function"]["name"], "arguments": item["tool"]}}]}
+                    message = {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [
+                            {
+                                "function": {
+                                    "name": (body.get("tools") or [{"function": {"name": "answer"}}])[0][
+                                        "function"
+                                    ]["name"],
+                                    "arguments": item["tool"],
+                                }
+                            }
+                        ],
+                    }
                 else:
-                    message = {"role": "assistant", "content": json.dumps(item["json"]) if "json" in item else item.get("content", "")}
+                    message = {
+                        "role": "assistant",
+                        "content": json.dumps(item["json"]) if "json" in item else item.get("content", ""),
+                    }
                 now = "2026-11-22T00:00:00Z"
-                final = {"model": body.get("model", "fake"), "created_at": now, "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop", "total_duration": 1, "prompt_eval_count": 90, "eval_count": 30}
+                final = {
+                    "model": body.get("model", "fake"),
+                    "created_at": now,
+                    "message": {"role": "assistant", "content": ""},
+                    "done": True,
+                    "done_reason": "stop",
+                    "total_duration": 1,
+                    "prompt_eval_count": 90,
+                    "eval_count": 30,
+                }
                 if body.get("stream", True):
-                    lines = [{"model": body.get("model", "fake"), "created_at": now, "message": message, "done": False}, final]
+                    lines = [
+                        {
+                            "model": body.get("model", "fake"),
+                            "created_at": now,
+                            "message": message,
+                            "done": False,
+                        },
+                        final,
+                    ]
                     payload = "".join(json.dumps(x) + "\n" for x in lines).encode()
                     ctype = "application/x-ndjson"
                 else:

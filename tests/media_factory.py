@@ -22,7 +22,14 @@ def tone(seconds: float, rate: int, channels: int = 1, freq: float = 440.0) -> n
     return np.stack([wave] * channels)
 
 
-def write_video(path: Path, seconds: float = 3.0, fps: int = 10, size=(64, 48), audio_rate: int | None = 48000, channels: int = 2) -> Path:
+def write_video(
+    path: Path,
+    seconds: float = 3.0,
+    fps: int = 10,
+    size=(64, 48),
+    audio_rate: int | None = 48000,
+    channels: int = 2,
+) -> Path:
     import av
 
     vcodec, acodec = CODECS[path.suffix]
@@ -48,10 +55,14 @@ def write_video(path: Path, seconds: float = 3.0, fps: int = 10, size=(64, 48), 
         if as_ is not None:
             data = tone(seconds, audio_rate, channels)
             layout = as_.layout.name
-            resampler = av.AudioResampler(format=as_.codec_context.format.name, layout=layout, rate=audio_rate)
+            resampler = av.AudioResampler(
+                format=as_.codec_context.format.name, layout=layout, rate=audio_rate
+            )
             chunk = as_.codec_context.frame_size or 1024
             for start in range(0, data.shape[1], chunk):
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, start : start + chunk]), format="fltp", layout=layout)
+                af = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(data[:, start : start + chunk]), format="fltp", layout=layout
+                )
                 af.sample_rate = audio_rate
                 af.pts = start
                 af.time_base = Fraction(1, audio_rate)

@@ -30,7 +30,12 @@ class ScriptedTagger:
 
     def tag(self, segments: list[AudioSegment]) -> list[AudioTags]:
         items = sorted(self.tags.items(), key=lambda kv: -kv[1])
-        return [AudioTags(start_s=s.start_s, end_s=s.end_s, labels=[k for k, _ in items], scores=[v for _, v in items]) for s in segments]
+        return [
+            AudioTags(
+                start_s=s.start_s, end_s=s.end_s, labels=[k for k, _ in items], scores=[v for _, v in items]
+            )
+            for s in segments
+        ]
 
 
 class ScriptedGrounder:
@@ -59,7 +64,9 @@ class ScriptedGrounder:
         return Segments.concat(out, frame.height, frame.width)
 
     def detect_all(self, frame: Frame) -> Segments:
-        return Segments.concat([s if not isinstance(s, list) else s[-1] for s in self.found.values()], frame.height, frame.width)
+        return Segments.concat(
+            [s if not isinstance(s, list) else s[-1] for s in self.found.values()], frame.height, frame.width
+        )
 
 
 class ScriptedScorer:
@@ -72,8 +79,16 @@ class ScriptedScorer:
         return np.asarray([[self.scores.get(t, 0.0) for t in texts] for _ in audio], np.float32)
 
 
-def scripted_toolset(matcher, tags: dict[str, float], found: dict, scores: dict[str, float], vocabulary: list[str]) -> Toolset:
-    return Toolset(tagger=ScriptedTagger(tags), grounder=ScriptedGrounder(found), scorer=ScriptedScorer(scores), matcher=matcher, vocabulary=vocabulary)
+def scripted_toolset(
+    matcher, tags: dict[str, float], found: dict, scores: dict[str, float], vocabulary: list[str]
+) -> Toolset:
+    return Toolset(
+        tagger=ScriptedTagger(tags),
+        grounder=ScriptedGrounder(found),
+        scorer=ScriptedScorer(scores),
+        matcher=matcher,
+        vocabulary=vocabulary,
+    )
 
 
 def clip(n_frames: int = 2):
@@ -81,4 +96,6 @@ def clip(n_frames: int = 2):
 
     wave = (0.1 * np.sin(np.arange(16000 * n_frames) / 10)).astype(np.float32)
     segs = [AudioSegment(float(i), float(i + 1), wave[i * 16000 : (i + 1) * 16000]) for i in range(n_frames)]
-    return Clip("scripted", [frame(i) for i in range(n_frames)], segs, AudioSegment(0.0, float(n_frames), wave))
+    return Clip(
+        "scripted", [frame(i) for i in range(n_frames)], segs, AudioSegment(0.0, float(n_frames), wave)
+    )

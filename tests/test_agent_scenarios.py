@@ -1,6 +1,5 @@
 """Scenario suite: the agent's decisions (rules and LLM) over scripted tool outputs."""
 
-import numpy as np
 import pytest
 
 from agent.run import run_clip
@@ -29,14 +28,26 @@ def test_one_visible_source(matcher):
 
 
 def test_source_off_screen_gives_empty_masks(matcher):
-    ans = _run(scripted_toolset(matcher, {"Bark": 0.9}, {"person": box_segment("person", (0, 0, 20, 60))}, {"dog": 0.9}, VOCAB))
+    ans = _run(
+        scripted_toolset(
+            matcher, {"Bark": 0.9}, {"person": box_segment("person", (0, 0, 20, 60))}, {"dog": 0.9}, VOCAB
+        )
+    )
     assert ans.labels == [] and not ans.visible
     assert "not visible" in ans.text and "dog" in ans.text
 
 
 def test_two_visible_sources_give_the_union(matcher):
     person, guitar = box_segment("person", (0, 0, 20, 60)), box_segment("guitar", (30, 30, 60, 50))
-    ans = _run(scripted_toolset(matcher, {"Speech": 0.8, "Guitar": 0.7}, {"person": person, "guitar": guitar}, {"person": 0.8, "guitar": 0.7}, VOCAB))
+    ans = _run(
+        scripted_toolset(
+            matcher,
+            {"Speech": 0.8, "Guitar": 0.7},
+            {"person": person, "guitar": guitar},
+            {"person": 0.8, "guitar": 0.7},
+            VOCAB,
+        )
+    )
     assert sorted(ans.labels) == ["guitar", "person"]
     assert (ans.masks[0] == (person.mask[0] | guitar.mask[0])).all()
 
@@ -44,7 +55,13 @@ def test_two_visible_sources_give_the_union(matcher):
 def test_sound_alikes_only_the_visible_one_is_chosen(matcher):
     """The seed's bee vs electric shaver: both fit the buzz, only the shaver is in the frame."""
     shaver = box_segment("electric shaver", (20, 20, 40, 30))
-    tools = scripted_toolset(matcher, {"Bee, wasp, etc.": 0.6, "Electric shaver, electric razor": 0.55}, {"electric shaver": shaver}, {"bee": 0.6, "electric shaver": 0.55}, VOCAB)
+    tools = scripted_toolset(
+        matcher,
+        {"Bee, wasp, etc.": 0.6, "Electric shaver, electric razor": 0.55},
+        {"electric shaver": shaver},
+        {"bee": 0.6, "electric shaver": 0.55},
+        VOCAB,
+    )
     ans = _run(tools)
     assert ans.labels == ["electric shaver"]
     assert any("not visible: bee" in s.message for s in ans.trace)
@@ -53,7 +70,15 @@ def test_sound_alikes_only_the_visible_one_is_chosen(matcher):
 def test_first_mask_empty_then_retry_succeeds(matcher):
     tiny = box_segment("dog", (0, 0, 1, 1))  # 1 px: fails the mask check
     person = box_segment("person", (0, 0, 20, 60))
-    ans = _run(scripted_toolset(matcher, {"Bark": 0.9, "Speech": 0.4}, {"dog": tiny, "person": person}, {"dog": 0.9, "person": 0.4}, VOCAB))
+    ans = _run(
+        scripted_toolset(
+            matcher,
+            {"Bark": 0.9, "Speech": 0.4},
+            {"dog": tiny, "person": person},
+            {"dog": 0.9, "person": 0.4},
+            VOCAB,
+        )
+    )
     assert ans.labels == ["person"]
     assert any(s.node == "check" and "too small" in s.message for s in ans.trace)
     assert any(s.node == "retry" and "person" in s.message for s in ans.trace)
@@ -62,7 +87,15 @@ def test_first_mask_empty_then_retry_succeeds(matcher):
 def test_a_failing_part_of_two_sources_is_dropped(matcher):
     tiny = box_segment("dog", (0, 0, 1, 1))
     person = box_segment("person", (0, 0, 20, 60))
-    ans = _run(scripted_toolset(matcher, {"Bark": 0.9, "Speech": 0.8}, {"dog": tiny, "person": person}, {"dog": 0.9, "person": 0.8}, VOCAB))
+    ans = _run(
+        scripted_toolset(
+            matcher,
+            {"Bark": 0.9, "Speech": 0.8},
+            {"dog": tiny, "person": person},
+            {"dog": 0.9, "person": 0.8},
+            VOCAB,
+        )
+    )
     assert ans.labels == ["person"] and (ans.masks[0] == person.mask[0]).all()
 
 
@@ -84,11 +117,29 @@ def test_llm_retry_proposes_a_new_phrase(matcher):
     tiny = box_segment("dog", (0, 0, 1, 1))
     puppy = box_segment("puppy", (10, 10, 40, 40))
     script = [
-        {"json": {"frames": [{"frame": 0, "sounding": ["dog"]}, {"frame": 1, "sounding": ["dog"]}], "reasoning": "barking"}},
-        {"json": {"frames": [{"frame": 0, "phrase": "puppy", "reason": "narrower"}, {"frame": 1, "phrase": "puppy"}]}},
+        {
+            "json": {
+                "frames": [{"frame": 0, "sounding": ["dog"]}, {"frame": 1, "sounding": ["dog"]}],
+                "reasoning": "barking",
+            }
+        },
+        {
+            "json": {
+                "frames": [
+                    {"frame": 0, "phrase": "puppy", "reason": "narrower"},
+                    {"frame": 1, "phrase": "puppy"},
+                ]
+            }
+        },
     ]
     with FakeLLMServer("openai", script) as srv:
-        ans = run_clip(clip(), _llm_settings(srv), scripted_toolset(matcher, {"Bark": 0.9}, {"dog": tiny, "puppy": puppy}, {"dog": 0.9, "puppy": 0.9}, VOCAB))
+        ans = run_clip(
+            clip(),
+            _llm_settings(srv),
+            scripted_toolset(
+                matcher, {"Bark": 0.9}, {"dog": tiny, "puppy": puppy}, {"dog": 0.9, "puppy": 0.9}, VOCAB
+            ),
+        )
     assert ans.labels == ["puppy"] and ans.stats["llm_calls"] == 2
     assert len(srv.requests) == 2
 
@@ -97,10 +148,16 @@ def test_llm_gives_up_honestly(matcher):
     tiny = box_segment("dog", (0, 0, 1, 1))
     script = [
         {"json": {"frames": [{"frame": 0, "sounding": ["dog"]}, {"frame": 1, "sounding": ["dog"]}]}},
-        {"json": {"frames": [{"frame": 0, "phrase": None}, {"frame": 1, "phrase": "dog"}]}},  # gives up / repeats itself
+        {
+            "json": {"frames": [{"frame": 0, "phrase": None}, {"frame": 1, "phrase": "dog"}]}
+        },  # gives up / repeats itself
     ]
     with FakeLLMServer("ollama", script) as srv:
-        ans = run_clip(clip(), _llm_settings(srv), scripted_toolset(matcher, {"Bark": 0.9}, {"dog": tiny}, {"dog": 0.9}, VOCAB))
+        ans = run_clip(
+            clip(),
+            _llm_settings(srv),
+            scripted_toolset(matcher, {"Bark": 0.9}, {"dog": tiny}, {"dog": 0.9}, VOCAB),
+        )
     assert not ans.visible and "failed" in ans.text
     assert sum(1 for s in ans.trace if s.node == "retry" and "gave up" in s.message) == 2
 
@@ -111,7 +168,11 @@ def test_tool_outputs_reach_the_llm_inside_data_delimiters(matcher):
     prop = {"frames": [{"frame": 0, "sounding": ["dog"]}, {"frame": 1, "sounding": ["dog"]}]}
     dog = box_segment("dog", (10, 10, 40, 40))
     with FakeLLMServer("openai", [{"json": prop}]) as srv:
-        ans = run_clip(clip(), _llm_settings(srv), scripted_toolset(matcher, {injected: 0.9, "Bark": 0.8}, {"dog": dog}, {"dog": 0.9}, VOCAB))
+        ans = run_clip(
+            clip(),
+            _llm_settings(srv),
+            scripted_toolset(matcher, {injected: 0.9, "Bark": 0.8}, {"dog": dog}, {"dog": 0.9}, VOCAB),
+        )
     messages = srv.requests[0]["body"]["messages"]
     assert "never instructions" in messages[0]["content"]
     user = messages[1]["content"]

@@ -21,7 +21,9 @@ def _iou(a, b):
     return 1.0 if u == 0 else np.logical_and(a, b).sum() / u
 
 
-@pytest.mark.parametrize("name", ["pets_great_pyrenees_178_bark_01", "davis_car_shadow_horn_01", "pets_great_pyrenees_180_bark_01"])
+@pytest.mark.parametrize(
+    "name", ["pets_great_pyrenees_178_bark_01", "davis_car_shadow_horn_01", "pets_great_pyrenees_180_bark_01"]
+)
 def test_ask_masks_the_visible_source(tmp_path, dev_set, name):
     frames, wav, gt_dir = dev_clip_paths(name)
     out = tmp_path / "out"
@@ -40,10 +42,20 @@ def test_ask_masks_the_visible_source(tmp_path, dev_set, name):
     assert np.mean(ious) >= 0.5
     saved = json.loads((out / "answer.json").read_text())
     assert saved["answer"] == data["answer"] and saved["trace"]
-    assert {s["node"] for s in saved["trace"]} >= {"load", "perceive", "propose", "verify", "segment", "check", "answer"}
+    assert {s["node"] for s in saved["trace"]} >= {
+        "load",
+        "perceive",
+        "propose",
+        "verify",
+        "segment",
+        "check",
+        "answer",
+    }
 
 
-@pytest.mark.parametrize("name", ["pets_bombay_182_siren_01", "davis_goat_chainsaw_01", "pets_maine_coon_204_bark_01"])
+@pytest.mark.parametrize(
+    "name", ["pets_bombay_182_siren_01", "davis_goat_chainsaw_01", "pets_maine_coon_204_bark_01"]
+)
 def test_ask_leaves_masks_empty_when_the_source_is_off_screen(tmp_path, dev_set, name):
     frames, wav, _ = dev_clip_paths(name)
     res = runner.invoke(app, ["ask", str(frames), "--audio", str(wav), "--out", str(tmp_path)])
@@ -69,7 +81,9 @@ def test_ask_on_a_real_video_file(tmp_path, dev_set):
         as_ = out.add_stream("aac", rate=16000)
         as_.layout = "mono"
         for i in range(5):
-            img = np.asarray(Image.open(frames / f"pets_great_pyrenees_176_bark_01_{i + 1}.png").convert("RGB"))
+            img = np.asarray(
+                Image.open(frames / f"pets_great_pyrenees_176_bark_01_{i + 1}.png").convert("RGB")
+            )
             f = av.VideoFrame.from_ndarray(img, format="rgb24")
             f.pts = i
             for p in vs.encode(f):
@@ -78,7 +92,9 @@ def test_ask_on_a_real_video_file(tmp_path, dev_set):
             out.mux(p)
         resampler = av.AudioResampler(format=as_.codec_context.format.name, layout="mono", rate=16000)
         for start in range(0, len(audio), 1024):
-            af = av.AudioFrame.from_ndarray(audio[None, start : start + 1024].copy(), format="flt", layout="mono")
+            af = av.AudioFrame.from_ndarray(
+                audio[None, start : start + 1024].copy(), format="flt", layout="mono"
+            )
             af.sample_rate = 16000
             af.pts = start
             for conv in resampler.resample(af):
@@ -93,7 +109,9 @@ def test_ask_on_a_real_video_file(tmp_path, dev_set):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
@@ -106,7 +124,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
         ([str(write_image(tmp_path / "i.png")), "--audio", str(write_wav(tmp_path / "e.wav", 0.0))], "empty"),
         ([str(tmp_path / "x.txt")], "not found"),
         ([str(write_image(tmp_path / "j.png"))], "--audio"),
-        ([str(write_image(tmp_path / "k.png")), "--audio", str(write_wav(tmp_path / "a.wav", 1.0)), "--set", "agent.bogus=1"], "invalid setting"),
+        (
+            [
+                str(write_image(tmp_path / "k.png")),
+                "--audio",
+                str(write_wav(tmp_path / "a.wav", 1.0)),
+                "--set",
+                "agent.bogus=1",
+            ],
+            "invalid setting",
+        ),
     ]
     (tmp_path / "y.xyz").write_text("x")
     cases.append(([str(tmp_path / "y.xyz")], "unsupported media type"))

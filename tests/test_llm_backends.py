@@ -18,7 +18,10 @@ from tests.fake_llm import FakeLLMServer
 from tools.media import load_clip
 
 CLIP = "pets_great_pyrenees_177_bark_01"  # a barking dog with two people beside it
-PEOPLE = {"frames": [{"frame": i, "sounding": ["person"], "not_visible": []} for i in range(5)], "reasoning": "scripted: the people"}
+PEOPLE = {
+    "frames": [{"frame": i, "sounding": ["person"], "not_visible": []} for i in range(5)],
+    "reasoning": "scripted: the people",
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,12 @@ def _settings(srv, **extra):
 
 @pytest.mark.parametrize(
     "protocol,method,item",
-    [("openai", "json_schema", {"json": PEOPLE}), ("openai", "function_calling", {"tool": PEOPLE}), ("ollama", "json_schema", {"json": PEOPLE}), ("ollama", "function_calling", {"tool": PEOPLE})],
+    [
+        ("openai", "json_schema", {"json": PEOPLE}),
+        ("openai", "function_calling", {"tool": PEOPLE}),
+        ("ollama", "json_schema", {"json": PEOPLE}),
+        ("ollama", "function_calling", {"tool": PEOPLE}),
+    ],
 )
 def test_llm_decisions_are_used(loaded, rules_answer, protocol, method, item):
     assert rules_answer.labels == ["dog"]
@@ -81,7 +89,14 @@ def test_429_is_retried_with_backoff(loaded):
 
 
 def test_server_down_falls_back(loaded, rules_answer):
-    s = load_settings(overrides=["llm.backend=openai", "llm.base_url=http://127.0.0.1:9/v1", "llm.max_retries=0", "llm.timeout_s=2"])
+    s = load_settings(
+        overrides=[
+            "llm.backend=openai",
+            "llm.base_url=http://127.0.0.1:9/v1",
+            "llm.max_retries=0",
+            "llm.timeout_s=2",
+        ]
+    )
     ans = run_clip(loaded, s, get_toolset(s))
     assert ans.labels == rules_answer.labels
     assert any("LLM propose failed" in s.message for s in ans.trace)
@@ -90,16 +105,49 @@ def test_server_down_falls_back(loaded, rules_answer):
 def test_cli_ask_uses_the_server(tmp_path, dev_set):
     frames, wav, _ = dev_clip_paths(CLIP)
     with FakeLLMServer("openai", [{"json": PEOPLE}]) as srv:
-        res = CliRunner().invoke(app, ["ask", str(frames), "--audio", str(wav), "--json", "--set", "llm.backend=openai", "--set", f"llm.base_url={srv.url}"])
+        res = CliRunner().invoke(
+            app,
+            [
+                "ask",
+                str(frames),
+                "--audio",
+                str(wav),
+                "--json",
+                "--set",
+                "llm.backend=openai",
+                "--set",
+                f"llm.base_url={srv.url}",
+            ],
+        )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert data["labels"] == ["person"] and data["stats"]["llm_calls"] == 1 and data["stats"]["reasoner"].startswith("openai")
+    assert (
+        data["labels"] == ["person"]
+        and data["stats"]["llm_calls"] == 1
+        and data["stats"]["reasoner"].startswith("openai")
+    )
 
 
 def test_missing_api_key_is_one_line(tmp_path, dev_set, monkeypatch):
     frames, wav, _ = dev_clip_paths(CLIP)
     env = {k: v for k, v in __import__("os").environ.items() if k != "OPENAI_API_KEY"}
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "ask", str(frames), "--audio", str(wav), "--set", "llm.backend=openai"], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "ask",
+            str(frames),
+            "--audio",
+            str(wav),
+            "--set",
+            "llm.backend=openai",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "OPENAI_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
 
 

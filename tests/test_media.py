@@ -12,7 +12,9 @@ def test_video_containers_give_1fps_frames_and_16k_mono(tmp_path, suffix):
     path = write_video(tmp_path / f"v{suffix}", seconds=3.0)
     clip = load_clip(path)
     assert len(clip.frames) == 3
-    assert [round(f.time_s) for f in clip.frames] == [0, 1, 2] or all(abs(f.time_s - (i + 0.5)) < 0.15 for i, f in enumerate(clip.frames))
+    assert [round(f.time_s) for f in clip.frames] == [0, 1, 2] or all(
+        abs(f.time_s - (i + 0.5)) < 0.15 for i, f in enumerate(clip.frames)
+    )
     assert clip.frames[0].image.shape == (48, 64, 3)
     assert len(clip.segments) == 3 and all(len(s.waveform) == SAMPLE_RATE for s in clip.segments[:2])
     assert abs(clip.duration_s - 3.0) < 0.2
@@ -52,7 +54,11 @@ def test_frame_folder_plus_audio(tmp_path):
 
 
 def test_large_frames_are_downscaled(tmp_path):
-    clip = load_clip(write_image(tmp_path / "big.png", size=(3000, 1000)), write_wav(tmp_path / "a.wav", 1.0), max_side=1280)
+    clip = load_clip(
+        write_image(tmp_path / "big.png", size=(3000, 1000)),
+        write_wav(tmp_path / "a.wav", 1.0),
+        max_side=1280,
+    )
     assert max(clip.frames[0].image.shape[:2]) == 1280
 
 
@@ -66,7 +72,9 @@ def test_bad_inputs_are_media_errors(tmp_path):
     with pytest.raises(MediaError, match="no audio track"):
         load_clip(write_video(tmp_path / "silent.mp4", audio_rate=None))
     with pytest.raises(MediaError, match="unsupported"):
-        load_clip((tmp_path / "notes.txt").with_suffix(".txt")) if (tmp_path / "notes.txt").write_text("x") else None
+        load_clip((tmp_path / "notes.txt").with_suffix(".txt")) if (tmp_path / "notes.txt").write_text(
+            "x"
+        ) else None
     with pytest.raises(MediaError, match="give the sound with --audio"):
         load_clip(write_image(tmp_path / "i.png"))
     with pytest.raises(MediaError, match="is empty"):

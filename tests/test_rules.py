@@ -29,19 +29,33 @@ def test_propose_floors_and_frame_consistency():
     ev = np.array([[0.9, 0.05, 0.2], [0.1, 0.0, 0.0], [0.95, 0.1, 0.25]], np.float32)
     out = R.propose(phrases, {}, ev, silent=[False, False])
     assert [c.phrase for c in out[0]] == ["dog"]  # person 0.2 < 0.3 x 0.95: a side-sound, not the source
-    assert [c.phrase for c in out[1]] == ["dog"] and out[1][0].evidence == 0.475  # inherits half the clip's evidence
+    assert [c.phrase for c in out[1]] == ["dog"] and out[1][
+        0
+    ].evidence == 0.475  # inherits half the clip's evidence
     assert R.propose(phrases, {}, ev, silent=[True, True]) == [[], []]
 
 
 def test_verify_keeps_visible_and_prefers_prominent_among_ties():
-    cands = [Candidate(phrase="car", evidence=0.8), Candidate(phrase="motorcycle", evidence=0.8), Candidate(phrase="dog", evidence=0.9)]
-    found = {"car": _seg("car", (0, 0, 4, 4)), "motorcycle": _seg("motorcycle", (0, 0, 15, 15)), "dog": Segments.empty(20, 20)}
+    cands = [
+        Candidate(phrase="car", evidence=0.8),
+        Candidate(phrase="motorcycle", evidence=0.8),
+        Candidate(phrase="dog", evidence=0.9),
+    ]
+    found = {
+        "car": _seg("car", (0, 0, 4, 4)),
+        "motorcycle": _seg("motorcycle", (0, 0, 15, 15)),
+        "dog": Segments.empty(20, 20),
+    }
     assert [c.phrase for c in R.verify(cands, found)] == ["motorcycle", "car"]
     assert R.verify(cands, {"dog": Segments.empty(20, 20)}) == []
 
 
 def test_choose_adds_a_close_second_source_only_first_time():
-    vis = [Candidate(phrase="dog", evidence=0.9), Candidate(phrase="person", evidence=0.6), Candidate(phrase="car", evidence=0.2)]
+    vis = [
+        Candidate(phrase="dog", evidence=0.9),
+        Candidate(phrase="person", evidence=0.6),
+        Candidate(phrase="car", evidence=0.2),
+    ]
     assert R.choose(vis, 0) == ["dog", "person"]
     assert R.choose(vis, 1) == ["person"]
     assert R.choose(vis[:1] + vis[2:], 0) == ["dog"]  # car too weak to be a second source

@@ -14,7 +14,9 @@ def test_defaults_are_lite_rules():
 def test_precedence_default_profile_file_env_cli(tmp_path, monkeypatch):
     # default 0.3 (code), profile file lite.yaml says 0.3 too; user file < env < --set
     user = tmp_path / "user.yaml"
-    user.write_text("tools:\n  grounder:\n    box_threshold: 0.41\nagent:\n  max_attempts: 7\n  min_mask_area: 0.01\nllm:\n  model: from-file\n")
+    user.write_text(
+        "tools:\n  grounder:\n    box_threshold: 0.41\nagent:\n  max_attempts: 7\n  min_mask_area: 0.01\nllm:\n  model: from-file\n"
+    )
     s = load_settings(config_file=user)
     assert s.tools.grounder.box_threshold == 0.41 and s.agent.max_attempts == 7
 
@@ -39,14 +41,16 @@ def test_profile_from_cli_beats_env(monkeypatch):
 
 def test_profile_file_beats_code_default(tmp_path):
     s = load_settings()
-    assert s.tools.audio_text_scorer.impl == "tag_embedding"  # set in configs/lite.yaml, code default is 'none'
+    assert (
+        s.tools.audio_text_scorer.impl == "tag_embedding"
+    )  # set in configs/lite.yaml, code default is 'none'
 
 
 def test_models_dir_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("AVS_AGENT_MODELS_DIR", str(tmp_path))
     s = load_settings()
     assert s.resolve("yamnet/yamnet.tflite") == tmp_path / "yamnet" / "yamnet.tflite"
-    assert s.resolve("/abs/model") .as_posix() == "/abs/model"
+    assert s.resolve("/abs/model").as_posix() == "/abs/model"
 
 
 def test_parse_overrides_types():

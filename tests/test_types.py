@@ -9,7 +9,13 @@ def _seg(n=3, h=10, w=12):
     mask = np.zeros((n, h, w), bool)
     for i in range(n):
         mask[i, i : i + 2, : 3 + i] = True
-    return Segments(xyxy=np.arange(n * 4).reshape(n, 4), mask=mask, confidence=np.linspace(0.2, 0.9, n), labels=[f"l{i}" for i in range(n)], data={"k": list(range(n))})
+    return Segments(
+        xyxy=np.arange(n * 4).reshape(n, 4),
+        mask=mask,
+        confidence=np.linspace(0.2, 0.9, n),
+        labels=[f"l{i}" for i in range(n)],
+        data={"k": list(range(n))},
+    )
 
 
 def test_segments_filter_and_invariants():
@@ -23,7 +29,13 @@ def test_segments_filter_and_invariants():
     with pytest.raises(ValueError):
         Segments(xyxy=np.zeros((2, 4)), mask=np.zeros((1, 4, 4), bool), confidence=[1, 1], labels=["a", "b"])
     with pytest.raises(ValueError):
-        Segments(xyxy=np.zeros((1, 4)), mask=np.zeros((1, 4, 4), bool), confidence=[1], labels=["a"], data={"x": [1, 2]})
+        Segments(
+            xyxy=np.zeros((1, 4)),
+            mask=np.zeros((1, 4, 4), bool),
+            confidence=[1],
+            labels=["a"],
+            data={"x": [1, 2]},
+        )
 
 
 def test_segments_empty_and_concat():
@@ -47,7 +59,18 @@ def test_frame_and_clip_checks():
 def test_answer_json_shape():
     m = np.zeros((4, 5), bool)
     m[1, 1] = True
-    ans = Answer("q", "t", ["dog"], [FrameResult(index=0, time_s=0.5, labels=["dog"], boxes=[[1, 1, 2, 2]], scores=[0.9], mask_area=0.05)], [m], [])
+    ans = Answer(
+        "q",
+        "t",
+        ["dog"],
+        [
+            FrameResult(
+                index=0, time_s=0.5, labels=["dog"], boxes=[[1, 1, 2, 2]], scores=[0.9], mask_area=0.05
+            )
+        ],
+        [m],
+        [],
+    )
     d = ans.to_dict(mask_files=["masks/frame_0001.png"])
     assert d["visible"] is True and d["frames"][0]["mask_file"] == "masks/frame_0001.png"
     with pytest.raises(ValueError):

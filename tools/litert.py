@@ -18,7 +18,7 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tflite(path: str, threads: int):
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -34,7 +34,7 @@ def tflite_interpreter(path: Path, what: str, threads: int = 2):
     return _tflite(str(require_file(path, what)), threads)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _onnx(path: str, threads: int):
     try:
         import onnxruntime as ort

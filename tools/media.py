@@ -80,7 +80,9 @@ def load_clip(
     if suffix in AUDIO_SUFFIXES:
         raise MediaError(f"{media} is an audio file: give a video, or an image with --audio {media.name}")
     kinds = ", ".join(sorted(s.lstrip(".") for s in VIDEO_SUFFIXES | IMAGE_SUFFIXES))
-    raise MediaError(f"unsupported media type '{suffix or media.name}': expected a video or image ({kinds}) or a folder of frames")
+    raise MediaError(
+        f"unsupported media type '{suffix or media.name}': expected a video or image ({kinds}) or a folder of frames"
+    )
 
 
 def _assemble(source: str, frames: list[Frame], wave: np.ndarray, *, one_segment: bool, meta: dict) -> Clip:
@@ -91,7 +93,9 @@ def _assemble(source: str, frames: list[Frame], wave: np.ndarray, *, one_segment
         segments = []
         for i in range(len(frames)):
             chunk = wave[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE]
-            segments.append(AudioSegment(float(i), float(i + 1), np.ascontiguousarray(chunk, dtype=np.float32)))
+            segments.append(
+                AudioSegment(float(i), float(i + 1), np.ascontiguousarray(chunk, dtype=np.float32))
+            )
     meta["audio_seconds"] = round(whole.duration_s, 3)
     return Clip(source=source, frames=frames, segments=segments, audio=whole, meta=meta)
 

@@ -32,9 +32,15 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float) -> np.ndarray:
+def batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float
+) -> np.ndarray:
     """Per-class NMS. classes: (n,) int -> kept indices sorted by score."""
-    keep = [idx[nms(boxes[idx], scores[idx], iou_threshold)] for c in np.unique(classes) for idx in [np.flatnonzero(classes == c)]]
+    keep = [
+        idx[nms(boxes[idx], scores[idx], iou_threshold)]
+        for c in np.unique(classes)
+        for idx in [np.flatnonzero(classes == c)]
+    ]
     if not keep:
         return np.zeros(0, np.int64)
     kept = np.concatenate(keep)

@@ -61,8 +61,7 @@ class AudioCaptioner(Protocol):
 
     name: str
 
-    def caption(self, audio: list[AudioSegment], prompts: list[str] | None = None) -> list[Captions]:
-        ...
+    def caption(self, audio: list[AudioSegment], prompts: list[str] | None = None) -> list[Captions]: ...
 
 
 @runtime_checkable
@@ -71,8 +70,7 @@ class ImageCaptioner(Protocol):
 
     name: str
 
-    def caption(self, frames: list[Frame]) -> list[Captions]:
-        ...
+    def caption(self, frames: list[Frame]) -> list[Captions]: ...
 
 
 @runtime_checkable

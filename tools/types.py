@@ -39,7 +39,9 @@ class Frame:
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
-            raise ValueError(f"Frame.image must be (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}")
+            raise ValueError(
+                f"Frame.image must be (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}"
+            )
 
     @property
     def height(self) -> int:
@@ -65,7 +67,9 @@ class AudioSegment:
 
     def __post_init__(self) -> None:
         if self.waveform.ndim != 1 or self.waveform.dtype != np.float32:
-            raise ValueError(f"AudioSegment.waveform must be (n,) float32, got {self.waveform.shape} {self.waveform.dtype}")
+            raise ValueError(
+                f"AudioSegment.waveform must be (n,) float32, got {self.waveform.shape} {self.waveform.dtype}"
+            )
 
     @property
     def duration_s(self) -> float:
@@ -264,7 +268,9 @@ class Answer:
         """True when some frame has a non-empty mask."""
         return any(m.any() for m in self.masks)
 
-    def to_dict(self, mask_files: list[str] | None = None, overlay_files: list[str] | None = None) -> dict[str, Any]:
+    def to_dict(
+        self, mask_files: list[str] | None = None, overlay_files: list[str] | None = None
+    ) -> dict[str, Any]:
         frames = []
         for i, fr in enumerate(self.frames):
             item = fr.model_dump()

@@ -54,7 +54,9 @@ class YamnetTagger:
         scores = []
         with lock:
             for window in windows:
-                interp.set_tensor(inp, window[None] if len(interp.get_input_details()[0]["shape"]) == 2 else window)
+                interp.set_tensor(
+                    inp, window[None] if len(interp.get_input_details()[0]["shape"]) == 2 else window
+                )
                 interp.invoke()
                 scores.append(interp.get_tensor(out).reshape(-1).copy())
         return np.stack(scores)
