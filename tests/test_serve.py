@@ -84,9 +84,10 @@ def metric_samples(text: str, name: str) -> dict[tuple, float]:
     return out
 
 
-def batches_over_one(metrics_text: str, method: str) -> int:
-    """How many batches of ``method`` held more than one call (from the batch-size histogram)."""
-    buckets = metric_samples(metrics_text, "avs_serve_batch_size_bucket")
+def batches_over_one(metrics_text: str, method: str, metric: str = "avs_serve_batch_size") -> int:
+    """How many batches of ``method`` held more than one call (from the batch-size histogram; with
+    ``avs_serve_request_batch_size``: how many requests were served in such a batch)."""
+    buckets = metric_samples(metrics_text, f"{metric}_bucket")
     total = buckets[(("le", "+Inf"), ("method", method))]
     ones = buckets[(("le", "1.0"), ("method", method))]
     return int(total - ones)

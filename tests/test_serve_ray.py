@@ -1,0 +1,123 @@
+"""The tools as Ray Serve deployments (agent.serve_ray) on a local CPU Ray, reached by the same remote
+backend. Skipped when the optional `ray` extra is not installed (pip install 'avs-agent[ray]')."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from agent.cli import app as cli_app
+from agent.settings import load_settings
+from tests.conftest import SHARED, dev_clip_paths
+from tests.test_serve import TOKEN, batches_over_one, free_port, metric_samples
+from tools import wire
+from tools.errors import ConfigError
+from tools.remote import RemoteClient, ToolServerError
+from tools.types import AudioSegment
+
+pytest.importorskip("ray.serve", reason="the optional 'ray' extra is not installed")
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ray_server():
+    """Ray Serve on a local Ray (4 logical CPUs, half a CPU per tool replica), batches up to 8."""
+    import ray
+    from ray import serve
+
+    from agent.serve_ray import build_ray_app, start_ray
+
+    settings = load_settings(
+        overrides=[
+            f"models_dir={SHARED / 'models'}",
+            "serve.max_batch_size=8",
+            "serve.batch_wait_s=0.02",
+            "serve.ray_cpus_per_replica=0.5",
+        ]
+    )
+    port = free_port()
+    application = build_ray_app(settings, token=TOKEN)
+    start_ray(settings, "127.0.0.1", port, num_cpus=4)
+    try:
+        serve.run(application, name="avs-agent", route_prefix="/", blocking=False)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_ray_deployment_options():
+    from agent.serve_ray import tool_options
+
+    settings = load_settings(
+        overrides=[
+            "serve.ray_replicas=2",
+            "serve.ray_gpus_per_replica=0.5",
+            "serve.max_batch_size=32",
+            "serve.ray_tool_options={grounder: {gpus: 1, replicas: 3}}",
+        ]
+    )
+    g, t = tool_options(settings, "grounder"), tool_options(settings, "tagger")
+    assert g["num_replicas"] == 3 and g["ray_actor_options"]["num_gpus"] == 1.0
+    assert (
+        t["num_replicas"] == 2
+        and t["ray_actor_options"]["num_gpus"] == 0.5
+        and t["max_ongoing_requests"] == 64
+    )
+    bad = load_settings(overrides=["serve.ray_tool_options={grounder: {gpu: 1}}"])
+    with pytest.raises(ConfigError, match="unknown option"):
+        tool_options(bad, "grounder")
+
+
+def test_ray_serve_answers_ask_with_the_same_masks(ray_server, dev_set, tmp_path, monkeypatch):
+    frames, wav, _ = dev_clip_paths("davis_car_shadow_horn_01")
+    base = ["ask", str(frames), "--audio", str(wav), "--json"]
+    local = runner.invoke(cli_app, [*base, "--out", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.output
+    monkeypatch.setenv("AVS_AGENT_TOKEN", TOKEN)
+    remote = runner.invoke(
+        cli_app, [*base, "--out", str(tmp_path / "ray"), "--set", f"tools.backend={ray_server}"]
+    )
+    assert remote.exit_code == 0, remote.output
+    a, b = json.loads(local.stdout), json.loads(remote.stdout)
+    assert a["labels"] == b["labels"] and a["answer"] == b["answer"] and a["visible"]
+    for fa, fb in zip(a["frames"], b["frames"], strict=True):
+        ma = np.asarray(Image.open(tmp_path / "local" / fa["mask_file"]))
+        assert np.array_equal(ma, np.asarray(Image.open(tmp_path / "ray" / fb["mask_file"])))
+
+    info = httpx.get(f"{ray_server}/v1/info", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert info["backend"] == "ray" and info["tools"]["grounder"] == "lite-yolox-deeplab"
+    assert httpx.get(f"{ray_server}/readyz").status_code == 401
+    with pytest.raises(ToolServerError, match="401"):
+        RemoteClient(ray_server, token="wrong", retries=0).info()
+
+
+def test_ray_serve_batches_twenty_concurrent_requests(ray_server):
+    client = RemoteClient(ray_server, token=TOKEN)
+    method = wire.METHODS["tagger.tag"]
+    barrier = threading.Barrier(20)
+
+    def work(i):
+        audio = [
+            AudioSegment(0.0, 1.0, np.random.default_rng(i).uniform(-0.3, 0.3, 16000).astype(np.float32))
+        ]
+        barrier.wait()
+        resp = client._request("POST", method.path, wire.pack(*method.encode_args(audio)))
+        return int(resp.headers["x-batch-size"]), method.decode_result(*wire.unpack(resp.content))
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(work, range(20)))
+    assert all(len(tags) == 1 for _, tags in results)
+    assert max(size for size, _ in results) > 1
+    text = httpx.get(f"{ray_server}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    assert metric_samples(text, "avs_serve_requests_total")[(("code", "200"), ("method", "tagger.tag"))] >= 20
+    assert batches_over_one(text, "tagger.tag", "avs_serve_request_batch_size") >= 2
+    client.close()
