@@ -77,10 +77,20 @@ def test_matcher_maps_sounds_to_their_sources(toolset):
     out = dict(zip(["Bark", "Speech", "Dog", "Animal", "Vehicle horn, car horn, honking", "Meow"], m.sound_sources(["Bark", "Speech", "Dog", "Animal", "Vehicle horn, car horn, honking", "Meow"], list(COCO80)), strict=True))
     assert out["Bark"][0][0] == "dog" and out["Speech"][0][0] == "person"
     assert [p for p, _ in out["Dog"]] == ["dog"]  # not the cat that also resembles 'Dog'
-    assert out["Animal"] == []  # a generic label names no specific object
+    assert {p for p, _ in out["Animal"]} == {"dog", "cat"}  # a generic label names what the tags under it name
+    assert m.sound_sources(["Animal"], list(COCO80)) == [[]]  # alone, it names no specific object
     assert out["Vehicle horn, car horn, honking"][0][0] == "car" and out["Meow"][0][0] == "cat"
     assert m.match(["puppy", "automobile", "guitar"], list(COCO80)) [0][0][0] == "dog"
     assert m.match(["guitar"], list(COCO80)) == [[]]
+
+
+def test_matcher_lets_a_generic_tag_carry_the_specific_one(toolset):
+    m = toolset.matcher
+    vehicle, car = m.sound_sources(["Vehicle", "Car"], list(COCO80))
+    assert vehicle == car == [("car", 1.0)]  # 'Vehicle' 0.95 + 'Car' 0.15: the car gets the vehicle's score
+    # a weak lexical match does not inherit it: a railway wagon is no car
+    assert [p for p, _ in m.sound_sources(["Vehicle", "Railroad car, train wagon"], list(COCO80))[0]] == ["train"]
+    assert [p for p, _ in m.sound_sources(["Animal", "Dog"], list(COCO80))[0]] == ["dog"]  # never the cat
 
 
 def test_minilm_numpy_matches_transformers(toolset):

@@ -29,6 +29,10 @@ GENERIC_DESCENDANTS = 12
 """An ontology node with more descendants than this ('Animal', 'Vehicle') names no specific source."""
 ANCESTOR_DECAY = 0.9
 """Similarity found through an ancestor is discounted by this per level."""
+FLOW = 1.0
+"""A generic label passes this share of its score to what the specific labels under it name."""
+FLOW_MATCH = 0.7
+"""... but only to sources those labels name at least this strongly ('Railroad car' does not make a car)."""
 MARGIN = 0.15
 """Matches more than this below the best match of the same text are dropped ('Dog' -> dog, not cat)."""
 
@@ -193,6 +197,20 @@ class AudioSetOntology:
                 stack.extend(by_id[cid]["child_ids"])
         return len(seen)
 
+    def all_ancestors(self, name: str) -> set[str]:
+        """Names of every ancestor through every parent."""
+        by_name, by_id, parents = self._data
+        node = by_name.get(name)
+        out: set[str] = set()
+        stack = list(parents.get(node["id"], [])) if node else []
+        while stack:
+            pid = stack.pop()
+            pname = by_id[pid]["name"]
+            if pname not in out:
+                out.add(pname)
+                stack.extend(parents.get(pid, []))
+        return out
+
     def is_generic(self, name: str) -> bool:
         return self.descendants(name) > GENERIC_DESCENDANTS
 
@@ -236,21 +254,39 @@ class EmbeddingTextMatcher:
         return [_ranked(row, vocabulary, self.threshold) for row in sims]
 
     def sound_sources(self, labels: list[str], vocabulary: list[str]) -> list[list[tuple[str, float]]]:
-        out = []
-        for label in labels:
-            chain = [label, *self.ontology.ancestors(label)] if label in self.ontology else [label]
-            best = np.zeros(len(vocabulary), np.float32)
-            for depth, node in enumerate(chain):
-                if self.ontology.is_generic(node):
-                    break  # 'Animal', 'Vehicle', 'Human sounds' and above name no specific object
-                parts = [p.strip() for p in node.split(",") if p.strip()]
-                sims = self._similarity(parts, vocabulary).max(axis=0) * (ANCESTOR_DECAY**depth)
-                best = np.maximum(best, sims)
-            out.append(_ranked(best, vocabulary, self.threshold))
-        return out
+        """Per label, the vocabulary entries that make such a sound, with how strongly the label names them.
+
+        The labels are read together, as one tagger's output: a generic label ('Vehicle', 'Animal') is
+        explained by the more specific labels under it in the same list and names what they name clearly
+        ('Vehicle' with 'Car' -> car; 'Animal' with 'Dog' -> dog, never the cat); alone, it names nothing.
+        Taggers often score the generic label far above the specific one ('Vehicle' 0.95, 'Car' 0.15), so
+        this lets the specific source carry the generic label's score."""
+        return [self._sources(label, labels, vocabulary) for label in labels]
+
+    def _sources(self, label: str, labels: list[str], vocabulary: list[str]) -> list[tuple[str, float]]:
+        onto = self.ontology
+        if label in onto and onto.is_generic(label):
+            # a generic label names what the specific labels under it name, when those name it clearly
+            under = [x for x in labels if x != label and x in onto and label in onto.all_ancestors(x)]
+            rest = [y for y in labels if y != label]
+            merged: dict[str, float] = {}
+            for x in under:
+                for name, strength in self._sources(x, rest, vocabulary):
+                    if strength >= FLOW_MATCH:
+                        merged[name] = max(merged.get(name, 0.0), round(strength * FLOW, 4))
+            return sorted(merged.items(), key=lambda kv: -kv[1])
+        best = np.zeros(len(vocabulary), np.float32)
+        chain = [label, *onto.ancestors(label)] if label in onto else [label]
+        for depth, node in enumerate(chain):
+            if onto.is_generic(node):
+                break  # 'Animal', 'Vehicle', 'Human sounds' and above name no specific object
+            parts = [p.strip() for p in node.split(",") if p.strip()]
+            sims = self._similarity(parts, vocabulary).max(axis=0) * (ANCESTOR_DECAY**depth)
+            best = np.maximum(best, sims)
+        return _ranked(best, vocabulary, self.threshold)
 
 
-def _ranked(row: np.ndarray, vocabulary: list[str], threshold: float) -> list[tuple[str, float]]:
+def _ranked(row: np.ndarray, vocabulary: list[str], threshold: float, margin: float = MARGIN) -> list[tuple[str, float]]:
     order = np.argsort(-row)
-    floor = max(threshold, float(row.max(initial=0.0)) - MARGIN)
+    floor = max(threshold, float(row.max(initial=0.0)) - margin)
     return [(vocabulary[j], round(float(row[j]), 4)) for j in order if row[j] >= floor]
