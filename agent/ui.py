@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -20,6 +21,7 @@ from agent.settings import Settings
 from tools.errors import UserError
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machines: no phoning home
+log = logging.getLogger(__name__)
 
 TITLE = "avs-agent: what is making the sound?"
 EXAMPLE_QUESTION = "what is making the sound?"
@@ -116,6 +118,17 @@ class ChatPage:
         return out
 
 
+def message_text(content: Any) -> str:
+    """A chat message's text: Gradio 6 gives a list of parts ({"type": "text", "text": ...}), older a str."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or "")
+    if isinstance(content, (list, tuple)):
+        return " ".join(message_text(part) for part in content).strip()
+    return str(content or "")
+
+
 def _read_answer(out_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((out_dir / "answer.json").read_text())
@@ -198,7 +211,15 @@ def build_app(settings: Settings, out_root: Path | None = None):
         if not history or history[-1]["role"] != "user":
             return history, gr.skip(), gr.skip(), gr.skip()
         progress(0.0, desc="thinking")
-        result = page.ask(history[-1]["content"], thread, progress=lambda m: progress(None, desc=m))
+        try:
+            result = page.ask(
+                message_text(history[-1]["content"]), thread, progress=lambda m: progress(None, desc=m)
+            )
+        except Exception as exc:  # an internal error: traceback in the server's log, one line in the page
+            log.exception("answering failed")
+            result = {
+                "text": f"Internal error ({type(exc).__name__}: {exc}); the details are in the server's log."
+            }
         history = [*history, {"role": "assistant", "content": result["text"]}]
         if "gallery" not in result:
             return history, gr.skip(), gr.skip(), gr.skip()
@@ -234,7 +255,7 @@ def build_app(settings: Settings, out_root: Path | None = None):
                 gallery = gr.Gallery(
                     label="Frames: the sounding object masked in red and named",
                     elem_id="overlays",
-                    columns=5,
+                    columns=3,
                     object_fit="contain",
                     height="auto",
                 )

@@ -1,0 +1,299 @@
+"""The web page in a real headless browser (Playwright driving Debian's chromium), and `avs-agent ui` itself.
+
+The browser test uploads a dev clip as an mp4 built from its frames and wav, asks "what is making the
+sound?", checks that the overlays and the answer appear (and that the mask on disk covers the right
+object), then asks a follow-up in the same conversation. A screenshot is saved under the test's tmp dir,
+and also under $AVS_UI_SCREENSHOTS when that is set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import SHARED, dev_clip_paths
+
+gr = pytest.importorskip("gradio")
+
+CHROMIUM = os.environ.get("AVS_UI_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+CLIP = "davis_car_shadow_horn_01"  # a car sounding its horn; the car moves across 5 different frames
+CLI = [sys.executable, "-c", "from agent.cli import main; main()"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_mp4(name: str, path: Path, fps: int = 2) -> Path:
+    """A dev clip as a real video: each of its 5 frames shown for one second (``fps`` copies), its wav as AAC."""
+    import av
+
+    from tools.media import decode_audio
+
+    frames, wav, _ = dev_clip_paths(name)
+    audio = decode_audio(wav)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width = vs.height = 224
+        vs.pix_fmt = "yuv420p"
+        as_ = out.add_stream("aac", rate=16000)
+        as_.layout = "mono"
+        for i in range(5):
+            img = np.asarray(Image.open(frames / f"{name}_{i + 1}.png").convert("RGB"))
+            for k in range(fps):
+                f = av.VideoFrame.from_ndarray(img, format="rgb24")
+                f.pts = i * fps + k
+                for p in vs.encode(f):
+                    out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+        resampler = av.AudioResampler(format=as_.codec_context.format.name, layout="mono", rate=16000)
+        for start in range(0, len(audio), 1024):
+            af = av.AudioFrame.from_ndarray(
+                audio[None, start : start + 1024].copy(), format="flt", layout="mono"
+            )
+            af.sample_rate = 16000
+            af.pts = start
+            for conv in resampler.resample(af):
+                for p in as_.encode(conv):
+                    out.mux(p)
+        for p in as_.encode():
+            out.mux(p)
+    return path
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    u = np.logical_or(a, b).sum()
+    return 1.0 if u == 0 else float(np.logical_and(a, b).sum() / u)
+
+
+def _screenshot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if keep := os.environ.get("AVS_UI_SCREENSHOTS"):
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(keep) / name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    assert Path(CHROMIUM).exists(), (
+        f"chromium not found at {CHROMIUM}: apt-get install -y chromium (or set AVS_UI_CHROMIUM)"
+    )
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The page served in this process (the lite models load once), on a free loopback port."""
+    from agent.settings import load_settings
+    from agent.ui import launch
+
+    root = tmp_path_factory.mktemp("ui")
+    settings = load_settings(
+        overrides=(f"chat.checkpoint_path={root / 'chat.sqlite'}", f"models_dir={SHARED / 'models'}")
+    )
+    demo, url = launch(settings, port=_free_port(), out_root=root / "threads", block=False)
+    yield url, root / "threads"
+    demo.close()
+
+
+@pytest.mark.ui
+def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
+    url, out_root = server
+    video = build_mp4(CLIP, tmp_path / "car_horn.mp4")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(url)
+        page.wait_for_selector("#video input[type=file]", state="attached")
+        page.set_input_files("#video input[type=file]", str(video))
+        page.wait_for_selector("#status:has-text('Opened car_horn.mp4')", timeout=30_000)
+
+        page.fill("#question textarea", "what is making the sound?")
+        page.click("#ask")
+        page.wait_for_selector("#chat:has-text('what is making the sound?')", timeout=10_000)
+        page.wait_for_function("document.querySelectorAll('#overlays img').length >= 5", timeout=90_000)
+        page.wait_for_selector("#answer h3:has-text('car')", timeout=10_000)
+        answer = page.inner_text("#answer")
+        assert "car" in answer and "making the sound" in answer, answer
+        assert "car" in page.inner_text("#chat")
+        captions = page.inner_text("#overlays")
+        assert "frame 1" in captions and "car" in captions, captions
+        # every overlay image the page shows loads (served by the page, not a broken link)
+        sizes = page.eval_on_selector_all("#overlays img", "els => els.map(e => e.naturalWidth)")
+        assert len(sizes) >= 5 and all(w > 0 for w in sizes), sizes
+        # the mask behind those overlays is on the car
+        (thread_dir,) = [p for p in out_root.iterdir() if p.is_dir()]
+        masks = thread_dir / "turn_001" / "masks"
+        _, _, gt_dir = dev_clip_paths(CLIP)
+        ious = [
+            _iou(
+                np.asarray(Image.open(masks / f"frame_{i:04d}.png")) > 0,
+                np.asarray(Image.open(gt_dir / f"{CLIP}_{i}.png")) > 127,
+            )
+            for i in range(1, 6)
+        ]
+        assert np.mean(ious) >= 0.5, ious
+        _screenshot(page, tmp_path, "ui_answer.png")
+
+        # a follow-up in the same conversation is answered from what was found (Enter sends it)
+        page.fill("#question textarea", "which seconds?")
+        page.press("#question textarea", "Enter")
+        page.wait_for_selector("#chat:has-text('Found the car in frames 1-5')", timeout=30_000)
+        assert not (thread_dir / "turn_002").exists()
+        # the trace is folded away until opened
+        assert not page.is_visible("#trace pre")
+        page.click("#trace-box button")
+        page.wait_for_selector("#trace pre:has-text('propose')", timeout=5_000)
+        _screenshot(page, tmp_path, "ui_follow_up.png")
+    finally:
+        page.close()
+    assert not errors, errors
+
+
+@pytest.mark.ui
+def test_page_says_clearly_when_an_upload_is_not_media(browser, server, tmp_path):
+    url, _ = server
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 2000)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(url)
+        page.wait_for_selector("#video input[type=file]", state="attached")
+        # a file named like a video that is not one: our own message, by file name, no traceback
+        page.set_input_files("#video input[type=file]", str(broken))
+        page.wait_for_selector("#status:has-text('Cannot use this upload')", timeout=30_000)
+        status = page.inner_text("#status")
+        assert "cannot open video broken.mp4" in status and "Traceback" not in status, status
+        # asking before any media is opened
+        page.fill("#question textarea", "what is making the sound?")
+        page.click("#ask")
+        page.wait_for_selector("#chat:has-text('Upload a video')", timeout=10_000)
+        # a text file in the image slot
+        page.get_by_role("tab", name="Image + audio").click()
+        page.set_input_files("#image input[type=file]", str(notes))
+        page.wait_for_selector("#status:has-text(\"unsupported media type '.txt'\")", timeout=30_000)
+        # an image without its audio yet
+        frames, wav, _ = dev_clip_paths(CLIP)
+        page.locator("#image button[aria-label='Clear']").first.click()
+        page.set_input_files("#image input[type=file]", str(frames / f"{CLIP}_1.png"))
+        page.wait_for_selector("#status:has-text('Now add the audio')", timeout=30_000)
+        page.set_input_files("#audio input[type=file]", str(wav))
+        page.wait_for_selector(f"#status:has-text('Opened {CLIP}_1.png with {CLIP}.wav')", timeout=30_000)
+        _screenshot(page, tmp_path, "ui_errors.png")
+    finally:
+        page.close()
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer in {timeout} s")
+
+
+@pytest.mark.ui
+def test_ui_command_serves_on_loopback_with_auth(browser, tmp_path):
+    port = _free_port()
+    env = os.environ | {"AVS_AGENT_CHAT__CHECKPOINT_PATH": str(tmp_path / "chat.sqlite")}
+    proc = subprocess.Popen(
+        [*CLI, "ui", "--port", str(port), "--auth", "ana:s3cret"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_http(url, proc)
+        with pytest.raises(urllib.error.HTTPError) as info:  # the page's API needs the login
+            urllib.request.urlopen(url + "config", timeout=5)
+        assert info.value.code == 401
+        page = browser.new_page()
+        try:
+            page.goto(url)
+            page.fill("input[type=text]", "ana")
+            page.fill("input[type=password]", "wrong")
+            page.press("input[type=password]", "Enter")
+            page.wait_for_selector("text=Incorrect", timeout=10_000)
+            page.reload()
+            page.fill("input[type=text]", "ana")
+            page.fill("input[type=password]", "s3cret")
+            page.press("input[type=password]", "Enter")
+            page.wait_for_selector("#video", timeout=20_000)
+        finally:
+            page.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_ui_command_refuses_a_public_address_without_auth():
+    for args, needle in [
+        (["ui", "--host", "0.0.0.0"], "--auth USER:PASSWORD"),
+        (["ui", "--auth", "nopassword"], "--auth must be USER:PASSWORD"),
+    ]:
+        proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_page_handlers_without_a_browser(tmp_path):
+    """The page's messages: path names hidden, CLI flags translated, questions before media."""
+    from agent.settings import load_settings
+    from agent.ui import ChatPage, is_loopback, message_text, page_message
+    from tools.errors import MediaError
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+    assert message_text([{"type": "text", "text": "why?"}]) == "why?" and message_text("hi") == "hi"
+    msg = page_message(
+        MediaError("/tmp/gradio/ab12/x.png is an image: give the sound with --audio FILE"),
+        {"/tmp/gradio/ab12/x.png": "x.png"},
+    )
+    assert msg == "x.png is an image: give the sound with its audio file (Image + audio tab)"
+    page = ChatPage(load_settings(), tmp_path)
+    assert page.ask("what is making the sound?", None)["text"].startswith("Upload a video")
+    assert page.ask("  ", "abc")["text"].startswith("Type a question")
+    thread, status = page.open_media(str(tmp_path / "missing.mp4"), None)
+    assert thread is None and status.startswith("**Cannot use this upload:** media not found: missing.mp4")
