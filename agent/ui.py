@@ -129,6 +129,27 @@ def message_text(content: Any) -> str:
     return str(content or "")
 
 
+# How far along the agent is when it reports each step (the bar only needs to move the right way).
+STEP_SHARE = {"analysing": 0.05, "loading media": 0.1, "tagging audio": 0.25, "asking the LLM": 0.5}
+STEP_PREFIX_SHARE = {"segmenting": 0.1, "finding candidates": 0.7}
+
+
+def progress_steps(progress) -> Any:
+    """A progress callback for the agent that drives Gradio's bar: a share and the step's words."""
+    done = [0.0]
+
+    def report(message: str) -> None:
+        share = STEP_SHARE.get(message)
+        if share is None:
+            share = next(
+                (v for k, v in STEP_PREFIX_SHARE.items() if message.startswith(k)), min(0.95, done[0] + 0.05)
+            )
+        done[0] = max(done[0], share)
+        progress(done[0], desc=message)
+
+    return report
+
+
 def _read_answer(out_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((out_dir / "answer.json").read_text())
@@ -150,7 +171,11 @@ def gallery_items(reply, record: dict[str, Any]) -> list[tuple[str, str]]:
 
 def answer_markdown(reply, record: dict[str, Any]) -> str:
     labels = reply.labels or record.get("labels") or []
-    head = "### " + (", ".join(labels) if labels else "No visible object makes this sound")
+    if reply.kind == "resegment":
+        asked = record.get("question", "")
+        head = "### " + (f"{', '.join(labels)} (segmented on request)" if labels else f"Not found: *{asked}*")
+    else:
+        head = "### " + (", ".join(labels) if labels else "No visible object makes this sound")
     lines = [head, reply.text]
     frames = record.get("frames") or []
     if frames:
@@ -212,9 +237,7 @@ def build_app(settings: Settings, out_root: Path | None = None):
             return history, gr.skip(), gr.skip(), gr.skip()
         progress(0.0, desc="thinking")
         try:
-            result = page.ask(
-                message_text(history[-1]["content"]), thread, progress=lambda m: progress(None, desc=m)
-            )
+            result = page.ask(message_text(history[-1]["content"]), thread, progress=progress_steps(progress))
         except Exception as exc:  # an internal error: traceback in the server's log, one line in the page
             log.exception("answering failed")
             result = {
@@ -265,13 +288,14 @@ def build_app(settings: Settings, out_root: Path | None = None):
                     trace = gr.Markdown(elem_id="trace")
 
         media_outputs = [thread, status, chat, gallery, answer, trace]
-        video.change(on_video, [video, thread], media_outputs)
-        image.change(on_image, [image, audio, thread], media_outputs)
-        audio.change(on_image, [image, audio, thread], media_outputs)
+        private = {"api_visibility": "private"}  # a page for people: no API endpoints beside it
+        video.change(on_video, [video, thread], media_outputs, **private)
+        image.change(on_image, [image, audio, thread], media_outputs, **private)
+        audio.change(on_image, [image, audio, thread], media_outputs, **private)
         ask_outputs = [chat, gallery, answer, trace]
         for trigger in (box.submit, send.click):
-            trigger(on_submit, [box, chat], [box, chat], queue=False).then(
-                on_ask, [chat, thread], ask_outputs
+            trigger(on_submit, [box, chat], [box, chat], queue=False, **private).then(
+                on_ask, [chat, thread], ask_outputs, **private
             )
     return demo, page
 

@@ -142,6 +142,8 @@ def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
         page.fill("#question textarea", "what is making the sound?")
         page.click("#ask")
         page.wait_for_selector("#chat:has-text('what is making the sound?')", timeout=10_000)
+        # long work shows its progress: the agent's step and a share
+        page.wait_for_function("/\\d+\\.\\d%/.test(document.body.innerText)", timeout=30_000)
         page.wait_for_function("document.querySelectorAll('#overlays img').length >= 5", timeout=90_000)
         page.wait_for_selector("#answer h3:has-text('car')", timeout=10_000)
         answer = page.inner_text("#answer")
@@ -176,6 +178,14 @@ def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
         page.click("#trace-box button")
         page.wait_for_selector("#trace pre:has-text('propose')", timeout=5_000)
         _screenshot(page, tmp_path, "ui_follow_up.png")
+
+        # asking for another object re-segments: new overlays replace the gallery
+        page.fill("#question textarea", "segment the person instead")
+        page.press("#question textarea", "Enter")
+        page.wait_for_selector("#chat:has-text('I could not find a person')", timeout=60_000)
+        page.wait_for_selector("#answer h3:has-text('Not found')", timeout=10_000)
+        assert (thread_dir / "turn_002" / "overlays" / "frame_0005.png").is_file()
+        assert "no visible source" in page.inner_text("#overlays")
     finally:
         page.close()
     assert not errors, errors
