@@ -7,6 +7,7 @@ module only reads lines, prints replies and says where the masks and overlays we
 from __future__ import annotations
 
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -231,6 +232,11 @@ def register(app: typer.Typer) -> None:
         elif audio is not None:
             raise UserError("--audio needs MEDIA (an image or a folder of frames)")
         session.greet(resumed=thread is not None)
+        if sys.stdin.isatty():
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:  # pragma: no cover - not on every platform
+                pass
         while True:
             try:
                 line = input(PROMPT)

@@ -94,6 +94,49 @@ class ChatPage:
             f"<small>conversation `{conv.thread_id}` (terminal: `avs-agent chat --thread {conv.thread_id}`)</small>"
         )
 
+    def resume(self, thread_id: str | None) -> dict[str, Any] | None:
+        """What the page shows for an existing conversation (after a reload): None when there is none."""
+        if not thread_id:
+            return None
+        conv = self.conversation(thread_id)
+        if not conv.media:
+            return None
+        state = conv.state
+        history = [
+            {"role": t["role"], "content": t["text"]}
+            for t in state.get("turns", [])
+            if t.get("role") in ("user", "assistant")
+        ]
+        opened = Path(conv.media).name + (f" with {Path(state['audio']).name}" if state.get("audio") else "")
+        out: dict[str, Any] = {
+            "history": history,
+            "status": f"Resumed the conversation about **{opened}**.  \n"
+            f"<small>conversation `{thread_id}` (terminal: `avs-agent chat --thread {thread_id}`)</small>",
+        }
+        result = state.get("result")
+        if result:
+            from agent.conversation import Reply
+
+            record = result.get("resegmented") or result
+            folder = Path(record["out_dir"])
+            reply = Reply(
+                text=record.get("answer", ""),
+                labels=record.get("labels", []),
+                overlays=[
+                    str(folder / fr["overlay_file"])
+                    for fr in record.get("frames", [])
+                    if "overlay_file" in fr
+                ],
+                out_dir=str(folder),
+                kind="resegment" if record is not result else "analysis",
+            )
+            out |= {
+                "gallery": gallery_items(reply, record),
+                "answer": answer_markdown(reply, record),
+                "trace": trace_markdown(record),
+            }
+        return out
+
     # -- questions -----------------------------------------------------------------------------------
 
     def ask(self, text: str, thread_id: str | None, progress=None) -> dict[str, Any]:
@@ -226,6 +269,19 @@ def build_app(settings: Settings, out_root: Path | None = None):
             status = f"Now add the audio of **{Path(image).name}**."
         return new_thread, status, [], [], "", ""
 
+    def on_load(thread):
+        shown = page.resume(thread)
+        if shown is None:
+            return None, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (
+            thread,
+            shown["status"],
+            shown["history"],
+            shown.get("gallery", []),
+            shown.get("answer", ""),
+            shown.get("trace", ""),
+        )
+
     def on_submit(text, history):
         text = (text or "").strip()
         if not text:
@@ -249,7 +305,8 @@ def build_app(settings: Settings, out_root: Path | None = None):
         return history, result["gallery"], result["answer"], result["trace"]
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        thread = gr.State(None)
+        # the conversation's id, kept in the browser so a reload goes on with the same conversation
+        thread = gr.BrowserState(None, storage_key="avs_agent_thread")
         gr.Markdown(
             f"## {TITLE}\nUpload a video (or an image and its audio), then ask. Follow up: *why not the man?*, *segment the car instead*, *which seconds?*"
         )
@@ -289,6 +346,7 @@ def build_app(settings: Settings, out_root: Path | None = None):
 
         media_outputs = [thread, status, chat, gallery, answer, trace]
         private = {"api_visibility": "private"}  # a page for people: no API endpoints beside it
+        demo.load(on_load, [thread], media_outputs, **private)
         video.change(on_video, [video, thread], media_outputs, **private)
         image.change(on_image, [image, audio, thread], media_outputs, **private)
         audio.change(on_image, [image, audio, thread], media_outputs, **private)

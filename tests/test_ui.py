@@ -186,6 +186,18 @@ def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
         page.wait_for_selector("#answer h3:has-text('Not found')", timeout=10_000)
         assert (thread_dir / "turn_002" / "overlays" / "frame_0005.png").is_file()
         assert "no visible source" in page.inner_text("#overlays")
+
+        # a reload goes on with the same conversation (its id is kept in the browser)
+        page.reload()
+        page.wait_for_selector(
+            "#status:has-text('Resumed the conversation about car_horn.mp4')", timeout=30_000
+        )
+        page.wait_for_selector("#chat:has-text('Found the car in frames 1-5')", timeout=10_000)
+        page.wait_for_function("document.querySelectorAll('#overlays img').length >= 5", timeout=10_000)
+        page.fill("#question textarea", "why not the man?")
+        page.press("#question textarea", "Enter")
+        page.wait_for_selector("#chat:has-text('nothing in the audio points to')", timeout=30_000)
+        _screenshot(page, tmp_path, "ui_resumed.png")
     finally:
         page.close()
     assert not errors, errors
