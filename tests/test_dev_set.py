@@ -1,7 +1,9 @@
 """Lite `ask` over all 40 real dev clips: a regression floor for the rules + lite tools.
 
 Measured when this was written (2026-11-22): mean frame IoU 0.458 over the 28 clips whose source is
-visible (14 with IoU >= 0.5), 12/12 off-screen clips left empty. The floors below leave a small margin.
+visible (14 with IoU >= 0.5), 12/12 off-screen clips left empty. After the lite grounder's DeepLab
+test-time flip and rider masks, and generic audio tags carrying the specific ones ('Vehicle' -> 'Car'):
+0.533 (17 clips with IoU >= 0.5), 12/12 off-screen empty. The floors below leave a small margin.
 """
 
 import csv
@@ -38,5 +40,5 @@ def test_dev_set_floor(dev_set):
         visible.append(float(np.mean(ious)))
     assert offscreen == 12 and len(visible) == 28
     assert offscreen_empty >= 11
-    assert np.mean(visible) >= 0.42
-    assert sum(v >= 0.5 for v in visible) >= 12
+    assert np.mean(visible) >= 0.50
+    assert sum(v >= 0.5 for v in visible) >= 15

@@ -11,6 +11,7 @@ Two parts:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -197,7 +198,8 @@ class AudioSetOntology:
                 stack.extend(by_id[cid]["child_ids"])
         return len(seen)
 
-    def all_ancestors(self, name: str) -> set[str]:
+    @functools.lru_cache(maxsize=4096)  # noqa: B019
+    def all_ancestors(self, name: str) -> frozenset[str]:
         """Names of every ancestor through every parent."""
         by_name, by_id, parents = self._data
         node = by_name.get(name)
@@ -209,8 +211,9 @@ class AudioSetOntology:
             if pname not in out:
                 out.add(pname)
                 stack.extend(parents.get(pid, []))
-        return out
+        return frozenset(out)
 
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one ontology per process, never freed anyway
     def is_generic(self, name: str) -> bool:
         return self.descendants(name) > GENERIC_DESCENDANTS
 
@@ -225,6 +228,7 @@ class EmbeddingTextMatcher:
         self.embedder = embedder
         self.ontology = AudioSetOntology(ontology_path)
         self.threshold = threshold
+        self._specific: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
 
     def _vocab_matrix(self, vocabulary: list[str]) -> tuple[np.ndarray, np.ndarray]:
         names, owners = [], []
@@ -275,6 +279,9 @@ class EmbeddingTextMatcher:
                     if strength >= FLOW_MATCH:
                         merged[name] = max(merged.get(name, 0.0), round(strength * FLOW, 4))
             return sorted(merged.items(), key=lambda kv: -kv[1])
+        key = (label, tuple(vocabulary))
+        if key in self._specific:
+            return self._specific[key]
         best = np.zeros(len(vocabulary), np.float32)
         chain = [label, *onto.ancestors(label)] if label in onto else [label]
         for depth, node in enumerate(chain):
@@ -283,7 +290,8 @@ class EmbeddingTextMatcher:
             parts = [p.strip() for p in node.split(",") if p.strip()]
             sims = self._similarity(parts, vocabulary).max(axis=0) * (ANCESTOR_DECAY**depth)
             best = np.maximum(best, sims)
-        return _ranked(best, vocabulary, self.threshold)
+        self._specific[key] = _ranked(best, vocabulary, self.threshold)
+        return self._specific[key]
 
 
 def _ranked(row: np.ndarray, vocabulary: list[str], threshold: float, margin: float = MARGIN) -> list[tuple[str, float]]:
