@@ -84,3 +84,13 @@ def test_bad_inputs_are_media_errors(tmp_path):
     with pytest.raises(MediaError, match="cannot read image"):
         (tmp_path / "broken.png").write_bytes(b"\x89PNG garbage")
         load_clip(tmp_path / "broken.png", write_wav(tmp_path / "b.wav", 1.0))
+
+
+@pytest.mark.parametrize("fps", [1, 2, 25])
+def test_frame_of_each_second_is_the_one_nearest_its_middle(tmp_path, fps):
+    """Frame i shows second i at any frame rate (a 1 fps video is not shifted by a second)."""
+    clip = load_clip(write_video(tmp_path / f"f{fps}.mp4", seconds=5.0, fps=fps))
+    assert len(clip.frames) == 5
+    assert [int(f.time_s) for f in clip.frames] == [0, 1, 2, 3, 4]
+    reds = [int(f.image[0, 0, 0]) for f in clip.frames]
+    assert reds == sorted(reds) and len(set(reds)) == 5  # distinct frames, in order

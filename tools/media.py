@@ -139,7 +139,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def _decode_video(path: Path, max_seconds: float, max_side: int) -> tuple[list[Frame], float | None, bool]:
-    """Frames at 1 fps: for slot i, the first frame at or after i + 0.5 s (the last frame for a short tail)."""
+    """Frames at 1 fps: for second i, the decoded frame nearest to i + 0.5 s within [i, i + 1); a second
+    with no frame of its own (videos below 1 fps) repeats the last frame before it."""
     import av
 
     try:
@@ -155,11 +156,9 @@ def _decode_video(path: Path, max_seconds: float, max_side: int) -> tuple[list[F
         if stream.width and stream.height:
             sar = stream.sample_aspect_ratio
             aspect = stream.width / stream.height * (float(sar) if sar else 1.0)
-        frames: list[Frame] = []
-        last = None
-        last_t = 0.0
-        truncated = False
-        start = None
+        picked: dict[int, Frame] = {}
+        best: tuple[int, float, object, float] | None = None  # (second, distance to its middle, frame, time)
+        last_t, start, truncated, decoded = 0.0, None, False, 0
         try:
             for vf in container.decode(stream):
                 t = float(vf.time) if vf.time is not None else (last_t + 1 / 30)
@@ -169,20 +168,32 @@ def _decode_video(path: Path, max_seconds: float, max_side: int) -> tuple[list[F
                 if t >= max_seconds:
                     truncated = True
                     break
-                last, last_t = vf, t
-                if t >= len(frames) + 0.5:
-                    frames.append(_video_frame(vf, len(frames), t, max_side))
+                decoded += 1
+                last_t = t
+                second, dist = int(t), abs(t - (int(t) + 0.5))
+                if best is not None and best[0] != second:
+                    picked[best[0]] = _video_frame(best[2], best[0], best[3], max_side)
+                    best = None
+                if best is None or dist < best[1]:
+                    best = (second, dist, vf, t)
         except av.FFmpegError as exc:
-            if not frames and last is None:
+            if not decoded:
                 raise MediaError(f"cannot decode video {path}: {_reason(exc)}") from None
-        if last is None:
+        if best is not None:
+            picked[best[0]] = _video_frame(best[2], best[0], best[3], max_side)
+        if not picked:
             raise MediaError(f"{path} has a video stream with no decodable frames")
         fps = float(stream.average_rate) if stream.average_rate else 30.0
         duration = container.duration / 1e6 if container.duration else last_t + 1.0 / fps
         duration = min(duration, last_t + 1.0 / fps, max_seconds)
         n_slots = max(1, math.ceil(duration - 0.1))  # timestamps jitter by a frame in some containers
-        if len(frames) < n_slots:
-            frames.append(_video_frame(last, len(frames), last_t, max_side))
+        frames: list[Frame] = []
+        for i in range(n_slots):
+            if i in picked:
+                frames.append(picked[i])
+            else:
+                prev = frames[-1] if frames else picked[min(picked)]
+                frames.append(Frame(i, prev.time_s, prev.image))
     return frames, aspect, truncated
 
 
