@@ -132,11 +132,13 @@ def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
         record = answer.to_dict(files["masks"], files["overlays"]) | {"out_dir": str(out)}
         if intent == "resegment":
             found = [i for i, fr in enumerate(answer.frames) if fr.labels]
-            msg = (
-                f"Here is the {obj}, found in frames {_frames_text(found)}."
-                if found
-                else f"I could not find a {obj} in the frames; the masks are empty."
-            )
+            failed_checks = [t.message.removeprefix("failed: ") for t in answer.trace if t.node == "check" and t.message.startswith("failed")]
+            if found:
+                msg = f"Here is the {obj}, found in frames {_frames_text(found)}."
+            elif failed_checks:
+                msg = f"I found a {obj}, but its mask failed the check ({failed_checks[0]}), so the masks are empty."
+            else:
+                msg = f"I could not find a {obj} in the frames; the masks are empty."
             previous = ", ".join(result.get("labels", [])) if result else ""
             if previous and obj not in result.get("labels", []):
                 msg += f" (By the sound, I had found: {previous}.)"
