@@ -151,9 +151,9 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     else:
         evidence = np.zeros((len(clip.segments) + 1, 0), np.float32)
     silence = ctx.settings.agent.silence_rms
-    silent = [seg.rms < silence for seg in clip.segments]
-    if clip.audio.rms < silence:
-        silent = [True] * len(silent)
+    # Only a silent clip is silent: a pause in a dog's barking does not stop the dog being the source
+    # (frame consistency; AVSBench masks the source on every frame of its clip).
+    silent = [clip.audio.rms < silence] * len(clip.segments)
     candidates = ctx.reasoner.propose(phrases, because, evidence, silent)
     steps = [
         _step(

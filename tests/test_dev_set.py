@@ -3,7 +3,8 @@
 Measured when this was written (2026-11-22): mean frame IoU 0.458 over the 28 clips whose source is
 visible (14 with IoU >= 0.5), 12/12 off-screen clips left empty. After the lite grounder's DeepLab
 test-time flip and rider masks, and generic audio tags carrying the specific ones ('Vehicle' -> 'Car'):
-0.533 (17 clips with IoU >= 0.5), 12/12 off-screen empty. The floors below leave a small margin.
+0.533 (17 clips with IoU >= 0.5), 12/12 off-screen empty. With only a silent clip counted as silent
+(a pause does not stop the source): 0.547 (18 clips), 12/12. The floors below leave a small margin.
 """
 
 import csv
@@ -40,5 +41,5 @@ def test_dev_set_floor(dev_set):
         visible.append(float(np.mean(ious)))
     assert offscreen == 12 and len(visible) == 28
     assert offscreen_empty >= 11
-    assert np.mean(visible) >= 0.50
-    assert sum(v >= 0.5 for v in visible) >= 15
+    assert np.mean(visible) >= 0.52
+    assert sum(v >= 0.5 for v in visible) >= 16
