@@ -198,12 +198,22 @@ def cached_toolset(toolset: Any, cache_dir: str | Path, fingerprint: str) -> Any
     return wrapped
 
 
+def tools_code_version() -> str:
+    """Hash of the tools' own source files, so changed tool code never reuses stale cached outputs."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def settings_fingerprint(settings: Any) -> str:
-    """The part of ``agent.settings.Settings`` that decides tool outputs: the tools section and where
-    the weights live."""
+    """What decides tool outputs: the tools section of ``agent.settings.Settings``, where the weights
+    live, the media settings, and the tools' code."""
     data = {
         "tools": settings.tools.model_dump(mode="json"),
         "models_dir": str(settings.models_dir),
         "media": settings.media.model_dump(mode="json"),
+        "code": tools_code_version(),
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
