@@ -182,7 +182,11 @@ def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
         # asking for another object re-segments: new overlays replace the gallery
         page.fill("#question textarea", "segment the person instead")
         page.press("#question textarea", "Enter")
-        page.wait_for_selector("#chat:has-text('I could not find a person')", timeout=60_000)
+        # (on this clip YOLOX sees a few pixels of a person in frame 4: a mask too small to pass
+        # the check; either way the reply says the person's masks are empty)
+        page.wait_for_selector("#chat:has-text('the masks are empty')", timeout=60_000)
+        last = page.inner_text("#chat").split("segment the person instead")[-1]
+        assert "person" in last and ("mask failed the check" in last or "could not find" in last), last
         page.wait_for_selector("#answer h3:has-text('Not found')", timeout=10_000)
         assert (thread_dir / "turn_002" / "overlays" / "frame_0005.png").is_file()
         assert "no visible source" in page.inner_text("#overlays")
