@@ -12,7 +12,7 @@ target=${1:-lite}
 case "$target" in
   lite) extras="lite" ;;
   full) extras="lite,full,llm,serve,eval" ;;
-  dev) extras="lite,full,llm,serve,eval,ui,dev" ;;
+  dev) extras="lite,full,llm,serve,ray,eval,ui,dev" ;;
   *) echo "usage: bash install.sh [lite|full|dev]" >&2; exit 2 ;;
 esac
 if [ -n "${VIRTUAL_ENV:-}" ]; then

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from agent.cli_options import ConfigOpt, ProfileOpt, SetOpt, settings_from
 from tools.errors import UserError
 
 if TYPE_CHECKING:
@@ -176,22 +177,6 @@ def _parse_auth(auth: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-ProfileOpt = Annotated[
-    str | None, typer.Option("--profile", help="lite (CPU, default) or full (GPU foundation models)")
-]
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="YAML file of settings (over the profile's)")
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="override any setting: --set llm.backend=openai (repeatable)"),
-]
-
-
-def _settings(profile: str | None, config: Path | None, overrides: list[str] | None):
-    from agent.settings import load_settings
-
-    return load_settings(profile=profile, config_file=config, overrides=tuple(overrides or ()))
 
 
 def register(app: typer.Typer) -> None:
@@ -223,7 +208,7 @@ def register(app: typer.Typer) -> None:
         set_: SetOpt = None,
     ) -> None:
         """Talk about a video in the terminal: ask what makes the sound, then follow up. /help inside lists the commands."""
-        settings = _settings(profile, config, set_)
+        settings = settings_from(profile, config, set_)
         session = ChatSession(
             settings, thread, out, echo=typer.echo, status=lambda msg: err.status(msg, spinner="dots")
         )
@@ -278,5 +263,5 @@ def register(app: typer.Typer) -> None:
             raise UserError(
                 f"--host {host} exposes the page beyond this machine: give --auth USER:PASSWORD (or --insecure-no-auth)"
             )
-        settings = _settings(profile, config, set_)
+        settings = settings_from(profile, config, set_)
         launch(settings, host=host, port=port, auth=credentials, out_root=out)

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from agent.cli_options import ConfigOpt, ProfileOpt, SetOpt, settings_from
 from tools.errors import UserError
 
 app = typer.Typer(
@@ -22,24 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
-
-ProfileOpt = Annotated[
-    str | None, typer.Option("--profile", help="lite (CPU, default) or full (GPU foundation models)")
-]
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="YAML file of settings (over the profile's)")
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="override any setting: --set llm.backend=openai (repeatable)"),
-]
-
-
-def settings_from(profile: str | None, config: Path | None, overrides: list[str] | None):
-    from agent.settings import load_settings
-
-    return load_settings(profile=profile, config_file=config, overrides=tuple(overrides or ()))
-
 
 @app.command()
 def ask(

@@ -6,27 +6,27 @@ The main CLI (``agent.cli``) calls ``register(app)``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from agent.cli_options import ConfigOpt, SetOpt, settings_from
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def models(
-        profile: Annotated[str | None, typer.Option("--profile", help="lite or full")] = "full",
+        profile: Annotated[
+            str | None, typer.Option("--profile", help="lite or full (the default here: its models are the ones to fetch)")
+        ] = "full",
         as_json: Annotated[bool, typer.Option("--json", help="print the list as JSON")] = False,
-        config: Annotated[Path | None, typer.Option("--config", help="YAML file of settings")] = None,
-        set_: Annotated[
-            list[str] | None, typer.Option("--set", help="override a setting (repeatable)")
-        ] = None,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
     ) -> None:
         """List each model of a profile: config key, class it loads, where from, available locally."""
-        from agent.settings import load_settings
         from tools.full_registry import model_entries
 
-        settings = load_settings(profile=profile, config_file=config, overrides=tuple(set_ or ()))
+        settings = settings_from(profile, config, set_)
         entries = model_entries(settings)
         if as_json:
             typer.echo(

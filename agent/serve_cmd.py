@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-# The option types as agent.cli spells them (not imported: agent.cli imports this module).
-ProfileOpt = Annotated[
-    str | None, typer.Option("--profile", help="lite (CPU, default) or full (GPU foundation models)")
-]
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="YAML file of settings (over the profile's)")
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="override any setting: --set serve.max_batch_size=16 (repeatable)"),
-]
+from agent.cli_options import ConfigOpt, ProfileOpt, SetOpt, settings_from
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +38,7 @@ def register(app: typer.Typer) -> None:
         """Serve the profile's tools over HTTP for `--set tools.backend=http://HOST:PORT` clients.
 
         Set AVS_AGENT_TOKEN to require it as a bearer token (required on a non-loopback host)."""
-        from agent.cli import err, settings_from
+        from agent.cli import err
         from agent.serve import TOKEN_ENV, check_bind
 
         settings = settings_from(profile, config, set_)

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from agent.cli_options import ConfigOpt, ProfileOpt, SetOpt, settings_from
+
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="avsbench-s4, avsbench-ms3, avss or v3")]
 RootOpt = Annotated[Path, typer.Option("--root", help="the dataset's folder, as published")]
 SplitOpt = Annotated[
@@ -86,15 +88,12 @@ def eval_cmd(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="run every tool, read and write no perception cache")
     ] = False,
-    profile: Annotated[str | None, typer.Option("--profile", help="lite (default) or full")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML settings file")] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="override a setting, key=value (repeatable)")
-    ] = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
 ) -> None:
     """Run a strategy over a dataset split: masks, per-clip scores and traces, and a summary in --out."""
-    from agent.settings import load_settings
     from evals.datasets import DATASETS
     from evals.report import summary_markdown
     from evals.runner import DEFAULT_CACHE_DIR, run_eval
@@ -107,7 +106,7 @@ def eval_cmd(
         from evals.datasets import DatasetError
 
         raise DatasetError("--limit must be at least 1")
-    settings = load_settings(profile=profile, config_file=config, overrides=tuple(overrides or ()))
+    settings = settings_from(profile, config, overrides)
     summary = run_eval(
         dataset,
         root,

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.prompts import prompt_hashes
 from evals import datasets as D
 from evals.scoring import score_clip, summarize
-from agent.prompts import prompt_hashes
 from evals.strategies import get_strategy
 from tools.errors import UserError
 

@@ -24,7 +24,7 @@ from tools.vocab import VOC21
 INPUT_SIZE = 513
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _interpreter(path: str, threads: int):
     """(interpreter, lock, logits tensor detail or None). All tensors are kept readable after ``invoke``
     (the logits are an intermediate tensor of this graph)."""

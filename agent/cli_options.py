@@ -1,0 +1,29 @@
+"""The options every `avs-agent` command shares (--profile, --config, --set) and the settings they make.
+
+One place for them, imported by agent.cli and by the command modules it registers (chat, serve, models,
+evals), so a command's settings options read and behave the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", help="lite (CPU models; the default) or full (GPU foundation models)")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="YAML file of settings (over the profile's)")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override any setting, key=value: --set llm.backend=openai (repeatable)"),
+]
+
+
+def settings_from(profile: str | None, config: Path | None, overrides: list[str] | None):
+    """Settings with the precedence of agent.settings: profile yaml < --config < env < --set/--profile."""
+    from agent.settings import load_settings
+
+    return load_settings(profile=profile, config_file=config, overrides=tuple(overrides or ()))
