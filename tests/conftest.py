@@ -13,6 +13,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AVS_AGENT_SHARED", PROJECT_ROOT.parent / "shared")).resolve()
 DEV_SET = SHARED / "data" / "davis_av_dev"
 
+# The whole session (module- and session-scoped fixtures included, which run outside the per-test
+# fixture below) sees no user AVS_AGENT_* settings and finds the lite models in ../shared, wherever
+# the checkout lives (the settings' default models_dir is relative to the working directory).
+for _key in [k for k in os.environ if k.startswith("AVS_AGENT_") and k != "AVS_AGENT_SHARED"]:
+    del os.environ[_key]
+os.environ["AVS_AGENT_MODELS_DIR"] = str(SHARED / "models")
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
