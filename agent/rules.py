@@ -111,10 +111,13 @@ class RulesReasoner:
         first = visible[attempt]
         phrases = [first.phrase]
         if attempt == 0:
+            # a second object named only by the first's labels ('Engine' -> car, motorcycle) is the same
+            # sound read two ways, not a second source
             for other in visible[1:]:
                 if (
                     other.evidence >= self.config.second_source_ratio * first.evidence
                     and other.evidence >= 0.3
+                    and not (other.because and set(other.because) <= set(first.because))
                 ):
                     phrases.append(other.phrase)
                     break

@@ -4,7 +4,9 @@ Measured when this was written (2026-11-22): mean frame IoU 0.458 over the 28 cl
 visible (14 with IoU >= 0.5), 12/12 off-screen clips left empty. After the lite grounder's DeepLab
 test-time flip and rider masks, and generic audio tags carrying the specific ones ('Vehicle' -> 'Car'):
 0.533 (17 clips with IoU >= 0.5), 12/12 off-screen empty. With only a silent clip counted as silent
-(a pause does not stop the source): 0.547 (18 clips), 12/12. The floors below leave a small margin.
+(a pause does not stop the source): 0.547 (18 clips), 12/12. With one sound read as two objects no
+longer taken for two sources, and DeepLab regions split into objects (2026-11-26): 0.5497 (18 clips),
+12/12. The floors below leave a small margin.
 """
 
 import csv

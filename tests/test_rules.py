@@ -60,6 +60,14 @@ def test_choose_adds_a_close_second_source_only_first_time():
     assert R.choose(vis, 1) == ["person"]
     assert R.choose(vis[:1] + vis[2:], 0) == ["dog"]  # car too weak to be a second source
     assert R.choose(vis, 5) == []
+    # one sound read as two objects ('Engine' names car and motorcycle) is one source, not two
+    engine = [
+        Candidate(phrase="motorcycle", evidence=0.6, because=["Engine", "Motorcycle"]),
+        Candidate(phrase="car", evidence=0.6, because=["Engine"]),
+    ]
+    assert R.choose(engine, 0) == ["motorcycle"]
+    engine[1].because = ["Engine", "Car"]  # a label of its own: two sources
+    assert R.choose(engine, 0) == ["motorcycle", "car"]
 
 
 def test_instances_drop_small_background_copies():

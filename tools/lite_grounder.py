@@ -142,13 +142,13 @@ class LiteGrounder:
             for _, m, _, _ in items:
                 covered |= m
             rest = sem_class & ~covered
-            if rest.mean() >= MIN_REGION:
-                box = np.asarray(_bbox(rest), np.float32)
+            for part in _components(rest, min_pixels=MIN_REGION * h * w):
+                box = np.asarray(_bbox(part), np.float32)
                 region = _box_mask(box, h, w)
                 fg = (foreground & region).sum()
-                purity = float(rest.sum() / fg) if fg else 0.0
+                purity = float(part.sum() / fg) if fg else 0.0
                 if purity >= MIN_PURITY and purity >= thr:
-                    items.append((box, rest, purity, "deeplab-region"))
+                    items.append((box, part, purity, "deeplab-region"))
 
         if cls_name in RIDDEN and sem_class is not None:
             items = [_with_rider(a.semantic, *it) for it in items]
@@ -182,7 +182,7 @@ def _with_rider(semantic: np.ndarray, box: np.ndarray, mask: np.ndarray, score: 
     return np.asarray(_bbox(both), np.float32), both, score, source + "+rider"
 
 
-def _dilate(mask: np.ndarray, r: int = 1) -> np.ndarray:
+def _dilate(mask: np.ndarray, r: int = 1, diagonal: bool = False) -> np.ndarray:
     out = mask.copy()
     for _ in range(r):
         m = out.copy()
@@ -190,18 +190,40 @@ def _dilate(mask: np.ndarray, r: int = 1) -> np.ndarray:
         m[:-1] |= out[1:]
         m[:, 1:] |= out[:, :-1]
         m[:, :-1] |= out[:, 1:]
+        if diagonal:
+            m[1:, 1:] |= out[:-1, :-1]
+            m[1:, :-1] |= out[:-1, 1:]
+            m[:-1, 1:] |= out[1:, :-1]
+            m[:-1, :-1] |= out[1:, 1:]
         out = m
     return out
 
 
-def _reconstruct(seed: np.ndarray, within: np.ndarray) -> np.ndarray:
-    """The parts of ``within`` connected (4-neighbourhood) to ``seed``: geodesic dilation to a fixed point."""
+def _reconstruct(seed: np.ndarray, within: np.ndarray, diagonal: bool = False) -> np.ndarray:
+    """The parts of ``within`` connected (4-neighbourhood, or 8 with ``diagonal``) to ``seed``:
+    geodesic dilation to a fixed point."""
     cur = seed & within
     while True:
-        nxt = _dilate(cur) & within
+        nxt = _dilate(cur, diagonal=diagonal) & within
         if nxt.sum() == cur.sum():
             return nxt
         cur = nxt
+
+
+def _components(mask: np.ndarray, min_pixels: float) -> list[np.ndarray]:
+    """The connected parts (8-neighbourhood, so a thin gap in DeepLab's paint does not split an object)
+    of ``mask`` with at least ``min_pixels`` pixels, largest first: each is one object DeepLab paints."""
+    if mask.sum() < min_pixels:
+        return []
+    left, parts = mask.copy(), []
+    while left.sum() >= min_pixels:
+        seed = np.zeros_like(left)
+        seed.flat[int(np.flatnonzero(left)[0])] = True
+        part = _reconstruct(seed, left, diagonal=True)
+        left &= ~part
+        if part.sum() >= min_pixels:
+            parts.append(part)
+    return sorted(parts, key=lambda m: -int(m.sum()))
 
 
 def _to_display_aspect(frame: Frame) -> tuple[np.ndarray, float]:
