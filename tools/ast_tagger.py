@@ -37,14 +37,15 @@ class AstTagger:
         return hf.pick_device(self.options)
 
     def _load(self) -> tuple[Any, Any]:
-        def load() -> tuple[Any, Any]:
-            from transformers import ASTForAudioClassification, AutoFeatureExtractor
-
-            extractor = hf.load_pretrained(AutoFeatureExtractor, self.loc, "AST feature extractor")
-            model = hf.load_pretrained(ASTForAudioClassification, self.loc, "AST")
-            return model.to(self.device).eval(), extractor
-
-        return hf.cached(("ast", self.loc.where, self.device), load)
+        return hf.load_model_and_processor(
+            "ast",
+            self.loc,
+            "ASTForAudioClassification",
+            "AutoFeatureExtractor",
+            "AST",
+            self.device,
+            processor_what="AST feature extractor",
+        )
 
     @property
     def labels(self) -> list[str]:

@@ -118,14 +118,15 @@ class BlipCaptioner:
         return hf.pick_device(self.options)
 
     def _load(self) -> tuple[Any, Any]:
-        def load() -> tuple[Any, Any]:
-            from transformers import BlipForConditionalGeneration, BlipProcessor
-
-            processor = hf.load_pretrained(BlipProcessor, self.loc, "BLIP processor")
-            model = hf.load_pretrained(BlipForConditionalGeneration, self.loc, "BLIP")
-            return model.to(self.device, dtype=hf.pick_dtype(self.options, self.device)).eval(), processor
-
-        return hf.cached(("blip", self.loc.where, self.device), load)
+        return hf.load_model_and_processor(
+            "blip",
+            self.loc,
+            "BlipForConditionalGeneration",
+            "BlipProcessor",
+            "BLIP",
+            self.device,
+            dtype=hf.pick_dtype(self.options, self.device),
+        )
 
     def caption(self, frames: list[Frame]) -> list[Captions]:
         """One ``Captions`` per frame: one caption and its noun phrases."""

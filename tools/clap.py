@@ -135,14 +135,9 @@ class ClapScorer(_ClapBase):
         return hf.pick_device(self.options)
 
     def _load(self) -> tuple[Any, Any]:
-        def load() -> tuple[Any, Any]:
-            from transformers import ClapModel, ClapProcessor
-
-            processor = hf.load_pretrained(ClapProcessor, self.loc, "CLAP processor")
-            model = hf.load_pretrained(ClapModel, self.loc, "CLAP")
-            return model.to(self.device).eval(), processor
-
-        return hf.cached(("clap", self.loc.where, self.device), load)
+        return hf.load_model_and_processor(
+            "clap", self.loc, "ClapModel", "ClapProcessor", "CLAP", self.device
+        )
 
     def _logit_scale(self) -> float:
         model, _ = self._load()

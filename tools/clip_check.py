@@ -66,14 +66,9 @@ class ClipCropChecker:
         return hf.pick_device(self.options)
 
     def _load(self) -> tuple[Any, Any]:
-        def load() -> tuple[Any, Any]:
-            from transformers import CLIPModel, CLIPProcessor
-
-            processor = hf.load_pretrained(CLIPProcessor, self.loc, "CLIP processor")
-            model = hf.load_pretrained(CLIPModel, self.loc, "CLIP")
-            return model.to(self.device).eval(), processor
-
-        return hf.cached(("clip", self.loc.where, self.device), load)
+        return hf.load_model_and_processor(
+            "clip", self.loc, "CLIPModel", "CLIPProcessor", "CLIP", self.device
+        )
 
     def check(self, frame: Frame, masks: np.ndarray, texts: list[str]) -> np.ndarray:
         """masks: (n, H, W) bool -> (n, len(texts)) float32 probabilities over the texts."""

@@ -237,6 +237,33 @@ def pick_dtype(options: dict[str, Any] | None, device: str) -> Any:
     return getattr(torch, str(name))
 
 
+def load_model_and_processor(
+    kind: str,
+    loc: Location,
+    model_class: str,
+    processor_class: str,
+    what: str,
+    device: str,
+    processor_what: str | None = None,
+    dtype: Any = None,
+    **model_kwargs: Any,
+) -> tuple[Any, Any]:
+    """A transformers model (eval mode, on ``device``) and its processor from one location, loaded once
+    per process per (kind, location, device). Classes are named, so transformers is imported only here."""
+
+    def load() -> tuple[Any, Any]:
+        import transformers
+
+        processor = load_pretrained(
+            getattr(transformers, processor_class), loc, processor_what or f"{what} processor"
+        )
+        model = load_pretrained(getattr(transformers, model_class), loc, what, **model_kwargs)
+        model = model.to(device) if dtype is None else model.to(device, dtype=dtype)
+        return model.eval(), processor
+
+    return cached((kind, loc.where, device), load)
+
+
 _CACHE: dict[tuple[Any, ...], Any] = {}
 _LOCK = threading.Lock()
 
