@@ -26,18 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from tools.wire import TOOLS
+
 # method name -> position of the batch argument whose items are cached one by one
 BATCH_METHODS = {"tag": 0, "caption": 0, "score": 0}
 CACHED_METHODS = {"tag", "caption", "score", "ground", "detect_all", "check", "match", "sound_sources"}
-TOOL_FIELDS = (
-    "tagger",
-    "grounder",
-    "scorer",
-    "matcher",
-    "audio_captioner",
-    "image_captioner",
-    "crop_checker",
-)
 
 
 def _feed(h: Any, obj: Any) -> None:
@@ -189,7 +182,7 @@ def cached_toolset(toolset: Any, cache_dir: str | Path, fingerprint: str) -> Any
     in ``cache_dir``. ``fingerprint`` must change whenever the models or their settings do."""
     cache = DiskCache(cache_dir)
     changes = {}
-    for name in TOOL_FIELDS:
+    for name in TOOLS:
         tool = getattr(toolset, name, None)
         if tool is not None and not isinstance(tool, CachedTool):
             changes[name] = CachedTool(tool, cache, fingerprint)

@@ -318,15 +318,7 @@ class GroundedSam:
             )
             boxes_all.append(boxes)
             scores_all.append(scores)
-        # Each chunk has its own queries: stack queries, phrase columns are block-diagonal.
-        n_q = sum(len(b) for b in boxes_all)
-        scores = np.zeros((n_q, len(phrases)), np.float32)
-        row = col = 0
-        for b, s in zip(boxes_all, scores_all, strict=True):
-            scores[row : row + len(b), col : col + s.shape[1]] = s
-            row += len(b)
-            col += s.shape[1]
-        return _Detection(np.concatenate(boxes_all).astype(np.float32), scores)
+        return _stack_chunks(boxes_all, scores_all, len(phrases))
 
     @staticmethod
     def _preprocess_detection(
@@ -431,6 +423,19 @@ class GroundedSam:
         up = F.interpolate(low_res[0], size=tuple(int(v) for v in orig), mode="bilinear", align_corners=False)
         return (up[:, 0] > 0).numpy()
 
+
+
+def _stack_chunks(boxes_all: list[np.ndarray], scores_all: list[np.ndarray], n_phrases: int) -> _Detection:
+    """One detection from per-chunk ones: each chunk has its own queries, so queries are stacked and
+    the phrase columns are block-diagonal."""
+    n_q = sum(len(b) for b in boxes_all)
+    scores = np.zeros((n_q, n_phrases), np.float32)
+    row = col = 0
+    for b, s in zip(boxes_all, scores_all, strict=True):
+        scores[row : row + len(b), col : col + s.shape[1]] = s
+        row += len(b)
+        col += s.shape[1]
+    return _Detection(np.concatenate(boxes_all).astype(np.float32), scores)
 
 def _postprocess_detection(
     probs: np.ndarray, pred_boxes: np.ndarray, token_phrase: np.ndarray, n_phrases: int, size: tuple[int, int]

@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 
 from tools import hf
-from tools.grounded_sam import GroundedSam, _chunk_phrases, _Detection, _postprocess_detection, phrase_spans
+from tools.grounded_sam import (
+    GroundedSam,
+    _chunk_phrases,
+    _Detection,
+    _postprocess_detection,
+    _stack_chunks,
+    phrase_spans,
+)
 
 DINO_CONFIG = "GroundingDINO_SwinT_OGC.cfg.py"
 DINO_WEIGHTS = "groundingdino_swint_ogc.pth"
@@ -202,14 +209,7 @@ class GroundedSamOriginal(GroundedSam):
             b, s = _postprocess_detection(probs, pred_boxes, token_phrase, len(chunk), image.shape[:2])
             boxes_all.append(b)
             scores_all.append(s)
-        n_q = sum(len(b) for b in boxes_all)
-        scores = np.zeros((n_q, len(phrases)), np.float32)
-        row = col = 0
-        for b, s in zip(boxes_all, scores_all, strict=True):
-            scores[row : row + len(b), col : col + s.shape[1]] = s
-            row += len(b)
-            col += s.shape[1]
-        return _Detection(np.concatenate(boxes_all).astype(np.float32), scores)
+        return _stack_chunks(boxes_all, scores_all, len(phrases))
 
     # --- segmentation (SamPredictor's steps, without torchvision) ---------------------------------
     def _embed(self, image: np.ndarray) -> dict[str, Any]:
