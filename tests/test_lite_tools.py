@@ -93,6 +93,18 @@ def test_matcher_lets_a_generic_tag_carry_the_specific_one(toolset):
     assert [p for p, _ in m.sound_sources(["Animal", "Dog"], list(COCO80))[0]] == ["dog"]  # never the cat
 
 
+def test_matcher_keeps_a_sound_on_its_kind_of_source(toolset):
+    """Word embeddings alone put these on the wrong kind of object; the ontology branch rules it out."""
+    m = toolset.matcher
+    labels = ["Mouse", "Cricket", "Trumpet", "Song", "Beep, bleep", "Fly, housefly"]
+    wrong = ["mouse", "sports ball", "elephant", "bird", "sheep", "airplane"]
+    for label, bad, found in zip(labels, wrong, m.sound_sources(labels, list(COCO80)), strict=True):
+        assert bad not in [p for p, _ in found], (label, found)
+    # and the right kinds still land: animals on animals, people on people, things on things
+    keep = m.sound_sources(["Bleat", "Laughter", "Typing", "Train horn"], list(COCO80))
+    assert [found[0][0] for found in keep] == ["sheep", "person", "keyboard", "train"]
+
+
 def test_minilm_numpy_matches_transformers(toolset):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

