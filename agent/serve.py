@@ -97,6 +97,14 @@ def run_batch(tool: Any, method: wire.Method, items: list[tuple]) -> list[Any]:
     Returns one result per item, or the exception that item raised (a failing concatenated call is
     retried item by item, so one bad call does not fail its neighbours)."""
     fn = getattr(tool, method.name)
+    prefetch = getattr(tool, "prefetch", None)
+    if prefetch is not None and len(items) > 1:
+        # a tool that can batch its heavy forwards across calls (Grounded-SAM's detector and image
+        # encoder) does so here; the calls below then run from its caches
+        try:
+            prefetch(method.name, items)
+        except Exception:  # each call below runs (and reports its own error) as if never prefetched
+            log.exception("prefetch of %s failed; running the batch call by call", method.key)
     if method.key not in CONCAT_METHODS or len(items) == 1:
         return [_call(fn, args) for args in items]
     out: list[Any] = [None] * len(items)

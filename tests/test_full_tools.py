@@ -115,6 +115,48 @@ def test_image_embedding_reused_across_phrases_and_retries(tiny):
     assert g.stats["embedding_misses"] == 2
 
 
+@pytest.mark.parametrize("segmenter", ["tools.grounder.segmenter", "sam2"])
+def test_prefetch_batches_the_heavy_forwards_with_the_same_results(tiny, segmenter, monkeypatch):
+    """A tool server's batch of ground() calls: one detector forward and one image-encoder forward for
+    all of them (prefetch), then each call from the caches, giving what the calls give one by one."""
+    from tools.grounded_sam import GroundedSam
+
+    def make():
+        return GroundedSam(
+            loc(tiny["tools.grounder.detector"]), loc(tiny[segmenter]), box_threshold=0.0, text_threshold=0.0
+        )
+
+    calls = [(frame(seed=11), ["a dog"], None), (frame(seed=12), ["piano", "a dog"], None), (frame(seed=13), ["cat"], 0.0)]
+    alone = [make().ground(*c) for c in calls]
+
+    g = make()
+    detector, segmenter_model = g._detector()[0], g._segmenter()[1]
+    counts = {"detector": 0, "encoder": 0}
+
+    def counting(name, fn):
+        def wrapped(*a, **k):
+            counts[name] += 1
+            return fn(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(detector, "forward", counting("detector", detector.forward))
+    monkeypatch.setattr(
+        segmenter_model, "get_image_embeddings", counting("encoder", segmenter_model.get_image_embeddings)
+    )
+    g.prefetch("ground", calls)
+    assert counts == {"detector": 1, "encoder": 1}
+    batched = [g.ground(*c) for c in calls]
+    assert counts == {"detector": 1, "encoder": 1}  # the calls ran from the caches
+    assert g.stats["detection_hits"] == 3 and g.stats["embedding_misses"] == 3
+    for a, b in zip(alone, batched, strict=True):
+        assert a.labels == b.labels and len(a) >= 1
+        np.testing.assert_allclose(a.xyxy, b.xyxy, atol=0.05)
+        np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-4)
+        assert (a.mask == b.mask).mean() > 0.99
+    g.prefetch("detect_all", [(c[0],) for c in calls])  # other methods: nothing to batch, no error
+
+
 def test_aspect_stretch_maps_back_to_frame(tiny):
     from tools.grounded_sam import GroundedSam, stretch_to_aspect
 

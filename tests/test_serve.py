@@ -316,6 +316,31 @@ def test_run_batch_concatenates_list_methods_and_isolates_failures():
     assert isinstance(out[1], ValueError) and out[0][0].start_s == 0 and out[2][0].start_s == 2
 
 
+def test_run_batch_lets_a_tool_prefetch_its_batch():
+    """A tool with ``prefetch`` (Grounded-SAM) sees the whole batch first; a failing prefetch only
+    means the calls run unbatched."""
+
+    class Grounder:
+        def __init__(self, fail=False):
+            self.prefetched, self.fail = [], fail
+
+        def prefetch(self, method, calls):
+            if self.fail:
+                raise RuntimeError("out of memory")
+            self.prefetched.append((method, len(calls)))
+
+        def ground(self, frame, phrases, box_threshold=None):
+            return f"{frame}:{','.join(phrases)}"
+
+    g = Grounder()
+    items = [("f1", ["dog"], None), ("f2", ["car"], 0.2)]
+    assert run_batch(g, wire.METHODS["grounder.ground"], items) == ["f1:dog", "f2:car"]
+    assert g.prefetched == [("ground", 2)]
+    run_batch(g, wire.METHODS["grounder.ground"], items[:1])
+    assert g.prefetched == [("ground", 2)]  # a batch of one has nothing to share
+    assert run_batch(Grounder(fail=True), wire.METHODS["grounder.ground"], items) == ["f1:dog", "f2:car"]
+
+
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer():
     app, ts, _ = _fake_app(delay=0.05, max_batch_size=8, batch_wait_s=0.02)
 

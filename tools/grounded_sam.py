@@ -291,7 +291,49 @@ class GroundedSam:
             phrases = self.vocabulary
         return self.ground(frame, phrases)
 
+    def prefetch(self, method: str, calls: list[tuple]) -> None:
+        """Run the heavy forwards of several ``ground`` calls as batches (a tool server's batch), so the
+        calls that follow find them cached: GroundingDINO once over every (frame, phrases) pair of one
+        image size, then the segmenter's image encoder once over every frame with a box to segment.
+        Phrase lists too long for one detector pass, and other methods, are left to the calls."""
+        if method != "ground" or len(calls) < 2:
+            return
+        todo = []
+        for frame, phrases, *rest in calls:
+            thr = self.box_threshold if not rest or rest[0] is None else float(rest[0])
+            asked = [p for p in dict.fromkeys(phrases) if clean_phrase(p)]
+            if asked:
+                image, _ = stretch_to_aspect(frame)
+                todo.append((image, frame_key(image), asked, thr))
+        self._detect_many([(image, key, [clean_phrase(p) for p in asked]) for image, key, asked, _ in todo])
+        need: dict[str, np.ndarray] = {}
+        for image, key, asked, thr in todo:
+            det = self._detections.get((key, tuple(clean_phrase(p) for p in asked)))
+            if det is not None and key not in self._embeddings and len(self._select(det, asked, thr)[0]):
+                need[key] = image
+        if need:
+            for key, value in zip(need, self._embed_batch(list(need.values())), strict=True):
+                self.stats["embedding_misses"] += 1
+                self._embeddings.get_or(key, lambda value=value: value)
+
     # --- preprocess / forward / postprocess ---------------------------------------------------------
+    def _detect_many(self, requests: list[tuple[np.ndarray, str, list[str]]]) -> None:
+        """Detections for (image, key, phrases) requests not cached yet, batched by image size."""
+        model, processor, _ = self._detector()
+        limit = int(self.options.get("max_text_tokens", getattr(model.config, "max_text_len", 256)))
+        groups: dict[tuple[int, ...], dict[tuple[str, tuple[str, ...]], tuple[np.ndarray, list[str]]]] = {}
+        for image, key, phrases in requests:
+            cache_key = (key, tuple(phrases))
+            if cache_key in self._detections or len(_chunk_phrases(processor.tokenizer, phrases, limit)) > 1:
+                continue
+            groups.setdefault(image.shape, {})[cache_key] = (image, phrases)
+        for group in groups.values():
+            images = [image for image, _ in group.values()]
+            lists = [phrases for _, phrases in group.values()]
+            for cache_key, det in zip(group, self._detect_batch(images, lists), strict=True):
+                self.stats["detection_misses"] += 1
+                self._detections.get_or(cache_key, lambda det=det: det)
+
     def _detect(self, image: np.ndarray, key: str, phrases: list[str]) -> _Detection:
         """Raw detection for a phrase list, cached per (frame, phrases)."""
         cache_key = (key, tuple(phrases))
@@ -307,47 +349,40 @@ class GroundedSam:
         limit = int(self.options.get("max_text_tokens", getattr(model.config, "max_text_len", 256)))
         boxes_all, scores_all = [], []
         for chunk in _chunk_phrases(processor.tokenizer, phrases, limit):
-            inputs, token_phrase = self._preprocess_detection(processor, image, chunk)
-            feature_cache.key = key
+            feature_cache.key = key  # the backbone's features of this frame serve every chunk
             try:
-                logits, pred_boxes = self._forward_detection(model, inputs)
+                (det,) = self._detect_batch([image], [chunk])
             finally:
                 feature_cache.key = None
-            boxes, scores = _postprocess_detection(
-                logits, pred_boxes, token_phrase, len(chunk), image.shape[:2]
-            )
-            boxes_all.append(boxes)
-            scores_all.append(scores)
+            boxes_all.append(det.boxes)
+            scores_all.append(det.scores)
         return _stack_chunks(boxes_all, scores_all, len(phrases))
 
-    @staticmethod
-    def _preprocess_detection(
-        processor: Any, image: np.ndarray, phrases: list[str]
-    ) -> tuple[dict[str, Any], np.ndarray]:
-        """Inputs for one text 'p1. p2.' and, per token, the index of its phrase (-1: none)."""
-        text = ". ".join(phrases) + "."
-        spans = phrase_spans(text, phrases)
-        inputs = processor(images=image, text=text, return_tensors="pt", return_offsets_mapping=True)
-        offsets = inputs.pop("offset_mapping")[0].tolist()
-        token_phrase = np.full(len(offsets), -1, np.int64)
-        for t, (a, b) in enumerate(offsets):
-            if b <= a:
-                continue
-            for p, (s, e) in enumerate(spans):
-                if a >= s and b <= e:
-                    token_phrase[t] = p
-                    break
-        return dict(inputs), token_phrase
-
-    def _forward_detection(self, model: Any, inputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _detect_batch(self, images: list[np.ndarray], phrase_lists: list[list[str]]) -> list[_Detection]:
+        """One GroundingDINO forward over images of one size, each with its own text 'p1. p2.' (padded to
+        the longest); each list must fit the detector's token limit."""
         import torch
 
+        model, processor, _ = self._detector()
+        texts = [". ".join(phrases) + "." for phrases in phrase_lists]
+        inputs = processor(
+            images=images, text=texts, padding="longest", return_tensors="pt", return_offsets_mapping=True
+        )
+        offsets = inputs.pop("offset_mapping").tolist()
         with torch.inference_mode():
-            moved = {k: v.to(self.device) for k, v in inputs.items()}
-            if "pixel_values" in moved:
-                moved["pixel_values"] = moved["pixel_values"].to(model.dtype)
+            moved = {k: v.to(self.device) for k, v in dict(inputs).items()}
+            moved["pixel_values"] = moved["pixel_values"].to(model.dtype)
             out = model(**moved)
-            return out.logits[0].float().sigmoid().cpu().numpy(), out.pred_boxes[0].float().cpu().numpy()
+            probs = out.logits.float().sigmoid().cpu().numpy()
+            pred_boxes = out.pred_boxes.float().cpu().numpy()
+        dets = []
+        for b, (image, text, phrases) in enumerate(zip(images, texts, phrase_lists, strict=True)):
+            token_phrase = _token_phrases(offsets[b], phrase_spans(text, phrases))
+            boxes, scores = _postprocess_detection(
+                probs[b], pred_boxes[b], token_phrase, len(phrases), image.shape[:2]
+            )
+            dets.append(_Detection(boxes, scores))
+        return dets
 
     def _select(
         self, det: _Detection, phrases: list[str], thr: float
@@ -378,22 +413,32 @@ class GroundedSam:
         return value
 
     def _embed(self, image: np.ndarray) -> dict[str, Any]:
+        return self._embed_batch([image])[0]
+
+    def _embed_batch(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        """The segmenter's image encoder over several images in one forward; one embedding each."""
         import torch
 
         kind, model, prep = self._segmenter()
         if kind == "sam":
-            inputs = prep.image_processor(images=image, return_tensors="pt")
+            inputs = prep.image_processor(images=images, return_tensors="pt")
             pixel_values = inputs["pixel_values"]
-            sizes = {"original": inputs["original_sizes"], "reshaped": inputs["reshaped_input_sizes"]}
+            original, reshaped = inputs["original_sizes"], inputs["reshaped_input_sizes"]
         else:
-            pixel_values = _sam2_pixels(image, prep)
-            sizes = {
-                "original": torch.tensor([image.shape[:2]]),
-                "reshaped": torch.tensor([[prep["height"], prep["width"]]]),
-            }
+            pixel_values = torch.cat([_sam2_pixels(image, prep) for image in images])
+            original = torch.tensor([image.shape[:2] for image in images])
+            reshaped = torch.tensor([[prep["height"], prep["width"]]] * len(images))
         with torch.inference_mode():
             emb = model.get_image_embeddings(pixel_values.to(self.device, dtype=model.dtype))
-        return {"embedding": emb, **sizes}
+        return [
+            {
+                # SAM gives one tensor, SAM2 a list of feature levels: keep item b of each
+                "embedding": [e[b : b + 1] for e in emb] if isinstance(emb, (list, tuple)) else emb[b : b + 1],
+                "original": original[b : b + 1],
+                "reshaped": reshaped[b : b + 1],
+            }
+            for b in range(len(images))
+        ]
 
     def _segment(self, image: np.ndarray, key: str, boxes: np.ndarray) -> np.ndarray:
         """(n, 4) xyxy boxes in the image's pixels -> (n, H, W) bool masks at the image's size."""
@@ -436,6 +481,20 @@ def _stack_chunks(boxes_all: list[np.ndarray], scores_all: list[np.ndarray], n_p
         row += len(b)
         col += s.shape[1]
     return _Detection(np.concatenate(boxes_all).astype(np.float32), scores)
+
+def _token_phrases(offsets: list[list[int]], spans: list[tuple[int, int]]) -> np.ndarray:
+    """Per token (character offsets into the text), the index of the phrase it belongs to (-1: none,
+    special and padding tokens included)."""
+    token_phrase = np.full(len(offsets), -1, np.int64)
+    for t, (a, b) in enumerate(offsets):
+        if b <= a:
+            continue
+        for p, (s, e) in enumerate(spans):
+            if a >= s and b <= e:
+                token_phrase[t] = p
+                break
+    return token_phrase
+
 
 def _postprocess_detection(
     probs: np.ndarray, pred_boxes: np.ndarray, token_phrase: np.ndarray, n_phrases: int, size: tuple[int, int]
