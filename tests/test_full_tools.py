@@ -121,15 +121,23 @@ def test_prefetch_batches_the_heavy_forwards_with_the_same_results(tiny, segment
     all of them (prefetch), then each call from the caches, giving what the calls give one by one."""
     from tools.grounded_sam import GroundedSam
 
-    def make():
+    def make(**options):
         return GroundedSam(
-            loc(tiny["tools.grounder.detector"]), loc(tiny[segmenter]), box_threshold=0.0, text_threshold=0.0
+            loc(tiny["tools.grounder.detector"]),
+            loc(tiny[segmenter]),
+            box_threshold=0.0,
+            text_threshold=0.0,
+            options=options,
         )
 
     calls = [(frame(seed=11), ["a dog"], None), (frame(seed=12), ["piano", "a dog"], None), (frame(seed=13), ["cat"], 0.0)]
     alone = [make().ground(*c) for c in calls]
 
-    g = make()
+    cpu = make(device="cpu")  # on CPU batching is off by default (it measured slower there): prefetch does nothing
+    cpu.prefetch("ground", calls)
+    assert cpu.stats["detection_misses"] == cpu.stats["embedding_misses"] == 0
+
+    g = make(batch_forwards=True)
     detector, segmenter_model = g._detector()[0], g._segmenter()[1]
     counts = {"detector": 0, "encoder": 0}
 

@@ -177,7 +177,8 @@ class GroundedSam:
         top_k: at most this many boxes per phrase.
         nms_iou: IoU above which boxes of one phrase are suppressed.
         options: ``device`` ('cpu', 'cuda', ...), ``dtype``, ``cache_frames`` (frames whose
-            embeddings are kept, default 8), ``max_text_tokens`` (default: the detector's limit).
+            embeddings are kept, default 8), ``max_text_tokens`` (default: the detector's limit),
+            ``batch_forwards`` (batch a tool server's calls in ``prefetch``; default: on a GPU only).
         phrase_source: for ``detect_all``: the phrases to look for in a frame (e.g. its caption's noun
             phrases); default ``vocabulary``.
         vocabulary: fallback phrases for ``detect_all``.
@@ -295,8 +296,13 @@ class GroundedSam:
         """Run the heavy forwards of several ``ground`` calls as batches (a tool server's batch), so the
         calls that follow find them cached: GroundingDINO once over every (frame, phrases) pair of one
         image size, then the segmenter's image encoder once over every frame with a box to segment.
-        Phrase lists too long for one detector pass, and other methods, are left to the calls."""
+        Phrase lists too long for one detector pass, and other methods, are left to the calls.
+
+        Only on a GPU by default (``options['batch_forwards']`` decides): on CPU a batch of 4 fresh
+        frames took 1.4x as long as the four calls one by one (benchmarks/results/full_cpu.json)."""
         if method != "ground" or len(calls) < 2:
+            return
+        if not self.options.get("batch_forwards", self.device.startswith("cuda")):
             return
         todo = []
         for frame, phrases, *rest in calls:
