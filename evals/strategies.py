@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from agent.prompts import load_prompt
-from tools.errors import ConfigError, UserError
+from tools.errors import UserError
 from tools.types import Answer, Clip, FrameResult, Segments, TraceStep
 
 Solver = Callable[..., Answer]
@@ -267,50 +267,38 @@ def _translate_rules(toolset: Any, descriptions: list[str]) -> list[list[str]]:
     return out
 
 
-def _translate_llm(settings: Any, descriptions: list[str], run: _Run) -> list[list[str]]:
-    """Ask the configured LLM to name the visible objects each description implies."""
-    backend = settings.llm.backend
+def _translate_llm(settings: Any, toolset: Any, descriptions: list[str], run: _Run) -> list[list[str]]:
+    """Ask the configured LLM (agent.llm.make_chat_model) to name the visible objects each description
+    implies. A call that fails (timeout, refused, server error after the client's retries) or answers
+    nothing usable falls back to the rules translation for that description, and the trace says so."""
     try:
-        if backend == "openai":
-            import os
+        from agent.llm import make_chat_model
 
-            from langchain_openai import ChatOpenAI
-
-            key = os.environ.get(settings.llm.api_key_env)
-            if not key and not settings.llm.base_url:
-                raise ConfigError(f"llm.backend=openai needs an API key in ${settings.llm.api_key_env}")
-            llm = ChatOpenAI(
-                model=settings.llm.model,
-                base_url=settings.llm.base_url,
-                api_key=key or "none",
-                temperature=settings.llm.temperature,
-                timeout=settings.llm.timeout_s,
-            )
-        else:
-            from langchain_ollama import ChatOllama
-
-            llm = ChatOllama(
-                model=settings.llm.model, base_url=settings.llm.base_url, temperature=settings.llm.temperature
-            )
+        llm = make_chat_model(settings.llm)
     except ImportError:
         raise StrategyError(
-            f"llm.backend={backend} needs the 'llm' extra (pip install avs-agent[llm])"
+            f"llm.backend={settings.llm.backend} needs the 'llm' extra (pip install avs-agent[llm])"
         ) from None
     template = load_prompt("openavs_translate")
     out = []
     for desc in descriptions:
-        msg = llm.invoke(template.render(description=desc))
+        try:
+            msg = llm.invoke(template.render(description=desc))
+        except Exception as exc:  # the network or the server: the rules translate this one
+            run.stats["translation_fallbacks"] = run.stats.get("translation_fallbacks", 0) + 1
+            run.step(f"LLM translation of {desc!r} failed ({type(exc).__name__}); the rules translate it")
+            out.extend(_translate_rules(toolset, [desc]))
+            continue
         run.stats["llm_calls"] += 1
         usage = getattr(msg, "usage_metadata", None) or {}
         run.stats["llm_tokens"] += int(usage.get("total_tokens", 0))
-        text = str(msg.content)
-        out.append(
-            [
-                w.strip().strip(".").lower()
-                for w in text.replace("\n", ",").split(",")
-                if w.strip() and w.strip().lower() != "none"
-            ][:3]
-        )
+        objs = [
+            w.strip().strip(".").lower()
+            for w in str(msg.content).replace("\n", ",").split(",")
+            if w.strip() and w.strip().strip(".").lower() != "none"
+        ][:3]
+        run.step(f"LLM translated {desc!r} -> {objs or 'none'}")
+        out.append(objs)
     return out
 
 
@@ -331,7 +319,7 @@ def openavs(clip: Clip, toolset: Any, settings: Any) -> Answer:
         table = dict(zip(flat, _translate_rules(toolset, flat), strict=True))
         run.stats["translation"] = "rules"
     else:
-        table = dict(zip(flat, _translate_llm(settings, flat, run), strict=True))
+        table = dict(zip(flat, _translate_llm(settings, toolset, flat, run), strict=True))
         run.stats["translation"] = f"llm:{settings.llm.backend}"
     # 3. prompt consistency: an object must be named by at least half of a second's descriptions
     per_frame_objs = []

@@ -45,6 +45,49 @@ def test_openavs_rules_translation_is_marked(clips):
     assert a.stats["translation"] == "rules" and a.stats["llm_calls"] == 0
 
 
+@pytest.mark.parametrize("protocol", ["openai", "ollama"])
+def test_openavs_llm_translation_through_a_server(clips, protocol):
+    """The LLM's translation is used (real HTTP to a local fake server), one call per distinct
+    description; its answer 'car' for the dog's sounds makes the strategy segment the car."""
+    from fake_llm import FakeLLMServer
+
+    (dog, _, _), _ = clips
+    with FakeLLMServer(protocol, [{"content": "Car, none"}]) as srv:
+        settings = load_settings(
+            "lite",
+            overrides=[f"llm.backend={protocol}", f"llm.base_url={srv.url}", "llm.model=fake", "llm.timeout_s=5"],
+        )
+        a = get_strategy("openavs").solve(dog, fake_toolset(), settings)
+        n = len(srv.requests)
+    assert a.stats["translation"] == f"llm:{protocol}" and a.stats["llm_calls"] == n >= 1
+    assert a.labels == ["car"]
+    assert "<description>" in str(srv.requests[0]["body"]["messages"])
+    assert any("LLM translated" in t.message and "['car']" in t.message for t in a.trace)
+
+
+def test_openavs_llm_down_falls_back_to_the_rules(clips):
+    """Nothing listens at the LLM's address: every description is translated by the rules instead,
+    the answer equals the rules run, and the trace says why."""
+    from test_serve import free_port
+
+    (dog, _, _), _ = clips
+    down = load_settings(
+        "lite",
+        overrides=[
+            "llm.backend=openai",
+            f"llm.base_url=http://127.0.0.1:{free_port()}/v1",
+            "llm.model=fake",
+            "llm.timeout_s=2",
+            "llm.max_retries=0",
+        ],
+    )
+    a = get_strategy("openavs").solve(dog, fake_toolset(), down)
+    rules = get_strategy("openavs").solve(dog, fake_toolset(), load_settings("lite"))
+    assert a.labels == rules.labels == ["dog"] and a.stats["llm_calls"] == 0
+    assert a.stats["translation_fallbacks"] >= 1
+    assert any("failed" in t.message and "the rules translate it" in t.message for t in a.trace)
+
+
 def test_caption_strategies_need_an_audio_captioner(clips):
     (dog, _, _), _ = clips
     for name in ("audio-caption", "acap-vcls"):
