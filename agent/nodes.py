@@ -30,6 +30,9 @@ class RunContext:
     progress: Callable[[str], None] = field(default=lambda msg: None)
 
 
+MAX_REASONING_CHARS = 300
+"""The LLM's reasoning is quoted in the answer up to this length (it is the model's words, not a fact)."""
+
 def _step(node: str, message: str, t0: float, frame: int | None = None, **data) -> TraceStep:
     return TraceStep(
         node=node, message=message, frame=frame, data=data, seconds=round(time.perf_counter() - t0, 4)
@@ -165,6 +168,7 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         )
     ]
     llm_stats: list[dict] = []
+    llm_reasoning = ""
     forced = state.get("force_phrases") or []
     if forced:
         scores = ctx.toolset.scorer.score([*clip.segments, clip.audio], forced)
@@ -189,6 +193,8 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             state, ctx, clip.frames, suggestions=[(c.phrase, c.evidence) for c in _merge(candidates)]
         )
         per_frame, not_visible, reasoning, llm_stats, error = ctx.reasoner.propose_llm(data, len(clip.frames))
+        if per_frame is not None:
+            llm_reasoning = " ".join(str(reasoning).split())[:MAX_REASONING_CHARS]
         if per_frame is None:
             steps.append(
                 _step(
@@ -229,7 +235,7 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             else (", ".join(f"{c.phrase} {c.evidence:.2f}" for c in cands) or "no candidate")
         )
         steps.append(TraceStep(node="propose", frame=i, message=f"candidates: {text}"))
-    return {"candidates": candidates, "trace": steps, "llm_stats": llm_stats}
+    return {"candidates": candidates, "trace": steps, "llm_stats": llm_stats, "llm_reasoning": llm_reasoning}
 
 
 # ---------------------------------------------------------------------------------------------- verify
@@ -471,6 +477,9 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     text = ctx.reasoner.explain(
         found, frames_with, len(clip.frames), state["clip_tags"].top(5), rejected, silent, failed
     )
+    if state.get("llm_reasoning") and not state.get("force_phrases"):
+        # the facts above come from the trace; the LLM adds its reading of the clip (no extra call)
+        text += f" The LLM ({ctx.reasoner.name}) reasoned: {state['llm_reasoning']}"
     trace = [*state.get("trace", []), _step("answer", text, t0)]
     stats = {
         "frames": len(clip.frames),

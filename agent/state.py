@@ -58,6 +58,8 @@ class AgentState(TypedDict, total=False):
     """Per frame, (H, W) bool mask of the chosen sources."""
     trace: Annotated[list[TraceStep], operator.add]
     """Every decision, appended by each node."""
+    llm_reasoning: str
+    """The LLM's one-sentence reading of the clip, from its proposal (empty when the rules decided)."""
     llm_stats: Annotated[list[dict], operator.add]
     """One entry per LLM call: node, tokens, seconds."""
     answer: Answer

@@ -59,6 +59,8 @@ def test_llm_decisions_are_used(loaded, rules_answer, protocol, method, item):
     assert not np.array_equal(ans.masks[0], rules_answer.masks[0])
     assert ans.stats["llm_calls"] == 1 and ans.stats["llm_tokens"] == 120
     assert any("LLM" in s.message and "scripted: the people" in s.message for s in ans.trace)
+    assert ans.text.endswith("reasoned: scripted: the people")  # its reading is quoted, no extra call
+    assert "reasoned" not in rules_answer.text
     assert len(srv.requests) == 1
 
 
