@@ -177,8 +177,6 @@ def _parse_auth(auth: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-
-
 def register(app: typer.Typer) -> None:
     """Add `chat` and `ui` to the main CLI."""
     from rich.console import Console

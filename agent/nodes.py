@@ -33,6 +33,7 @@ class RunContext:
 MAX_REASONING_CHARS = 300
 """The LLM's reasoning is quoted in the answer up to this length (it is the model's words, not a fact)."""
 
+
 def _step(node: str, message: str, t0: float, frame: int | None = None, **data) -> TraceStep:
     return TraceStep(
         node=node, message=message, frame=frame, data=data, seconds=round(time.perf_counter() - t0, 4)
@@ -193,8 +194,6 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             state, ctx, clip.frames, suggestions=[(c.phrase, c.evidence) for c in _merge(candidates)]
         )
         per_frame, not_visible, reasoning, llm_stats, error = ctx.reasoner.propose_llm(data, len(clip.frames))
-        if per_frame is not None:
-            llm_reasoning = " ".join(str(reasoning).split())[:MAX_REASONING_CHARS]
         if per_frame is None:
             steps.append(
                 _step(
@@ -202,6 +201,7 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 )
             )
         else:
+            llm_reasoning = " ".join(str(reasoning).split())[:MAX_REASONING_CHARS]
             new_phrases = sorted({p for frame in per_frame for p in frame})
             scores = (
                 ctx.toolset.scorer.score([*clip.segments, clip.audio], new_phrases)

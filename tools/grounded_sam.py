@@ -103,6 +103,12 @@ def phrase_spans(text: str, phrases: list[str]) -> list[tuple[int, int]]:
     return spans
 
 
+def _asked(phrases: list[str]) -> tuple[list[str], list[str]]:
+    """The phrases as asked (deduplicated, empty ones dropped) and as the detector reads them."""
+    asked = [p for p in dict.fromkeys(phrases) if clean_phrase(p)]
+    return asked, [clean_phrase(p) for p in asked]
+
+
 def clean_phrase(p: str) -> str:
     return " ".join(p.replace(".", " ").lower().split())
 
@@ -264,12 +270,12 @@ class GroundedSam:
         """Boxes and masks for each phrase in the frame; labels and ``data['phrase']`` hold the phrase as
         asked, ``data['class']`` the same phrase (open vocabulary). Empty when nothing passes."""
         thr = self.box_threshold if box_threshold is None else float(box_threshold)
-        asked = [p for p in dict.fromkeys(phrases) if clean_phrase(p)]
+        asked, cleaned = _asked(phrases)
         if not asked:
             return Segments.empty(frame.height, frame.width)
         image, sx = stretch_to_aspect(frame)
         key = frame_key(image)
-        det = self._detect(image, key, [clean_phrase(p) for p in asked])
+        det = self._detect(image, key, cleaned)
         boxes, scores, labels = self._select(det, asked, thr)
         if not len(boxes):
             return Segments.empty(frame.height, frame.width)
@@ -307,14 +313,14 @@ class GroundedSam:
         todo = []
         for frame, phrases, *rest in calls:
             thr = self.box_threshold if not rest or rest[0] is None else float(rest[0])
-            asked = [p for p in dict.fromkeys(phrases) if clean_phrase(p)]
+            asked, cleaned = _asked(phrases)
             if asked:
                 image, _ = stretch_to_aspect(frame)
-                todo.append((image, frame_key(image), asked, thr))
-        self._detect_many([(image, key, [clean_phrase(p) for p in asked]) for image, key, asked, _ in todo])
+                todo.append((image, frame_key(image), asked, cleaned, thr))
+        self._detect_many([(image, key, cleaned) for image, key, _, cleaned, _ in todo])
         need: dict[str, np.ndarray] = {}
-        for image, key, asked, thr in todo:
-            det = self._detections.get((key, tuple(clean_phrase(p) for p in asked)))
+        for image, key, asked, cleaned, thr in todo:
+            det = self._detections.get((key, tuple(cleaned)))
             if det is not None and key not in self._embeddings and len(self._select(det, asked, thr)[0]):
                 need[key] = image
         if need:
@@ -323,10 +329,14 @@ class GroundedSam:
                 self._embeddings.get_or(key, lambda value=value: value)
 
     # --- preprocess / forward / postprocess ---------------------------------------------------------
+    def _text_limit(self, model: Any) -> int:
+        """Text tokens one detector pass takes (``options['max_text_tokens']`` or the model's limit)."""
+        return int(self.options.get("max_text_tokens", getattr(model.config, "max_text_len", 256)))
+
     def _detect_many(self, requests: list[tuple[np.ndarray, str, list[str]]]) -> None:
         """Detections for (image, key, phrases) requests not cached yet, batched by image size."""
         model, processor, _ = self._detector()
-        limit = int(self.options.get("max_text_tokens", getattr(model.config, "max_text_len", 256)))
+        limit = self._text_limit(model)
         groups: dict[tuple[int, ...], dict[tuple[str, tuple[str, ...]], tuple[np.ndarray, list[str]]]] = {}
         for image, key, phrases in requests:
             cache_key = (key, tuple(phrases))
@@ -352,7 +362,7 @@ class GroundedSam:
 
     def _detect_uncached(self, image: np.ndarray, key: str, phrases: list[str]) -> _Detection:
         model, processor, feature_cache = self._detector()
-        limit = int(self.options.get("max_text_tokens", getattr(model.config, "max_text_len", 256)))
+        limit = self._text_limit(model)
         boxes_all, scores_all = [], []
         for chunk in _chunk_phrases(processor.tokenizer, phrases, limit):
             feature_cache.key = key  # the backbone's features of this frame serve every chunk

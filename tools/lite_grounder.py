@@ -213,8 +213,6 @@ def _reconstruct(seed: np.ndarray, within: np.ndarray, diagonal: bool = False) -
 def _components(mask: np.ndarray, min_pixels: float) -> list[np.ndarray]:
     """The connected parts (8-neighbourhood, so a thin gap in DeepLab's paint does not split an object)
     of ``mask`` with at least ``min_pixels`` pixels, largest first: each is one object DeepLab paints."""
-    if mask.sum() < min_pixels:
-        return []
     left, parts = mask.copy(), []
     while left.sum() >= min_pixels:
         seed = np.zeros_like(left)

@@ -305,12 +305,12 @@ class EmbeddingTextMatcher:
             best = np.maximum(best, sims)
         if label in onto:
             allowed = self._allowed_kinds(label)
-            best[[KINDS.get(v, "") not in allowed and v in KINDS for v in vocabulary]] = 0.0
+            best[[v in KINDS and KINDS[v] not in allowed for v in vocabulary]] = 0.0
         self._specific[key] = _ranked(best, vocabulary, self.threshold)
         return self._specific[key]
 
-
     def _allowed_kinds(self, label: str) -> frozenset[str]:
+        """The kinds of object (tools.vocab.KINDS) that can make a sound of this label's branches."""
         branches = [b for b in (label, *self.ontology.all_ancestors(label)) if b in BRANCH_KINDS]
         if not branches:
             return frozenset({"animal", "person", "thing"})
