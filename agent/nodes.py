@@ -263,9 +263,10 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     # frame consistency: a source seen in most frames is looked for again, less strictly, where it was missed
     consistent = ctx.reasoner.consistent_phrases(visible_all)
     thr = ctx.settings.tools.grounder.box_threshold * ctx.settings.agent.consistency_threshold
-    for frame, cands, visible, found in zip(
+    relaxed: set[int] = set()
+    for i, (frame, cands, visible, found) in enumerate(zip(
         clip.frames, state["candidates"], visible_all, groundings, strict=True
-    ):
+    )):
         missing = [c for c in cands if c.phrase in consistent and c not in visible]
         if not missing or visible:
             continue
@@ -276,6 +277,8 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             if len(sel):
                 found[c.phrase] = sel
         visible[:] = ctx.reasoner.verify(cands, found)
+        if visible:
+            relaxed.add(i)
         steps.append(
             _step(
                 "verify",
@@ -284,13 +287,14 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 frame=frame.index,
             )
         )
-    for visible in visible_all:
+    for i, visible in enumerate(visible_all):
         phrases = ctx.reasoner.choose(visible, 0)
         choices.append(
             Choice(
                 phrases=phrases,
                 status="pending" if phrases else "none",
                 reason="" if phrases else "no visible candidate",
+                relaxed=i in relaxed,
             )
         )
     return {"visible": visible_all, "groundings": groundings, "choices": choices, "trace": steps}
@@ -342,7 +346,9 @@ def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         passed, reasons = [], []
         for p in choice.phrases:  # each source is checked on its own mask
             seg = ctx.reasoner.instances(state["groundings"][i][p])
-            ok, why = ctx.reasoner.check(seg.union() if len(seg) else np.zeros(shape, bool), seg)
+            ok, why = ctx.reasoner.check(
+                seg.union() if len(seg) else np.zeros(shape, bool), seg, relaxed=choice.relaxed
+            )
             reasons.append(f"{p}: {why}")
             if ok:
                 passed.append(p)
@@ -417,6 +423,7 @@ def retry(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                     tried=tried,
                     status="pending",
                     reason=f"LLM: retry with '{phrase}'",
+                    relaxed=choice.relaxed and phrase in state["groundings"][i],
                 )
             else:
                 new = Choice(

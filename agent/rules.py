@@ -136,14 +136,18 @@ class RulesReasoner:
         return seg[keep]
 
     # ------------------------------------------------------------------ check / retry
-    def check(self, mask: np.ndarray, seg: Segments) -> tuple[bool, str]:
+    def check(self, mask: np.ndarray, seg: Segments, relaxed: bool = False) -> tuple[bool, str]:
+        """Is the mask a plausible object? ``relaxed``: found by the frame-consistency look, which lowered
+        the detection threshold by ``consistency_threshold``; the score and size floors are lowered by as
+        much (the object was seen in other frames, so a faint or small view of it is still evidence)."""
         c = self.config
+        scale = c.consistency_threshold if relaxed else 1.0
         share = float(mask.mean()) if mask.size else 0.0
-        if share < c.min_mask_area:
+        if share < c.min_mask_area * scale:
             return False, f"mask too small ({share:.4f} of the frame)"
         if share > c.max_mask_area:
             return False, f"mask covers nearly the whole frame ({share:.2f})"
-        if len(seg) and float(seg.confidence.max()) < c.min_segment_score:
+        if len(seg) and float(seg.confidence.max()) < c.min_segment_score * scale:
             return False, f"low detection score ({float(seg.confidence.max()):.2f})"
         return True, f"mask covers {share:.3f} of the frame"
 
@@ -163,6 +167,7 @@ class RulesReasoner:
             tried=[*choice.tried, *choice.phrases],
             status="pending",
             reason=f"retry with '{visible[nxt].phrase}'",
+            relaxed=choice.relaxed,
         )
 
     # ------------------------------------------------------------------ explain

@@ -26,6 +26,9 @@ class Choice(BaseModel):
     tried: list[str] = Field(default_factory=list)
     status: str = "pending"  # pending | ok | retry | failed | none
     reason: str = ""
+    relaxed: bool = False
+    """Its candidates were found by the frame-consistency look at a lowered threshold: the check's score
+    floor is lowered by the same share."""
 
 
 class AgentState(TypedDict, total=False):

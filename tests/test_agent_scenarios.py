@@ -108,6 +108,23 @@ def test_every_retry_fails_and_the_answer_says_so(matcher):
     assert any(s.node == "retry" and "no attempts left" in s.message for s in ans.trace)
 
 
+def test_a_faint_view_of_a_source_seen_in_other_frames_is_kept(matcher):
+    """Frame consistency: a dog found in frames 0 and 1 but missed in frame 2 is looked for again there at
+    a lowered threshold, and the check accepts the faint, small view that look finds."""
+    from tools.types import Segments
+
+    dog = box_segment("dog", (10, 10, 40, 40))
+    faint = box_segment("dog", (5, 5, 7, 8), conf=0.2)  # 6 px: 0.0015 of the frame, score 0.2
+    tools = scripted_toolset(
+        matcher, {"Bark": 0.9}, {"dog": [dog, dog, Segments.empty(64, 64), faint]}, {"dog": 0.9}, VOCAB
+    )
+    ans = run_clip(clip(3), load_settings(), tools)
+    assert ans.labels == ["dog"]
+    assert (ans.masks[2] == faint.mask[0]).all()
+    assert [c[2] for c in tools.grounder.calls] == [None, None, None, 0.15]
+    assert not any(s.node == "retry" for s in ans.trace)
+
+
 def _llm_settings(srv, **extra):
     over = [f"llm.backend={srv.protocol}", f"llm.base_url={srv.url}", "llm.model=fake", "llm.timeout_s=5"]
     return load_settings(overrides=over + [f"{k}={v}" for k, v in extra.items()])

@@ -93,6 +93,22 @@ def test_check_and_bounded_retry():
     assert done.status == "failed" and "no attempts left" in done.reason
 
 
+def test_check_relaxed_for_a_source_seen_in_other_frames():
+    """The frame-consistency look lowers the detection threshold by consistency_threshold (0.5); the
+    check's floors follow it, or it would reject what the look was meant to find."""
+    c = AgentSettings()
+    faint = _seg("car", (0, 0, 4, 4), conf=0.6 * c.min_segment_score, h=100, w=100)  # 0.0016 of the frame
+    assert 0.5 * c.min_mask_area < faint.union().mean() < c.min_mask_area
+    ok, why = R.check(faint.union(), faint)
+    assert not ok and "too small" in why
+    assert R.check(faint.union(), faint, relaxed=True)[0]
+    fainter = _seg("car", (0, 0, 4, 4), conf=0.4 * c.min_segment_score, h=100, w=100)
+    assert not R.check(fainter.union(), fainter, relaxed=True)[0]
+    vis = [Candidate(phrase="a", evidence=0.9), Candidate(phrase="b", evidence=0.8)]
+    kept = R.retry(Choice(phrases=["a"], status="retry", relaxed=True), vis)
+    assert kept.relaxed and kept.phrases == ["b"]  # a retry in that frame uses the same relaxed grounding
+
+
 def test_explanations_are_honest():
     text = R.explain(["dog"], {"dog": [0, 1]}, 2, [("Bark", 0.9)], ["cat"], silent=False, failed=False)
     assert text.startswith("The dog (in every frame) is making the sound") and "not visible: cat" in text
