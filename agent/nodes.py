@@ -264,12 +264,23 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     consistent = ctx.reasoner.consistent_phrases(visible_all)
     thr = ctx.settings.tools.grounder.box_threshold * ctx.settings.agent.consistency_threshold
     relaxed: set[int] = set()
+    # a consistent source crowded out of a frame's candidates (a distractor's loud second) is looked for
+    # there too, with the least evidence it had where it was seen
+    seen: dict[str, Candidate] = {}
+    for cand in (c for visible in visible_all for c in visible if c.phrase in consistent):
+        if cand.phrase not in seen or cand.evidence < seen[cand.phrase].evidence:
+            seen[cand.phrase] = cand
     for i, (frame, cands, visible, found) in enumerate(zip(
         clip.frames, state["candidates"], visible_all, groundings, strict=True
     )):
-        missing = [c for c in cands if c.phrase in consistent and c not in visible]
-        if not missing or visible:
+        if visible or not cands:
+            continue  # a silent frame (no candidates) stays silent
+        here = {c.phrase for c in cands}
+        extra = [c for p, c in seen.items() if p not in here]
+        missing = [c for c in cands if c.phrase in consistent] + extra
+        if not missing:
             continue
+        cands = [*cands, *extra]
         t0 = time.perf_counter()
         seg = ctx.toolset.grounder.ground(frame, [c.phrase for c in missing], box_threshold=thr)
         for c in missing:

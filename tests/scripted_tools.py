@@ -72,15 +72,20 @@ class ScriptedGrounder:
 class ScriptedScorer:
     name = "scripted-scorer"
 
-    def __init__(self, scores: dict[str, float]):
+    def __init__(self, scores: dict[str, float | list[float]]):
+        """text -> score, or one score per audio segment (the seconds, then the whole clip)."""
         self.scores = scores
 
     def score(self, audio: list[AudioSegment], texts: list[str]) -> np.ndarray:
-        return np.asarray([[self.scores.get(t, 0.0) for t in texts] for _ in audio], np.float32)
+        def one(t: str, i: int) -> float:
+            v = self.scores.get(t, 0.0)
+            return v[i] if isinstance(v, list) else v
+
+        return np.asarray([[one(t, i) for t in texts] for i in range(len(audio))], np.float32)
 
 
 def scripted_toolset(
-    matcher, tags: dict[str, float], found: dict, scores: dict[str, float], vocabulary: list[str]
+    matcher, tags: dict[str, float], found: dict, scores: dict[str, float | list[float]], vocabulary: list[str]
 ) -> Toolset:
     return Toolset(
         tagger=ScriptedTagger(tags),

@@ -125,6 +125,18 @@ def test_a_faint_view_of_a_source_seen_in_other_frames_is_kept(matcher):
     assert not any(s.node == "retry" for s in ans.trace)
 
 
+def test_a_source_crowded_out_of_one_second_is_still_looked_for(matcher):
+    """A distractor's loud second pushes the dog out of that frame's candidates; the dog, seen in the
+    other frames, is looked for there anyway (frame consistency) and segmented."""
+    dog = box_segment("dog", (10, 10, 40, 40))
+    scores = {"dog": [0.9, 0.9, 0.0, 0.9], "car": [0.2, 0.2, 0.8, 0.4]}  # 3 seconds, then the clip
+    tags = {"Bark": 0.9, "Vehicle horn, car horn, honking": 0.8}
+    tools = scripted_toolset(matcher, tags, {"dog": dog}, scores, VOCAB)
+    ans = run_clip(clip(3), load_settings(overrides=["agent.max_candidates=1"]), tools)
+    assert [c[1] for c in tools.grounder.calls] == [("dog",), ("dog",), ("car",), ("dog",)]
+    assert ans.labels == ["dog"] and all((m == dog.mask[0]).all() for m in ans.masks)
+
+
 def _llm_settings(srv, **extra):
     over = [f"llm.backend={srv.protocol}", f"llm.base_url={srv.url}", "llm.model=fake", "llm.timeout_s=5"]
     return load_settings(overrides=over + [f"{k}={v}" for k, v in extra.items()])
