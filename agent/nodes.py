@@ -298,8 +298,20 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 frame=frame.index,
             )
         )
-    for i, visible in enumerate(visible_all):
-        phrases = ctx.reasoner.choose(visible, 0)
+    chosen = [ctx.reasoner.choose(visible, 0) for visible in visible_all]
+    sources = ctx.reasoner.clip_sources(chosen)
+    for i, (visible, phrases) in enumerate(zip(visible_all, chosen, strict=True)):
+        here = [c.phrase for c in visible if c.phrase in sources]
+        if here and set(here) != set(phrases):
+            steps.append(
+                TraceStep(
+                    node="verify",
+                    frame=i,
+                    message=f"frame consistency: {', '.join(here)} (the clip's source in most frames) instead of {', '.join(phrases)}",
+                )
+            )
+            phrases = here
+            visible.sort(key=lambda c: c.phrase not in here)  # a retry moves on to the other candidates
         choices.append(
             Choice(
                 phrases=phrases,

@@ -4,7 +4,8 @@ propose  audio tags of each second (and of the whole clip) -> objects that make 
          (text matcher over the AudioSet ontology onto the vocabulary), with audio evidence
 verify   keep the candidates the grounder finds in the frame; rank by audio evidence, and among
          candidates with nearly equal evidence by how prominent they are (mask area x score)
-choose   the best visible candidate, plus a second one when its evidence is close (two sources)
+choose   the best visible candidate, plus a second one when its evidence is close (two sources); then
+         the sources chosen in most frames are segmented wherever they are visible (frame consistency)
 retry    the next visible candidate after a mask that failed the check
 explain  one short paragraph from the decisions
 
@@ -101,6 +102,17 @@ class RulesReasoner:
             for cand in cands:
                 counts[cand.phrase] = counts.get(cand.phrase, 0) + 1
         return [p for p, n in counts.items() if n >= max(1, len(visible) / 2)]
+
+    @staticmethod
+    def clip_sources(chosen: list[list[str]]) -> list[str]:
+        """Phrases chosen in more than half of the frames: the clip's sound sources. A frame where one of
+        them is visible segments those instead of its own pick (frame consistency: one looped engine
+        whose seconds the tagger reads as 'Engine', then 'Vehicle', is one source, not two in turn)."""
+        counts: dict[str, int] = {}
+        for phrases in chosen:
+            for p in dict.fromkeys(phrases):
+                counts[p] = counts.get(p, 0) + 1
+        return [p for p, n in counts.items() if n > len(chosen) / 2]
 
     # ------------------------------------------------------------------ choose / segment
     def choose(self, visible: list[Candidate], attempt: int) -> list[str]:

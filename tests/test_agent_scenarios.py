@@ -137,6 +137,17 @@ def test_a_source_crowded_out_of_one_second_is_still_looked_for(matcher):
     assert ans.labels == ["dog"] and all((m == dog.mask[0]).all() for m in ans.masks)
 
 
+def test_the_source_of_most_frames_is_kept_where_one_second_reads_otherwise(matcher):
+    """One second's audio points at the car, the others at the dog, and both are visible: the clip's
+    source (chosen in most frames) is segmented in that frame too, and the trace says why."""
+    dog, car = box_segment("dog", (10, 10, 40, 40)), box_segment("car", (45, 45, 60, 60))
+    scores = {"dog": [0.9, 0.3, 0.9, 0.9], "car": [0.1, 0.9, 0.1, 0.3]}
+    tags = {"Bark": 0.9, "Vehicle horn, car horn, honking": 0.8}
+    ans = run_clip(clip(3), load_settings(), scripted_toolset(matcher, tags, {"dog": dog, "car": car}, scores, VOCAB))
+    assert ans.labels == ["dog"] and all((m == dog.mask[0]).all() for m in ans.masks)
+    assert any(s.node == "verify" and s.frame == 1 and "frame consistency" in s.message for s in ans.trace)
+
+
 def _llm_settings(srv, **extra):
     over = [f"llm.backend={srv.protocol}", f"llm.base_url={srv.url}", "llm.model=fake", "llm.timeout_s=5"]
     return load_settings(overrides=over + [f"{k}={v}" for k, v in extra.items()])
