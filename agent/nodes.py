@@ -17,7 +17,7 @@ from agent.settings import Settings
 from agent.state import AgentState, Candidate, Choice
 from agent.toolset import Toolset
 from tools.media import load_clip
-from tools.types import Answer, FrameResult, Segments, TraceStep
+from tools.types import Answer, Clip, FrameResult, Segments, TraceStep
 
 
 @dataclass
@@ -260,34 +260,56 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         steps.append(_step("verify", msg, t0, frame=frame.index, rejected=rejected))
         visible_all.append(visible)
         groundings.append(found)
-    # frame consistency: a source seen in most frames is looked for again, less strictly, where it was missed
+    relaxed = _look_again(ctx, clip, state["candidates"], visible_all, groundings, steps)
+    for i, phrases in enumerate(_clip_choices(ctx, visible_all, steps)):
+        choices.append(
+            Choice(
+                phrases=phrases,
+                status="pending" if phrases else "none",
+                reason="" if phrases else "no visible candidate",
+                relaxed=i in relaxed,
+            )
+        )
+    return {"visible": visible_all, "groundings": groundings, "choices": choices, "trace": steps}
+
+
+def _look_again(
+    ctx: RunContext,
+    clip: Clip,
+    candidates: list[list[Candidate]],
+    visible_all: list[list[Candidate]],
+    groundings: list[dict[str, Segments]],
+    steps: list[TraceStep],
+) -> set[int]:
+    """Frame consistency, part 1: a source seen in most frames is looked for again, at a lowered
+    threshold, in the frames where nothing was found, also where a distractor's loud second crowded it
+    out of the candidates (with the least evidence it had where it was seen). A silent frame (no
+    candidates) stays silent. Updates ``visible_all``/``groundings`` in place; returns the frames whose
+    candidates this look found."""
     consistent = ctx.reasoner.consistent_phrases(visible_all)
     thr = ctx.settings.tools.grounder.box_threshold * ctx.settings.agent.consistency_threshold
-    relaxed: set[int] = set()
-    # a consistent source crowded out of a frame's candidates (a distractor's loud second) is looked for
-    # there too, with the least evidence it had where it was seen
     seen: dict[str, Candidate] = {}
     for cand in (c for visible in visible_all for c in visible if c.phrase in consistent):
         if cand.phrase not in seen or cand.evidence < seen[cand.phrase].evidence:
             seen[cand.phrase] = cand
-    for i, (frame, cands, visible, found) in enumerate(zip(
-        clip.frames, state["candidates"], visible_all, groundings, strict=True
-    )):
+    relaxed: set[int] = set()
+    for i, (frame, cands, visible, found) in enumerate(
+        zip(clip.frames, candidates, visible_all, groundings, strict=True)
+    ):
         if visible or not cands:
-            continue  # a silent frame (no candidates) stays silent
+            continue
         here = {c.phrase for c in cands}
         extra = [c for p, c in seen.items() if p not in here]
         missing = [c for c in cands if c.phrase in consistent] + extra
         if not missing:
             continue
-        cands = [*cands, *extra]
         t0 = time.perf_counter()
         seg = ctx.toolset.grounder.ground(frame, [c.phrase for c in missing], box_threshold=thr)
         for c in missing:
             sel = seg[np.asarray([lab == c.phrase for lab in seg.labels], bool)] if len(seg) else seg
             if len(sel):
                 found[c.phrase] = sel
-        visible[:] = ctx.reasoner.verify(cands, found)
+        visible[:] = ctx.reasoner.verify([*cands, *extra], found)
         if visible:
             relaxed.add(i)
         steps.append(
@@ -298,8 +320,18 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 frame=frame.index,
             )
         )
+    return relaxed
+
+
+def _clip_choices(
+    ctx: RunContext, visible_all: list[list[Candidate]], steps: list[TraceStep]
+) -> list[list[str]]:
+    """Frame consistency, part 2: each frame's pick, then the clip's sources (chosen in most frames)
+    wherever they are visible instead. Reorders a changed frame's visible list so a retry moves on to
+    the other candidates."""
     chosen = [ctx.reasoner.choose(visible, 0) for visible in visible_all]
     sources = ctx.reasoner.clip_sources(chosen)
+    out = []
     for i, (visible, phrases) in enumerate(zip(visible_all, chosen, strict=True)):
         here = [c.phrase for c in visible if c.phrase in sources]
         if here and set(here) != set(phrases):
@@ -311,16 +343,9 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 )
             )
             phrases = here
-            visible.sort(key=lambda c: c.phrase not in here)  # a retry moves on to the other candidates
-        choices.append(
-            Choice(
-                phrases=phrases,
-                status="pending" if phrases else "none",
-                reason="" if phrases else "no visible candidate",
-                relaxed=i in relaxed,
-            )
-        )
-    return {"visible": visible_all, "groundings": groundings, "choices": choices, "trace": steps}
+            visible.sort(key=lambda c: c.phrase not in here)
+        out.append(phrases)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- segment

@@ -28,7 +28,7 @@ class Choice(BaseModel):
     reason: str = ""
     relaxed: bool = False
     """Its candidates were found by the frame-consistency look at a lowered threshold: the check's score
-    floor is lowered by the same share."""
+    and size floors are lowered by the same share."""
 
 
 class AgentState(TypedDict, total=False):
