@@ -43,10 +43,14 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
 
 
-def peak_gpu_gb() -> float:
+def peak_gpu_gb(reset: bool = False) -> float:
+    """Peak GPU memory allocated (GB) since the last reset; ``reset`` starts a new window after reading."""
     import torch
 
-    return torch.cuda.max_memory_allocated() / 1024**3
+    peak = torch.cuda.max_memory_allocated() / 1024**3
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return peak
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:
@@ -223,7 +227,11 @@ def main() -> None:
                 "first_call_s": round(first_s, 3),
                 "warm_call_s": round(warm_s, 3),
                 "peak_rss_gb_after": round(peak_gb(), 3),
-                **({"peak_gpu_gb_after": round(peak_gpu_gb(), 3)} if device.startswith("cuda") else {}),
+                **(
+                    {"peak_gpu_gb_since_previous": round(peak_gpu_gb(reset=True), 3)}
+                    if device.startswith("cuda")
+                    else {}
+                ),
                 **extra,
             }
             print(
@@ -298,8 +306,9 @@ def main() -> None:
 
             one_by_one = fresh_calls()
             seq_s, _ = timed(lambda: ([g.ground(*c) for c in one_by_one], sync(device)))
+            seq_gpu = peak_gpu_gb(reset=True) if device.startswith("cuda") else None
             together = fresh_calls()
-            g.options["batch_forwards"] = True  # measured on any device (the default batches on GPUs only)
+            g.options["batch_forwards"] = True  # measured on any device (off by default)
             bat_s, _ = timed(
                 lambda: (g.prefetch("ground", together), [g.ground(*c) for c in together], sync(device))
             )
@@ -308,6 +317,14 @@ def main() -> None:
                 batch_one_by_one_s=round(seq_s, 3),
                 batch_prefetched_s=round(bat_s, 3),
                 batch_throughput_ratio=round(seq_s / bat_s, 3),
+                **(
+                    {
+                        "batch_one_by_one_peak_gpu_gb": round(seq_gpu, 3),
+                        "batch_prefetched_peak_gpu_gb": round(peak_gpu_gb(reset=True), 3),
+                    }
+                    if device.startswith("cuda")
+                    else {}
+                ),
             )
             print(
                 f"grounded_sam batch of {args.batch}: one by one {seq_s:.2f}s, prefetched {bat_s:.2f}s",
@@ -393,7 +410,13 @@ def main() -> None:
             }
 
     if device.startswith("cuda"):
-        results["peak_gpu_gb"] = round(peak_gpu_gb(), 3)
+        results["peak_gpu_gb"] = round(
+            max(
+                [peak_gpu_gb()]
+                + [float(v) for t in results["tools"].values() for k, v in t.items() if "peak_gpu_gb" in k]
+            ),
+            3,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k != "tools"}, indent=2))

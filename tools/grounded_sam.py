@@ -184,7 +184,8 @@ class GroundedSam:
         nms_iou: IoU above which boxes of one phrase are suppressed.
         options: ``device`` ('cpu', 'cuda', ...), ``dtype``, ``cache_frames`` (frames whose
             embeddings are kept, default 8), ``max_text_tokens`` (default: the detector's limit),
-            ``batch_forwards`` (batch a tool server's calls in ``prefetch``; default: on a GPU only).
+            ``batch_forwards`` (batch a tool server's calls in ``prefetch``; default off: measured no
+            faster on CPU, <= 1.2x on a GPU for 4.8x the memory).
         phrase_source: for ``detect_all``: the phrases to look for in a frame (e.g. its caption's noun
             phrases); default ``vocabulary``.
         vocabulary: fallback phrases for ``detect_all``.
@@ -304,11 +305,13 @@ class GroundedSam:
         image size, then the segmenter's image encoder once over every frame with a box to segment.
         Phrase lists too long for one detector pass, and other methods, are left to the calls.
 
-        Only on a GPU by default (``options['batch_forwards']`` decides): on CPU a batch of 4 fresh
-        frames took 1.4x as long as the four calls one by one (benchmarks/results/full_cpu.json)."""
+        Off by default (``options['batch_forwards']: true`` turns it on): on CPU a batch of 4 fresh
+        frames took 1.4x as long as the four calls one by one (benchmarks/results/full_cpu.json); on an
+        H200 a batch of 8 ran 1.09-1.2x faster for 4.8x the GPU memory, 14.2 GB against 3.0 GB
+        (benchmarks/results/full_gpu.json): the time goes to per-frame work, not to idle GPU cores."""
         if method != "ground" or len(calls) < 2:
             return
-        if not self.options.get("batch_forwards", self.device.startswith("cuda")):
+        if not self.options.get("batch_forwards", False):
             return
         todo = []
         for frame, phrases, *rest in calls:
