@@ -3,7 +3,7 @@
 propose  audio tags of each second (and of the whole clip) -> objects that make such sounds
          (text matcher over the AudioSet ontology onto the vocabulary), with audio evidence
 verify   keep the candidates the grounder finds in the frame; rank by audio evidence, and among
-         candidates with nearly equal evidence by how prominent they are (mask area x score)
+         candidates with nearly equal evidence by how salient they are (mask area x score x centrality)
 choose   the best visible candidate, plus a second one when its evidence is close (two sources); then
          the sources chosen in most frames are segmented wherever they are visible (frame consistency)
 retry    the next visible candidate after a mask that failed the check
@@ -21,10 +21,21 @@ from agent.state import Candidate, Choice
 from tools.types import AudioTags, Segments
 
 EVIDENCE_TIE = 0.1
-"""Candidates whose evidence is within this of the best count as equally likely (prominence decides)."""
+"""Candidates whose evidence is within this of the best count as equally likely (salience decides)."""
 CLIP_WEIGHT = 0.5
 """A frame also inherits this share of the whole clip's evidence (frame consistency: a pause in a
 dog's barking does not make the dog silent)."""
+
+
+def salience(seg: Segments) -> np.ndarray:
+    """Per segment: mask area x detection score x centrality, where centrality is 1 for a box centred in
+    the frame, falling linearly to 0 at the corners. A video is framed on what it is about (the centre
+    bias of saliency and video-segmentation data): of two dogs of one size, the one in the middle."""
+    h, w = seg.shape
+    cx = (seg.xyxy[:, 0] + seg.xyxy[:, 2]) / (2 * w) - 0.5
+    cy = (seg.xyxy[:, 1] + seg.xyxy[:, 3]) / (2 * h) - 0.5
+    centrality = np.clip(1.0 - np.sqrt(cx**2 + cy**2) / np.sqrt(0.5), 0.0, 1.0)
+    return seg.area * seg.confidence * centrality
 
 
 class RulesReasoner:
@@ -89,9 +100,9 @@ class RulesReasoner:
 
         def key(cand: Candidate) -> tuple[int, float, float]:
             seg = found[cand.phrase]
-            prominence = float((seg.area * seg.confidence).max()) / max(seg.shape[0] * seg.shape[1], 1)
+            salient = float(salience(seg).max()) / max(seg.shape[0] * seg.shape[1], 1)
             tier = 0 if cand.evidence >= best - EVIDENCE_TIE else 1
-            return (tier, -prominence if tier == 0 else -cand.evidence, -cand.evidence)
+            return (tier, -salient if tier == 0 else -cand.evidence, -cand.evidence)
 
         return sorted(visible, key=key)
 
@@ -137,14 +148,13 @@ class RulesReasoner:
 
     @staticmethod
     def instances(seg: Segments) -> Segments:
-        """Of several boxes for one phrase, keep the most prominent and those at least half its size
+        """Of several boxes for one phrase, keep the most salient and those at least half as salient
         (a crowd behind a dancer is not the dancer)."""
         if len(seg) <= 1:
             return seg
-        weight = seg.area * seg.confidence
+        weight = salience(seg)
         top = int(np.argmax(weight))
-        keep = np.flatnonzero(seg.area >= 0.5 * seg.area[top])
-        keep = np.union1d(keep, [top])
+        keep = np.union1d(np.flatnonzero(weight >= 0.5 * weight[top]), [top])
         return seg[keep]
 
     # ------------------------------------------------------------------ check / retry

@@ -43,5 +43,5 @@ def test_dev_set_floor(dev_set):
         visible.append(float(np.mean(ious)))
     assert offscreen == 12 and len(visible) == 28
     assert offscreen_empty >= 11
-    assert np.mean(visible) >= 0.55  # 0.565 on 2026-11-26; the issue asks 0.55 of an unseen set
+    assert np.mean(visible) >= 0.55  # 0.574 on 2026-11-26; the issue asks 0.55 of an unseen set
     assert sum(v >= 0.5 for v in visible) >= 18  # 19 on 2026-11-26

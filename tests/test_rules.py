@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from agent.rules import RulesReasoner
+from agent.rules import RulesReasoner, salience
 from agent.settings import AgentSettings
 from agent.state import Candidate, Choice
 from tools.types import AudioTags, Segments
@@ -70,13 +70,27 @@ def test_choose_adds_a_close_second_source_only_first_time():
     assert R.choose(engine, 0) == ["motorcycle", "car"]
 
 
+def _segs(boxes, conf, h=40, w=40):
+    m = np.zeros((len(boxes), h, w), bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        m[i, y0:y1, x0:x1] = True
+    return Segments(xyxy=boxes, mask=m, confidence=conf, labels=["p"] * len(boxes))
+
+
 def test_instances_drop_small_background_copies():
-    m = np.zeros((3, 20, 20), bool)
-    m[0, :10, :10] = True  # big
-    m[1, :2, :2] = True  # tiny one far behind
-    m[2, 10:19, 10:19] = True  # similar size
-    seg = Segments(xyxy=np.zeros((3, 4)), mask=m, confidence=[0.9, 0.95, 0.8], labels=["p"] * 3)
-    assert len(R.instances(seg)) == 2
+    # a big one left of centre, a tiny one far behind, one of similar size right of centre
+    seg = _segs([(8, 10, 20, 30), (0, 0, 3, 3), (21, 12, 32, 30)], [0.9, 0.95, 0.8])
+    kept = R.instances(seg)
+    assert len(kept) == 2 and (0, 0, 3, 3) not in [tuple(b) for b in kept.xyxy.astype(int)]
+
+
+def test_instances_prefer_the_centre_of_the_frame():
+    """Salience = area x score x centrality: of two people of one size, the one in the middle of the
+    frame is the subject, the one at the edge a bystander."""
+    seg = _segs([(15, 10, 25, 34), (0, 0, 10, 24)], [0.8, 0.8])
+    kept = R.instances(seg)
+    assert len(kept) == 1 and tuple(kept.xyxy[0].astype(int)) == (15, 10, 25, 34)
+    assert salience(seg)[0] > salience(seg)[1]
 
 
 def test_check_and_bounded_retry():
