@@ -9,7 +9,8 @@ choose   the best visible candidate, plus a second one when its evidence is clos
 retry    the next visible candidate after a mask that failed the check
 explain  one short paragraph from the decisions
 
-Every number used here comes from ``AgentSettings`` (agent/settings.py).
+Every threshold used here comes from ``AgentSettings`` (agent/settings.py); the few fixed shares of the
+rules themselves are the named constants below.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ EVIDENCE_TIE = 0.1
 CLIP_WEIGHT = 0.5
 """A frame also inherits this share of the whole clip's evidence (frame consistency: a pause in a
 dog's barking does not make the dog silent)."""
+INSTANCE_SHARE = 0.5
+"""Of a phrase's instances, those at least this share as salient as the most salient one are kept."""
 
 
 def salience(seg: Segments) -> np.ndarray:
@@ -154,7 +157,7 @@ class RulesReasoner:
             return seg
         weight = salience(seg)
         top = int(np.argmax(weight))
-        keep = np.union1d(np.flatnonzero(weight >= 0.5 * weight[top]), [top])
+        keep = np.union1d(np.flatnonzero(weight >= INSTANCE_SHARE * weight[top]), [top])
         return seg[keep]
 
     # ------------------------------------------------------------------ check / retry
