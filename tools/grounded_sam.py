@@ -488,7 +488,6 @@ class GroundedSam:
         return (up[:, 0] > 0).numpy()
 
 
-
 def _stack_chunks(boxes_all: list[np.ndarray], scores_all: list[np.ndarray], n_phrases: int) -> _Detection:
     """One detection from per-chunk ones: each chunk has its own queries, so queries are stacked and
     the phrase columns are block-diagonal."""
@@ -500,6 +499,7 @@ def _stack_chunks(boxes_all: list[np.ndarray], scores_all: list[np.ndarray], n_p
         row += len(b)
         col += s.shape[1]
     return _Detection(np.concatenate(boxes_all).astype(np.float32), scores)
+
 
 def _token_phrases(offsets: list[list[int]], spans: list[tuple[int, int]]) -> np.ndarray:
     """Per token (character offsets into the text), the index of the phrase it belongs to (-1: none,

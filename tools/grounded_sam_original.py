@@ -37,6 +37,7 @@ from tools.grounded_sam import (
     _Detection,
     _postprocess_detection,
     _stack_chunks,
+    _token_phrases,
     phrase_spans,
 )
 
@@ -194,14 +195,8 @@ class GroundedSamOriginal(GroundedSam):
         boxes_all, scores_all = [], []
         for chunk in _chunk_phrases(tokenizer, phrases, limit):
             caption = ". ".join(chunk) + "."
-            spans = phrase_spans(caption, chunk)
             offsets = tokenizer(caption, return_offsets_mapping=True)["offset_mapping"]
-            token_phrase = np.full(len(offsets), -1, np.int64)
-            for t, (a, b) in enumerate(offsets):
-                for p, (s, e) in enumerate(spans):
-                    if b > a and a >= s and b <= e:
-                        token_phrase[t] = p
-                        break
+            token_phrase = _token_phrases(offsets, phrase_spans(caption, chunk))
             with torch.inference_mode():
                 out = model(pixels, captions=[caption])
                 probs = out["pred_logits"][0].float().sigmoid().cpu().numpy()
