@@ -240,6 +240,9 @@ def run_eval(
     toolset in this process (workers > 1 always build their own).
     """
     get_strategy(strategy)  # unknown names fail before any work
+    # a dataset that cannot be read fails before the run folder is written (a corrected retry then
+    # starts afresh instead of being told the folder holds a run)
+    ds = D.load_dataset(dataset, root, split, on_missing=on_missing, limit=limit)
     out = Path(out)
     config = make_config(dataset, Path(root), split, strategy, limit, on_missing, settings)
     cfg_path = out / "config.json"
@@ -258,7 +261,6 @@ def run_eval(
     else:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(cfg_path, json.dumps(config, indent=2))
-    ds = D.load_dataset(dataset, root, split, on_missing=on_missing, limit=limit)
     masks_root = out / "masks"
     clips_path, traces_path = out / "clips.jsonl", out / "traces.jsonl"
     done = {r["key"]: r for r in _repair_jsonl(clips_path)}

@@ -197,6 +197,37 @@ def test_existing_run_needs_resume_and_same_config(s4, settings, tmp_path):
         )
 
 
+def test_unreadable_dataset_leaves_no_run_behind(s4, settings, tmp_path):
+    """A mistyped --root fails before the run folder is written, so the corrected command starts afresh
+    (instead of being told the folder already holds a run)."""
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="not found"):
+        R.run_eval(
+            "avsbench-s4",
+            tmp_path / "typo",
+            "test",
+            "segment-all",
+            out,
+            settings,
+            cache_dir=None,
+            progress=False,
+        )
+    assert not (out / "config.json").exists()
+    summary = R.run_eval(
+        "avsbench-s4",
+        s4,
+        "test",
+        "segment-all",
+        out,
+        settings,
+        toolset=fake_toolset(),
+        cache_dir=None,
+        progress=False,
+        limit=1,
+    )
+    assert summary["n_clips"] == 1
+
+
 def test_resume_after_crash_gives_same_result(s4, settings, tmp_path, monkeypatch):
     full = R.run_eval(
         "avsbench-s4",
