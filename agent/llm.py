@@ -1,13 +1,14 @@
 """LLM backends and the LLM reasoner.
 
 ``make_chat_model`` builds the configured chat model (``llm.backend``: openai — also any
-OpenAI-compatible server through ``llm.base_url`` — or ollama). ``LLMReasoner`` makes the propose and
-retry decisions with structured output (pydantic schemas below) and keeps every other decision of the
-rules. Any failure — timeout, HTTP error after the client's retries with backoff, an answer that does
+OpenAI-compatible server through ``llm.base_url`` — or ollama). ``LLMReasoner`` makes the decide and
+retry decisions with structured output (pydantic schemas below). Any failure — timeout, HTTP error after the client's retries with backoff, an answer that does
 not parse even after one repair attempt — falls back to the rules for that decision, and the trace says
 why. Tool outputs reach the LLM only inside <data>...</data> (prompts/system.md).
 
-Cost: one call proposes for all frames of a clip; each retry round adds at most one call.
+Both read the decision model's evidence table (agent/decision.py) as text: per frame the scored
+candidates with their named evidence terms and the score of 'none'. Cost: one call decides all frames
+of a clip; each retry round adds at most one call.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agent import decision as D
 from agent.prompts import load_prompt
-from agent.rules import RulesReasoner
+from agent.rules import Decision, Reasoner, RulesReasoner
 from agent.settings import AgentSettings, LLMSettings
-from agent.state import Candidate
+from agent.state import Choice
 from tools.errors import ConfigError
+from tools.types import TraceStep
+
+MAX_REASONING_CHARS = 300
+"""The LLM's reasoning is quoted in the answer up to this length (it is the model's words, not a fact)."""
 
 
 class FrameProposal(BaseModel):
@@ -98,7 +104,8 @@ def _is_parse_error(exc: BaseException) -> bool:
 
 
 class LLMReasoner(RulesReasoner):
-    """The rules, with propose and retry decided by an LLM (falling back to the rules on failure)."""
+    """Decides from the evidence table with an LLM; the rules decide what it cannot (failure, an answer
+    naming a phrase that is not a candidate of that frame)."""
 
     def __init__(self, config: AgentSettings, llm: LLMSettings, model: Any | None = None):
         super().__init__(config)
@@ -177,40 +184,67 @@ class LLMReasoner(RulesReasoner):
         return None, stats, error
 
     # ------------------------------------------------------------------ decisions
-    def propose_llm(
-        self, data: dict[str, str], n_frames: int
-    ) -> tuple[list[list[str]] | None, list[str], str, list[dict], str]:
-        """(sounding phrases per frame or None, not-visible phrases, reasoning, stats, error)."""
-        prompt = load_prompt("propose")
+    def decide(self, table: list[D.FrameEvidence], data: dict[str, str]) -> Decision:
+        rules = super().decide(table)
+        t0 = time.perf_counter()
         parsed, stats, error = self._invoke(
-            Proposal, prompt.render(last_frame=n_frames - 1, **data), "propose"
+            Proposal, load_prompt("propose").render(last_frame=len(table) - 1, **data), "propose"
         )
         if parsed is None:
-            return None, [], "", stats, error
-        per_frame: list[list[str]] = [[] for _ in range(n_frames)]
-        missing: list[str] = []
+            step = TraceStep(node="verify", message=f"LLM propose failed ({error}); the rules decided", data={"llm": self.name})
+            return Decision(rules.phrases, [step], stats)
+        per_frame = [list(x) for x in rules.phrases]
+        answered: set[int] = set()
+        unknown: list[str] = []
         for fp in parsed.frames:
-            if 0 <= fp.frame < n_frames:
-                per_frame[fp.frame] = [_clean(p) for p in fp.sounding if _clean(p)][:2]
-                missing += [_clean(p) for p in fp.not_visible if _clean(p)]
-        return per_frame, sorted(set(missing)), parsed.reasoning, stats, ""
-
-    def retry_llm(self, data: dict[str, str]) -> tuple[dict[int, str | None] | None, list[dict], str]:
-        prompt = load_prompt("retry")
-        parsed, stats, error = self._invoke(RetryDecision, prompt.render(**data), "retry")
-        if parsed is None:
-            return None, stats, error
-        return (
-            {fr.frame: (_clean(fr.phrase) or None) if fr.phrase else None for fr in parsed.frames},
-            stats,
-            "",
+            if not 0 <= fp.frame < len(table):
+                continue
+            names = {c.phrase for c in table[fp.frame].candidates}
+            picks = [_clean(p) for p in fp.sounding if _clean(p)][:2]
+            bad = [p for p in picks if p not in names]
+            if bad:
+                unknown += bad
+                continue  # a phrase the table does not hold: the rules decide this frame
+            per_frame[fp.frame] = picks
+            answered.add(fp.frame)
+        msg = f"LLM ({self.name}) decided frames {sorted(answered)}: {parsed.reasoning}"
+        if len(answered) < len(table):
+            msg += f"; the rules decided the others" + (f" (not candidates: {', '.join(sorted(set(unknown)))})" if unknown else "")
+        step = TraceStep(
+            node="verify",
+            message=msg,
+            data={"llm": self.name, "tokens": sum(x["tokens"] for x in stats), "seconds": round(time.perf_counter() - t0, 3)},
         )
+        reasoning = " ".join(str(parsed.reasoning).split())[:MAX_REASONING_CHARS]
+        return Decision(per_frame, [step], stats, reasoning)
 
-    def candidates_from(self, phrases: list[list[str]], evidence: dict[str, float]) -> list[list[Candidate]]:
-        return [
-            [Candidate(phrase=p, evidence=round(evidence.get(p, 0.0), 4), because=["llm"]) for p in frame]
-            for frame in phrases
-        ]
+    def retry(
+        self, failing: list[int], choices: list[Choice], table: list[D.FrameEvidence], data: dict[str, str]
+    ) -> Decision:
+        rules = super().retry(failing, choices, table)
+        if not failing:
+            return rules
+        failures = "\n".join(
+            f"frame {i}: {', '.join(choices[i].phrases)} -> {choices[i].reason}; tried: {', '.join([*choices[i].tried, *choices[i].phrases])}"
+            for i in failing
+        )
+        evidence = "\n".join(line for line in data["evidence"].splitlines() if int(line.split(":")[0].split()[1]) in failing)
+        parsed, stats, error = self._invoke(
+            RetryDecision,
+            load_prompt("retry").render(
+                question_block=data["question_block"], clip_tags=data["clip_tags"], failures=failures, evidence=evidence
+            ),
+            "retry",
+        )
+        if parsed is None:
+            step = TraceStep(node="retry", message=f"LLM retry failed ({error}); the rules decided", data={"llm": self.name})
+            return Decision(rules.phrases, [step], stats)
+        out = [list(x) for x in rules.phrases]
+        for fr in parsed.frames:
+            if fr.frame in failing:
+                out[fr.frame] = [_clean(fr.phrase)] if fr.phrase and _clean(fr.phrase) else []
+        step = TraceStep(node="retry", message=f"LLM ({self.name}) retry phrases: { {i: out[i] for i in failing} }", data={"llm": self.name})
+        return Decision(out, [step], stats)
 
 
 def _clean(phrase: str | None) -> str:
@@ -223,5 +257,5 @@ def _clean(phrase: str | None) -> str:
     return p[:60]
 
 
-def make_reasoner(agent: AgentSettings, llm: LLMSettings) -> RulesReasoner:
+def make_reasoner(agent: AgentSettings, llm: LLMSettings) -> Reasoner:
     return RulesReasoner(agent) if llm.backend == "rules" else LLMReasoner(agent, llm)

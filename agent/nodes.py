@@ -11,13 +11,13 @@ from typing import Literal
 import numpy as np
 from langgraph.runtime import Runtime
 
-from agent.llm import LLMReasoner
-from agent.rules import RulesReasoner
+from agent import decision as D
+from agent.rules import Decision, Reasoner
 from agent.settings import Settings
-from agent.state import AgentState, Candidate, Choice
+from agent.state import AgentState, Choice
 from agent.toolset import Toolset
 from tools.media import load_clip
-from tools.types import Answer, Clip, FrameResult, Segments, TraceStep
+from tools.types import Answer, FrameResult, TraceStep
 
 
 @dataclass
@@ -26,12 +26,8 @@ class RunContext:
 
     settings: Settings
     toolset: Toolset
-    reasoner: RulesReasoner
+    reasoner: Reasoner
     progress: Callable[[str], None] = field(default=lambda msg: None)
-
-
-MAX_REASONING_CHARS = 300
-"""The LLM's reasoning is quoted in the answer up to this length (it is the model's words, not a fact)."""
 
 
 def _step(node: str, message: str, t0: float, frame: int | None = None, **data) -> TraceStep:
@@ -66,6 +62,8 @@ def load(state: AgentState, runtime: Runtime[RunContext]) -> dict:
 
 # ---------------------------------------------------------------------------------------------- perceive
 def perceive(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    """Audio tags per second and for the clip; in the full profile also the audio captions (their noun
+    phrases are audio candidates) and the image captions (their noun phrases are visible candidates)."""
     ctx = runtime.context
     clip = state["clip"]
     t0 = time.perf_counter()
@@ -80,10 +78,13 @@ def perceive(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     update: dict = {"frame_tags": frame_tags, "clip_tags": clip_tags}
     if ctx.toolset.audio_captioner is not None:
         t1 = time.perf_counter()
+        ctx.progress("captioning the audio")
         update["audio_captions"] = ctx.toolset.audio_captioner.caption([clip.audio])
-        steps.append(_step("perceive", f"audio captions: {update['audio_captions'][0].texts}", t1))
+        cap = update["audio_captions"][0]
+        steps.append(_step("perceive", f"audio captions: {cap.texts} nouns {cap.noun_phrases}", t1))
     if ctx.toolset.image_captioner is not None:
         t1 = time.perf_counter()
+        ctx.progress("captioning the frames")
         update["image_captions"] = ctx.toolset.image_captioner.caption(clip.frames)
         for i, cap in enumerate(update["image_captions"]):
             steps.append(
@@ -93,265 +94,146 @@ def perceive(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     return update
 
 
-def _merge(candidates: list[list]) -> list:
-    best: dict[str, object] = {}
-    for frame in candidates:
-        for c in frame:
-            if c.phrase not in best or c.evidence > best[c.phrase].evidence:
-                best[c.phrase] = c
-    return sorted(best.values(), key=lambda c: -c.evidence)
+def _fmt(pairs: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{label} {score:.2f}" for label, score in pairs) or "none"
 
 
-def _prompt_data(
-    state: AgentState, ctx: RunContext, frames: list, suggestions: list[tuple[str, float]] | None = None
-) -> dict[str, str]:
-    """The tool outputs an LLM prompt shows, as plain text lines (placed inside <data> by the template)."""
-    question = state.get("question") or ""
-    visible = []
-    captions = state.get("image_captions") or []
-    for frame in frames:
-        seen = ctx.toolset.grounder.detect_all(frame)
-        labels: dict[str, float] = {}
-        for lab, conf in zip(seen.labels, seen.confidence, strict=True):
-            labels[lab] = max(labels.get(lab, 0.0), float(conf))
-        line = f"frame {frame.index}: " + (
-            ", ".join(f"{k} {v:.2f}" for k, v in labels.items()) or "nothing detected"
+def _nouns(caps: list | None, closed: bool, ctx: RunContext) -> list[str]:
+    """Caption noun phrases as the grounder's words (mapped onto a closed vocabulary)."""
+    nouns = list(dict.fromkeys(n for c in caps or [] for n in c.noun_phrases))
+    if not nouns or not closed:
+        return nouns
+    return list(dict.fromkeys(m[0][0] for m in ctx.toolset.matcher.match(nouns, ctx.toolset.vocabulary) if m))
+
+
+# ---------------------------------------------------------------------------------------------- propose
+def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    """The audio side of the evidence table: every phrase's tag, generic-parent and (full) CLAP
+    evidence per second and for the clip. Candidates come from both directions: what the audio names
+    (tags through the ontology, audio-caption nouns) and what is visible (image-caption nouns; the
+    detector's own labels join in verify)."""
+    ctx = runtime.context
+    clip = state["clip"]
+    cfg = ctx.settings.agent
+    t0 = time.perf_counter()
+    closed = ctx.toolset.closed_vocabulary
+    heard = _nouns(state.get("audio_captions"), closed, ctx)
+    seen = [_nouns([c], closed, ctx) for c in state.get("image_captions") or []]
+    forced = state.get("force_phrases") or []
+    phrases = list(dict.fromkeys([*ctx.toolset.vocabulary, *heard, *(n for f in seen for n in f), *forced]))
+    frame_terms = [D.tag_terms(t, phrases, ctx.toolset.matcher, cfg) for t in state["frame_tags"]]
+    clip_terms = D.tag_terms(state["clip_tags"], phrases, ctx.toolset.matcher, cfg)
+    if ctx.toolset.independent_scorer:
+        # visible -> audio and audio-caption nouns: CLAP scores every phrase some side proposes
+        scored = list(dict.fromkeys([*D.audio_phrases([*frame_terms, clip_terms]), *heard, *(n for f in seen for n in f), *forced]))
+        if scored:
+            clap = ctx.toolset.scorer.score([*clip.segments, clip.audio], scored)
+            for row, terms in zip(clap, [*frame_terms, clip_terms], strict=True):
+                for ph, v in zip(scored, row, strict=True):
+                    terms[ph].clap = float(v)
+    origin = {n: "audio-caption" for n in heard} | {n: "caption" for f in seen for n in f}
+    candidates = D.audio_phrases([*frame_terms, clip_terms])
+    steps = [
+        _step(
+            "propose",
+            f"sound sources the audio names: {', '.join(p for p in candidates if p not in origin) or 'none'}"
+            + (f"; from captions: {', '.join(f'{k}:{p}' for p, k in origin.items())}" if origin else ""),
+            t0,
+            scorer=ctx.toolset.scorer.name if ctx.toolset.independent_scorer else "tags",
         )
-        if frame.index < len(captions):
-            line += (
-                f" | caption: {captions[frame.index].texts[:1]} nouns: {captions[frame.index].noun_phrases}"
-            )
-        visible.append(line)
+    ]
+    return {
+        "frame_terms": frame_terms,
+        "clip_terms": clip_terms,
+        "phrase_origin": origin,
+        "caption_nouns": seen,
+        "trace": steps,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- verify
+def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    """Ground every candidate in every frame, build the evidence table, let the reasoner decide."""
+    ctx = runtime.context
+    clip = state["clip"]
+    p = ctx.settings.agent.decision
+    ctx.progress("finding candidates in the frames")
+    frame_terms, clip_terms = state["frame_terms"], state["clip_terms"]
+    forced = state.get("force_phrases") or []
+    audio_side = D.audio_phrases([*frame_terms, clip_terms])
+    captions = state.get("caption_nouns") or []
+    groundings, steps = [], []
+    for i, frame in enumerate(clip.frames):
+        t0 = time.perf_counter()
+        shown = ctx.toolset.grounder.detect_all(frame).labels if ctx.toolset.closed_vocabulary else []
+        phrases = list(dict.fromkeys([*audio_side, *(captions[i] if i < len(captions) else []), *shown, *forced]))
+        seg = ctx.toolset.grounder.ground(frame, phrases, box_threshold=p.detection_floor) if phrases else None
+        groundings.append(D.split_by_phrase(seg, phrases))
+        steps.append(_step("verify", f"found: {', '.join(groundings[-1]) or 'nothing'}", t0, frame=i))
+    silent = [clip.audio.rms < ctx.settings.agent.silence_rms] * len(clip.frames)
+    vocab = list(dict.fromkeys([*ctx.toolset.vocabulary, *(n for f in captions for n in f)]))
+    off = D.offscreen_rows(
+        state["frame_tags"], state["clip_tags"], groundings, vocab, ctx.toolset.matcher, ctx.settings.agent, p
+    )
+    table = D.build_table(frame_terms, clip_terms, groundings, off, silent, p)
+    origin = state.get("phrase_origin") or {}
+    for row in table:
+        for c in row.candidates:
+            if c.phrase in origin:
+                c.sources.insert(0, f"{origin[c.phrase]}:{c.phrase}")
+    for i, row in enumerate(table):
+        steps.append(TraceStep(node="verify", frame=i, message=f"evidence: {D.describe(row)}"))
+    if forced:
+        picks = [[ph for ph in forced if ph in groundings[i]] for i in range(len(table))]
+        steps.append(TraceStep(node="verify", message=f"segmenting what the person asked for: {', '.join(forced)}"))
+        decided = Decision(picks)
+    else:
+        decided = ctx.reasoner.decide(table, _prompt_data(state, ctx, table))
+        steps += decided.steps
+    choices = [
+        Choice(
+            phrases=phrases,
+            status="pending" if phrases else "none",
+            reason="" if phrases else ("silent" if table[i].silent else "no visible candidate beats 'none'"),
+        )
+        for i, phrases in enumerate(decided.phrases)
+    ]
+    return {
+        "groundings": groundings,
+        "table": table,
+        "choices": choices,
+        "trace": steps,
+        "llm_stats": decided.stats,
+        "llm_reasoning": decided.reasoning,
+    }
+
+
+def _prompt_data(state: AgentState, ctx: RunContext, table: list[D.FrameEvidence]) -> dict[str, str]:
+    """The evidence an LLM prompt shows, as plain text lines (placed inside <data> by the template)."""
+    question = state.get("question") or ""
     audio_caps = state.get("audio_captions") or []
+    captions = state.get("image_captions") or []
+    rows = []
+    for i, row in enumerate(table):
+        line = f"frame {i}: {D.describe(row)}"
+        if i < len(captions):
+            line += f" | image caption: {captions[i].texts[:1]}"
+        rows.append(line)
     return {
         "question_block": f"The person asked: {question!r}" if question else "",
         "clip_tags": _fmt(state["clip_tags"].top(8)),
         "frame_tags": "\n".join(f"second {i}: {_fmt(t.top(4))}" for i, t in enumerate(state["frame_tags"])),
         "audio_captions": "\n".join(f"- {t}" for cap in audio_caps for t in cap.texts)
         or "(no audio captioner in this profile)",
-        "visible": "\n".join(visible),
-        "suggestions": ", ".join(f"{p}: {e:.2f}" for p, e in (suggestions or [])) or "none",
+        "evidence": "\n".join(rows),
     }
-
-
-def _fmt(pairs: list[tuple[str, float]]) -> str:
-    return ", ".join(f"{label} {score:.2f}" for label, score in pairs) or "none"
-
-
-# ---------------------------------------------------------------------------------------------- propose
-def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
-    ctx = runtime.context
-    clip = state["clip"]
-    t0 = time.perf_counter()
-    labels = ctx.reasoner.source_labels(state["frame_tags"], state["clip_tags"])
-    sources = ctx.toolset.matcher.sound_sources(labels, ctx.toolset.vocabulary) if labels else []
-    because: dict[str, list[str]] = {}
-    for label, matches in zip(labels, sources, strict=True):
-        for phrase, _ in matches:
-            because.setdefault(phrase, []).append(label)
-    phrases = list(because)
-    if phrases:
-        evidence = ctx.toolset.scorer.score([*clip.segments, clip.audio], phrases)
-    else:
-        evidence = np.zeros((len(clip.segments) + 1, 0), np.float32)
-    silence = ctx.settings.agent.silence_rms
-    # Only a silent clip is silent: a pause in a dog's barking does not stop the dog being the source
-    # (frame consistency; AVSBench masks the source on every frame of its clip).
-    silent = [clip.audio.rms < silence] * len(clip.segments)
-    candidates = ctx.reasoner.propose(phrases, because, evidence, silent)
-    steps = [
-        _step(
-            "propose",
-            f"sound sources considered: {', '.join(phrases) or 'none'}",
-            t0,
-            labels=labels,
-            scorer=ctx.toolset.scorer.name,
-        )
-    ]
-    llm_stats: list[dict] = []
-    llm_reasoning = ""
-    forced = state.get("force_phrases") or []
-    if forced:
-        scores = ctx.toolset.scorer.score([*clip.segments, clip.audio], forced)
-        candidates = [
-            [
-                Candidate(
-                    phrase=p,
-                    evidence=round(float(max(scores[i, j], 0.5 * scores[-1, j])), 4),
-                    because=["asked"],
-                )
-                for j, p in enumerate(forced)
-            ]
-            for i in range(len(clip.frames))
-        ]
-        steps.append(
-            TraceStep(node="propose", message=f"segmenting what the person asked for: {', '.join(forced)}")
-        )
-    elif isinstance(ctx.reasoner, LLMReasoner):
-        t1 = time.perf_counter()
-        ctx.progress("asking the LLM")
-        data = _prompt_data(
-            state, ctx, clip.frames, suggestions=[(c.phrase, c.evidence) for c in _merge(candidates)]
-        )
-        per_frame, not_visible, reasoning, llm_stats, error = ctx.reasoner.propose_llm(data, len(clip.frames))
-        if per_frame is None:
-            steps.append(
-                _step(
-                    "propose", f"LLM propose failed ({error}); the rules decided", t1, llm=ctx.reasoner.name
-                )
-            )
-        else:
-            llm_reasoning = " ".join(str(reasoning).split())[:MAX_REASONING_CHARS]
-            new_phrases = sorted({p for frame in per_frame for p in frame})
-            scores = (
-                ctx.toolset.scorer.score([*clip.segments, clip.audio], new_phrases)
-                if new_phrases
-                else np.zeros((len(clip.segments) + 1, 0))
-            )
-            candidates = []
-            for i, frame in enumerate(per_frame):
-                if silent[i]:
-                    candidates.append([])
-                    continue
-                ev = {
-                    p: float(max(scores[i, new_phrases.index(p)], 0.5 * scores[-1, new_phrases.index(p)]))
-                    for p in frame
-                }
-                candidates.append(ctx.reasoner.candidates_from([frame], ev)[0])
-            steps.append(
-                _step(
-                    "propose",
-                    f"LLM ({ctx.reasoner.name}) proposes: {reasoning}",
-                    t1,
-                    llm=ctx.reasoner.name,
-                    not_visible=not_visible,
-                    tokens=sum(s["tokens"] for s in llm_stats),
-                )
-            )
-    for i, cands in enumerate(candidates):
-        text = (
-            "silent"
-            if silent[i]
-            else (", ".join(f"{c.phrase} {c.evidence:.2f}" for c in cands) or "no candidate")
-        )
-        steps.append(TraceStep(node="propose", frame=i, message=f"candidates: {text}"))
-    return {"candidates": candidates, "trace": steps, "llm_stats": llm_stats, "llm_reasoning": llm_reasoning}
-
-
-# ---------------------------------------------------------------------------------------------- verify
-def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
-    ctx = runtime.context
-    clip = state["clip"]
-    ctx.progress("finding candidates in the frames")
-    visible_all, groundings, choices, steps = [], [], [], []
-    for frame, cands in zip(clip.frames, state["candidates"], strict=True):
-        t0 = time.perf_counter()
-        found: dict[str, Segments] = {}
-        if cands:
-            seg = ctx.toolset.grounder.ground(frame, [c.phrase for c in cands])
-            for c in cands:
-                sel = seg[np.asarray([lab == c.phrase for lab in seg.labels], bool)] if len(seg) else seg
-                found[c.phrase] = sel
-        visible = ctx.reasoner.verify(cands, found)
-        rejected = [c.phrase for c in cands if c not in visible]
-        msg = f"visible: {', '.join(c.phrase for c in visible) or 'none'}"
-        if rejected:
-            msg += f"; not visible: {', '.join(rejected)}"
-        steps.append(_step("verify", msg, t0, frame=frame.index, rejected=rejected))
-        visible_all.append(visible)
-        groundings.append(found)
-    relaxed = _look_again(ctx, clip, state["candidates"], visible_all, groundings, steps)
-    for i, phrases in enumerate(_clip_choices(ctx, visible_all, steps)):
-        choices.append(
-            Choice(
-                phrases=phrases,
-                status="pending" if phrases else "none",
-                reason="" if phrases else "no visible candidate",
-                relaxed=i in relaxed,
-            )
-        )
-    return {"visible": visible_all, "groundings": groundings, "choices": choices, "trace": steps}
-
-
-def _look_again(
-    ctx: RunContext,
-    clip: Clip,
-    candidates: list[list[Candidate]],
-    visible_all: list[list[Candidate]],
-    groundings: list[dict[str, Segments]],
-    steps: list[TraceStep],
-) -> set[int]:
-    """Frame consistency, part 1: a source seen in most frames is looked for again, at a lowered
-    threshold, in the frames where nothing was found, also where a distractor's loud second crowded it
-    out of the candidates (with the least evidence it had where it was seen). A silent frame (no
-    candidates) stays silent. Updates ``visible_all``/``groundings`` in place; returns the frames whose
-    candidates this look found."""
-    consistent = ctx.reasoner.consistent_phrases(visible_all)
-    thr = ctx.settings.tools.grounder.box_threshold * ctx.settings.agent.consistency_threshold
-    seen: dict[str, Candidate] = {}
-    for cand in (c for visible in visible_all for c in visible if c.phrase in consistent):
-        if cand.phrase not in seen or cand.evidence < seen[cand.phrase].evidence:
-            seen[cand.phrase] = cand
-    relaxed: set[int] = set()
-    for i, (frame, cands, visible, found) in enumerate(
-        zip(clip.frames, candidates, visible_all, groundings, strict=True)
-    ):
-        if visible or not cands:
-            continue
-        here = {c.phrase for c in cands}
-        extra = [c for p, c in seen.items() if p not in here]
-        missing = [c for c in cands if c.phrase in consistent] + extra
-        if not missing:
-            continue
-        t0 = time.perf_counter()
-        seg = ctx.toolset.grounder.ground(frame, [c.phrase for c in missing], box_threshold=thr)
-        for c in missing:
-            sel = seg[np.asarray([lab == c.phrase for lab in seg.labels], bool)] if len(seg) else seg
-            if len(sel):
-                found[c.phrase] = sel
-        visible[:] = ctx.reasoner.verify([*cands, *extra], found)
-        if visible:
-            relaxed.add(i)
-        steps.append(
-            _step(
-                "verify",
-                f"looked again at threshold {thr:.2f} for {', '.join(c.phrase for c in missing)} (seen in other frames): visible: {', '.join(c.phrase for c in visible) or 'none'}",
-                t0,
-                frame=frame.index,
-            )
-        )
-    return relaxed
-
-
-def _clip_choices(
-    ctx: RunContext, visible_all: list[list[Candidate]], steps: list[TraceStep]
-) -> list[list[str]]:
-    """Frame consistency, part 2: each frame's pick, then the clip's sources (chosen in most frames)
-    wherever they are visible instead. Reorders a changed frame's visible list so a retry moves on to
-    the other candidates."""
-    chosen = [ctx.reasoner.choose(visible, 0) for visible in visible_all]
-    sources = ctx.reasoner.clip_sources(chosen)
-    out = []
-    for i, (visible, phrases) in enumerate(zip(visible_all, chosen, strict=True)):
-        here = [c.phrase for c in visible if c.phrase in sources]
-        if here and set(here) != set(phrases):
-            steps.append(
-                TraceStep(
-                    node="verify",
-                    frame=i,
-                    message=f"frame consistency: {', '.join(here)} (the clip's source in most frames) instead of {', '.join(phrases)}",
-                )
-            )
-            phrases = here
-            visible.sort(key=lambda c: c.phrase not in here)
-        out.append(phrases)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- segment
 def segment(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     clip = state["clip"]
+    p = ctx.settings.agent.decision
     masks = list(state.get("masks") or [np.zeros((f.height, f.width), bool) for f in clip.frames])
     groundings = [dict(g) for g in state["groundings"]]
     steps = []
@@ -359,63 +241,53 @@ def segment(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         if choice.status != "pending":
             continue
         t0 = time.perf_counter()
-        missing = [p for p in choice.phrases if p not in groundings[i]]
-        if missing:  # a phrase the verify step did not ground (e.g. proposed by a retry)
-            seg = ctx.toolset.grounder.ground(frame, missing)
-            for p in missing:
-                groundings[i][p] = (
-                    seg[np.asarray([lab == p for lab in seg.labels], bool)] if len(seg) else seg
-                )
-        parts = [ctx.reasoner.instances(groundings[i][p]) for p in choice.phrases]
-        merged = Segments.concat(parts, frame.height, frame.width)
-        masks[i] = merged.union()
+        missing = [ph for ph in choice.phrases if ph not in groundings[i]]
+        if missing:  # a phrase the verify step did not ground (proposed by an LLM retry)
+            seg = ctx.toolset.grounder.ground(frame, missing, box_threshold=p.detection_floor)
+            groundings[i].update(D.split_by_phrase(seg, missing))
+        masks[i] = D.mask_of(groundings[i], choice.phrases, p, (frame.height, frame.width))
         steps.append(
-            _step(
-                "segment",
-                f"segmented {', '.join(choice.phrases)} (attempt {choice.attempt + 1})",
-                t0,
-                frame=i,
-                boxes=len(merged),
-            )
+            _step("segment", f"segmented {', '.join(choice.phrases)} (attempt {choice.attempt + 1})", t0, frame=i)
         )
     return {"masks": masks, "groundings": groundings, "trace": steps}
 
 
 # ---------------------------------------------------------------------------------------------- check
 def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    """Each chosen source's mask: not empty, tiny or the whole frame; in the full profile the crop check
+    adds its verdict to the candidate's score, and a source that falls below 'none' fails."""
     ctx = runtime.context
-    choices = list(state["choices"])
-    masks = list(state["masks"])
+    clip = state["clip"]
+    p = ctx.settings.agent.decision
+    choices, masks, table = list(state["choices"]), list(state["masks"]), list(state["table"])
     steps = []
     for i, choice in enumerate(choices):
         if choice.status != "pending":
             continue
-        shape = state["masks"][i].shape
+        frame = clip.frames[i]
+        shape = (frame.height, frame.width)
         passed, reasons = [], []
-        for p in choice.phrases:  # each source is checked on its own mask
-            seg = ctx.reasoner.instances(state["groundings"][i][p])
-            ok, why = ctx.reasoner.check(
-                seg.union() if len(seg) else np.zeros(shape, bool), seg, relaxed=choice.relaxed
-            )
-            reasons.append(f"{p}: {why}")
+        for ph in choice.phrases:
+            mask = D.mask_of(state["groundings"][i], [ph], p, shape)
+            ok, why = D.check_mask(mask, ctx.settings.agent)
+            cand = next((c for c in table[i].candidates if c.phrase == ph), None)
+            if ok and ctx.toolset.crop_checker is not None and cand is not None:
+                texts = list(dict.fromkeys([ph, *(c.phrase for c in table[i].candidates), D.CROP_FOIL]))
+                crop = float(ctx.toolset.crop_checker.check(frame, mask[None], texts)[0, 0])
+                table[i] = D.with_candidate(table[i], D.rescore_with_crop(cand, crop, p))
+                cand = next(c for c in table[i].candidates if c.phrase == ph)
+                ok = cand.score > table[i].none_score
+                why += f"; crop check {crop:.2f} -> score {cand.score:.3f}" + ("" if ok else f" below none {table[i].none_score:.3f}")
+            reasons.append(f"{ph}: {why}")
             if ok:
-                passed.append(p)
+                passed.append(ph)
         if passed and len(passed) < len(choice.phrases):
-            keep = Segments.concat(
-                [ctx.reasoner.instances(state["groundings"][i][p]) for p in passed], *shape
-            )
-            masks[i] = keep.union()
+            masks[i] = D.mask_of(state["groundings"][i], passed, p, shape)
         choices[i] = choice.model_copy(
-            update={
-                "status": "ok" if passed else "retry",
-                "phrases": passed or choice.phrases,
-                "reason": "; ".join(reasons),
-            }
+            update={"status": "ok" if passed else "retry", "phrases": passed or choice.phrases, "reason": "; ".join(reasons)}
         )
-        steps.append(
-            TraceStep(node="check", frame=i, message=("ok: " if passed else "failed: ") + "; ".join(reasons))
-        )
-    return {"choices": choices, "masks": masks, "trace": steps}
+        steps.append(TraceStep(node="check", frame=i, message=("ok: " if passed else "failed: ") + "; ".join(reasons)))
+    return {"choices": choices, "masks": masks, "table": table, "trace": steps}
 
 
 def route_after_check(state: AgentState) -> Literal["retry", "answer"]:
@@ -424,70 +296,26 @@ def route_after_check(state: AgentState) -> Literal["retry", "answer"]:
 
 # ---------------------------------------------------------------------------------------------- retry
 def retry(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    """The frames whose masks failed: the reasoner picks the next candidate (or gives up), bounded by
+    ``agent.max_attempts``."""
     ctx = runtime.context
-    choices = list(state["choices"])
-    masks = list(state["masks"])
-    steps = []
-    llm_stats: list[dict] = []
-    decided: dict[int, str | None] = {}
+    choices, masks = list(state["choices"]), list(state["masks"])
     failing = [i for i, c in enumerate(choices) if c.status == "retry"]
-    if isinstance(ctx.reasoner, LLMReasoner) and failing:
-        t0 = time.perf_counter()
-        clip = state["clip"]
-        failures = "\n".join(
-            f"frame {i}: {', '.join(choices[i].phrases)} -> {choices[i].reason}; tried: {', '.join([*choices[i].tried, *choices[i].phrases])}"
-            for i in failing
-        )
-        data = _prompt_data(state, ctx, [clip.frames[i] for i in failing])
-        result, llm_stats, error = ctx.reasoner.retry_llm(
-            {
-                "question_block": data["question_block"],
-                "clip_tags": data["clip_tags"],
-                "failures": failures,
-                "visible": data["visible"],
-            }
-        )
-        if result is None:
-            steps.append(
-                _step("retry", f"LLM retry failed ({error}); the rules decided", t0, llm=ctx.reasoner.name)
-            )
+    decided = ctx.reasoner.retry(failing, choices, state["table"], _prompt_data(state, ctx, state["table"]))
+    steps = list(decided.steps)
+    for i in failing:
+        choice = choices[i]
+        tried = [*choice.tried, *choice.phrases]
+        nxt = [ph for ph in decided.phrases[i] if ph not in tried] if decided.phrases[i] else []
+        if nxt and choice.attempt + 1 < ctx.settings.agent.max_attempts:
+            new = Choice(phrases=nxt, attempt=choice.attempt + 1, tried=tried, status="pending", reason=f"retry with {', '.join(nxt)}")
         else:
-            decided = {i: result.get(i) for i in failing}
-            steps.append(
-                _step(
-                    "retry", f"LLM ({ctx.reasoner.name}) retry phrases: {decided}", t0, llm=ctx.reasoner.name
-                )
-            )
-    for i, choice in enumerate(choices):
-        if choice.status != "retry":
-            continue
-        if i in decided:
-            phrase = decided[i]
-            tried = [*choice.tried, *choice.phrases]
-            if phrase and phrase not in tried and choice.attempt + 1 < ctx.settings.agent.max_attempts:
-                new = Choice(
-                    phrases=[phrase],
-                    attempt=choice.attempt + 1,
-                    tried=tried,
-                    status="pending",
-                    reason=f"LLM: retry with '{phrase}'",
-                    relaxed=choice.relaxed and phrase in state["groundings"][i],
-                )
-            else:
-                new = Choice(
-                    phrases=[],
-                    attempt=choice.attempt,
-                    tried=tried,
-                    status="failed",
-                    reason=f"{choice.reason}; the LLM gave up or repeated itself",
-                )
-        else:
-            new = ctx.reasoner.retry(choice, state["visible"][i])
-        if new.status == "failed":
+            why = "no attempts left" if nxt or choice.attempt + 1 >= ctx.settings.agent.max_attempts else "no candidate left to try"
+            new = Choice(phrases=[], attempt=choice.attempt, tried=tried, status="failed", reason=f"{choice.reason}; {why}")
             masks[i] = np.zeros_like(masks[i])
         choices[i] = new
         steps.append(TraceStep(node="retry", frame=i, message=new.reason))
-    return {"choices": choices, "masks": masks, "trace": steps, "llm_stats": llm_stats}
+    return {"choices": choices, "masks": masks, "trace": steps, "llm_stats": decided.stats}
 
 
 def route_after_retry(state: AgentState) -> Literal["segment", "answer"]:
@@ -498,6 +326,7 @@ def route_after_retry(state: AgentState) -> Literal["segment", "answer"]:
 def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     clip = state["clip"]
+    dp = ctx.settings.agent.decision
     t0 = time.perf_counter()
     masks = state.get("masks") or [np.zeros((f.height, f.width), bool) for f in clip.frames]
     frames, frames_with = [], {}
@@ -505,13 +334,14 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         choice = state["choices"][i]
         labels, boxes, scores = [], [], []
         if choice.status == "ok":
-            for p in choice.phrases:
-                seg = ctx.reasoner.instances(state["groundings"][i][p])
-                if len(seg):
-                    labels.append(p)
+            for ph in choice.phrases:
+                seg = D.detection(state["groundings"][i].get(ph), dp.detection_floor)
+                if seg is not None:
+                    seg = D.instances(seg, dp.instance_share)
+                    labels.append(ph)
                     boxes += [[round(float(v), 1) for v in b] for b in seg.xyxy]
                     scores += [round(float(s), 4) for s in seg.confidence]
-                    frames_with.setdefault(p, []).append(i)
+                    frames_with.setdefault(ph, []).append(i)
         else:
             masks[i] = np.zeros((frame.height, frame.width), bool)
         frames.append(
@@ -525,9 +355,16 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             )
         )
     found = sorted(frames_with, key=lambda p: -len(frames_with[p]))
-    considered = {c.phrase for cands in state["candidates"] for c in cands}
-    rejected = sorted(considered - set(found))
-    silent = all(not c for c in state["candidates"]) and clip.audio.rms < ctx.settings.agent.silence_rms
+    heard = D.audio_phrases([*state["frame_terms"], state["clip_terms"]])
+    seen = {c.phrase for row in state["table"] for c in row.candidates}
+    rejected = sorted(
+        ph
+        for ph in heard
+        if ph not in seen
+        and ph not in found
+        and D.fuse_audio(state["clip_terms"][ph], state["clip_terms"][ph], dp)[0] >= dp.none_bias
+    )
+    silent = clip.audio.rms < ctx.settings.agent.silence_rms
     failed = any(c.status == "failed" for c in state["choices"]) and not found
     text = ctx.reasoner.explain(
         found, frames_with, len(clip.frames), state["clip_tags"].top(5), rejected, silent, failed
@@ -550,10 +387,24 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             "scorer": ctx.toolset.scorer.name,
         },
     }
-    evidence = [
-        {"candidates": [[c.phrase, c.evidence] for c in cands], "visible": [c.phrase for c in vis]}
-        for cands, vis in zip(state["candidates"], state["visible"], strict=True)
-    ]
+    evidence = []
+    for i, row in enumerate(state["table"]):
+        audio = {
+            ph: D.fuse_audio(state["frame_terms"][i].get(ph, D.AudioTerms()), state["clip_terms"].get(ph, D.AudioTerms()), dp)[0]
+            for ph in heard
+        }
+        audio.update({c.phrase: c.audio for c in row.candidates})
+        evidence.append(
+            {
+                "candidates": [[ph, round(v, 4)] for ph, v in sorted(audio.items(), key=lambda kv: -kv[1]) if v > 0],
+                "visible": [c.phrase for c in row.candidates],
+                "table": [
+                    {k: getattr(c, k) for k in ("phrase", "score", "audio", "detector", "salience", "support", "crop", "sources")}
+                    for c in row.candidates
+                ],
+                "none": {"score": row.none_score, "offscreen": row.offscreen, "from": row.offscreen_from},
+            }
+        )
     result = Answer(
         question=state.get("question", ""),
         text=text,

@@ -52,6 +52,7 @@ CONCAT_METHODS = {
     "scorer.score",
     "matcher.sound_sources",
     "matcher.match",
+    "matcher.covers",
     "audio_captioner.caption",
     "image_captioner.caption",
 }

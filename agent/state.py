@@ -7,15 +7,8 @@ from typing import Annotated, Any, TypedDict
 
 from pydantic import BaseModel, Field
 
+from agent.decision import AudioTerms, FrameEvidence
 from tools.types import Answer, AudioTags, Captions, Clip, Segments, TraceStep
-
-
-class Candidate(BaseModel):
-    """A possible sounding object on one frame."""
-
-    phrase: str = Field(description="short noun phrase a detector understands ('dog', not 'a dog barking')")
-    evidence: float = Field(description="audio evidence in [0, 1] (tag x source strength, or CLAP)")
-    because: list[str] = Field(default_factory=list, description="the audio labels or captions behind it")
 
 
 class Choice(BaseModel):
@@ -26,9 +19,6 @@ class Choice(BaseModel):
     tried: list[str] = Field(default_factory=list)
     status: str = "pending"  # pending | ok | retry | failed | none
     reason: str = ""
-    relaxed: bool = False
-    """Its candidates were found by the frame-consistency look at a lowered threshold: the check's score
-    and size floors are lowered by the same share."""
 
 
 class AgentState(TypedDict, total=False):
@@ -49,12 +39,18 @@ class AgentState(TypedDict, total=False):
     """Audio captions of the whole clip (one per prompt), when the profile has a captioner."""
     image_captions: list[Captions]
     """Caption and noun phrases per frame, when the profile has a captioner."""
-    candidates: list[list[Candidate]]
-    """Per frame, possible sounding objects, strongest audio evidence first."""
-    visible: list[list[Candidate]]
-    """Per frame, the candidates found in the frame, best first."""
+    frame_terms: list[dict[str, AudioTerms]]
+    """Per frame, phrase -> its audio evidence terms from that second (agent/decision.py)."""
+    clip_terms: dict[str, AudioTerms]
+    """phrase -> its audio evidence terms from the whole clip."""
+    phrase_origin: dict[str, str]
+    """Phrases that came from a caption: phrase -> 'caption' (image) or 'audio-caption'."""
+    caption_nouns: list[list[str]]
+    """Per frame, the image caption's noun phrases (grounder words), when the profile has a captioner."""
     groundings: list[dict[str, Segments]]
-    """Per frame, phrase -> its boxes and masks."""
+    """Per frame, phrase -> its instances as grounded at the detection floor."""
+    table: list[FrameEvidence]
+    """The evidence table: per frame, the visible candidates scored and the none option."""
     choices: list[Choice]
     """Per frame, what is segmented now and whether it passed the check."""
     masks: list[Any]

@@ -33,6 +33,9 @@ class Toolset:
     audio_captioner: AudioCaptioner | None = None
     image_captioner: ImageCaptioner | None = None
     crop_checker: CropChecker | None = None
+    independent_scorer: bool = False
+    """The scorer is a model of its own (CLAP), not the audio tags read through the text matcher: its
+    scores then enter the decision as the 'clap' term (agent/decision.py)."""
 
     @property
     def closed_vocabulary(self) -> bool:
@@ -110,7 +113,13 @@ def build_toolset(settings: Settings) -> Toolset:
             optional[attr] = getattr(full_registry, f"build_{key}")(settings)
 
     return Toolset(
-        tagger=tagger, grounder=grounder, scorer=scorer, matcher=matcher, vocabulary=vocabulary, **optional
+        tagger=tagger,
+        grounder=grounder,
+        scorer=scorer,
+        matcher=matcher,
+        vocabulary=vocabulary,
+        independent_scorer=scorer_impl not in ("tag_embedding", "none"),
+        **optional,
     )
 
 

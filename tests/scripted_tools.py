@@ -93,6 +93,7 @@ def scripted_toolset(
         scorer=ScriptedScorer(scores),
         matcher=matcher,
         vocabulary=vocabulary,
+        independent_scorer=True,  # the scripted scores play CLAP's part
     )
 
 

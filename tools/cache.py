@@ -30,7 +30,7 @@ from tools.wire import TOOLS
 
 # method name -> position of the batch argument whose items are cached one by one
 BATCH_METHODS = {"tag": 0, "caption": 0, "score": 0}
-CACHED_METHODS = {"tag", "caption", "score", "ground", "detect_all", "check", "match", "sound_sources"}
+CACHED_METHODS = {"tag", "caption", "score", "ground", "detect_all", "check", "match", "sound_sources", "covers"}
 
 
 def _feed(h: Any, obj: Any) -> None:

@@ -98,3 +98,8 @@ class TextMatcher(Protocol):
     def match(self, phrases: list[str], vocabulary: list[str]) -> list[list[tuple[str, float]]]:
         """For each phrase, the vocabulary entries it names, with similarity in [0, 1], best first."""
         ...
+
+    def covers(self, labels: list[str], vocabulary: list[str]) -> list[list[tuple[str, float]]]:
+        """For each generic audio label ('Animal', 'Vehicle'), the vocabulary entries it covers, with a
+        strength in [0, 1]; empty for a specific label."""
+        ...

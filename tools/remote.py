@@ -170,6 +170,9 @@ class RemoteTextMatcher(_RemoteTool):
     def match(self, phrases: list[str], vocabulary: list[str]) -> list[list[tuple[str, float]]]:
         return self.client.call("matcher.match", list(phrases), list(vocabulary)) if phrases else []
 
+    def covers(self, labels: list[str], vocabulary: list[str]) -> list[list[tuple[str, float]]]:
+        return self.client.call("matcher.covers", list(labels), list(vocabulary)) if labels else []
+
 
 class RemoteAudioCaptioner(_RemoteTool):
     def caption(self, audio: list[AudioSegment], prompts: list[str] | None = None) -> list[Captions]:
@@ -231,4 +234,5 @@ def build_remote_toolset(settings: Any) -> Any:
         audio_captioner=tools.get("audio_captioner"),
         image_captioner=tools.get("image_captioner"),
         crop_checker=tools.get("crop_checker"),
+        independent_scorer=served.get("scorer") != "tag-embedding",
     )

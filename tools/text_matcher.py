@@ -199,17 +199,23 @@ class AudioSetOntology:
         return out
 
     def descendants(self, name: str) -> int:
+        return len(self.descendant_names(name))
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019
+    def descendant_names(self, name: str) -> tuple[str, ...]:
+        """Names of every node under the label, in a fixed order."""
         by_name, by_id, _ = self._data
         node = by_name.get(name)
         if node is None:
-            return 0
-        seen, stack = set(), list(node["child_ids"])
+            return ()
+        seen: dict[str, None] = {}
+        stack = list(node["child_ids"])
         while stack:
             cid = stack.pop()
             if cid not in seen and cid in by_id:
-                seen.add(cid)
+                seen[cid] = None
                 stack.extend(by_id[cid]["child_ids"])
-        return len(seen)
+        return tuple(by_id[c]["name"] for c in seen)
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019
     def all_ancestors(self, name: str) -> frozenset[str]:
@@ -279,6 +285,29 @@ class EmbeddingTextMatcher:
         Taggers often score the generic label far above the specific one ('Vehicle' 0.95, 'Car' 0.15), so
         this lets the specific source carry the generic label's score."""
         return [self._sources(label, labels, vocabulary) for label in labels]
+
+    def covers(self, labels: list[str], vocabulary: list[str]) -> list[list[tuple[str, float]]]:
+        """Per label, the vocabulary entries a generic label ('Animal', 'Livestock, farm animals, working
+        animals', 'Vehicle') covers: those its specific descendants name at least ``FLOW_MATCH`` strongly,
+        with that strength. Empty for a specific label (``sound_sources`` names its sources) and for
+        labels outside the ontology."""
+        return [self._covered(label, tuple(vocabulary)) for label in labels]
+
+    def _covered(self, label: str, vocabulary: tuple[str, ...]) -> list[tuple[str, float]]:
+        onto = self.ontology
+        if label not in onto or not onto.is_generic(label):
+            return []
+        key = ("covers:" + label, vocabulary)
+        if key not in self._specific:
+            merged: dict[str, float] = {}
+            for node in onto.descendant_names(label):
+                if onto.is_generic(node):
+                    continue
+                for name, strength in self._sources(node, [], list(vocabulary)):
+                    if strength >= FLOW_MATCH:
+                        merged[name] = max(merged.get(name, 0.0), strength)
+            self._specific[key] = sorted(merged.items(), key=lambda kv: -kv[1])
+        return self._specific[key]
 
     def _sources(self, label: str, labels: list[str], vocabulary: list[str]) -> list[tuple[str, float]]:
         onto = self.ontology

@@ -348,7 +348,7 @@ def _dec_matrix(meta: dict, arrays: Arrays) -> np.ndarray:
     return _array(arrays, "scores", np.float32, 2)
 
 
-# matcher.sound_sources(labels, vocabulary) / match(phrases, vocabulary) -> list[list[(str, float)]]
+# matcher.sound_sources(labels, vocabulary) / match(phrases, vocabulary) / covers(labels, vocabulary) -> list[list[(str, float)]]
 def _enc_match(texts: list[str], vocabulary: list[str]) -> Message:
     return {"texts": list(texts), "vocabulary": list(vocabulary)}, {}
 
@@ -450,6 +450,7 @@ METHODS: dict[str, Method] = {
             "matcher", "sound_sources", _enc_match, _dec_match, _enc_matches, _dec_matches, lambda a: (0.0, 0)
         ),
         Method("matcher", "match", _enc_match, _dec_match, _enc_matches, _dec_matches, lambda a: (0.0, 0)),
+        Method("matcher", "covers", _enc_match, _dec_match, _enc_matches, _dec_matches, lambda a: (0.0, 0)),
         Method(
             "audio_captioner",
             "caption",

@@ -1,0 +1,378 @@
+"""The decision model: one evidence table per clip, one score per candidate, and "none of the visible
+objects" as a scored option of its own. The rules reasoner and the LLM reasoner both read this table;
+``evals/crossval.py`` fits its parameters (``agent.decision`` in settings) by leave-one-sequence-out
+cross-validation.
+
+Per frame t, a candidate is a phrase the grounder found in the frame that has audio evidence. Its
+evidence terms, each named in the trace:
+
+    audio     max( tag    : a specific audio tag naming it      s(tag) x strength(tag -> phrase)
+                   parent : a generic tag covering it            generic_share x residual(generic tag)
+                   clap   : the audio-text scorer (full profile: CLAP; lite has no independent scorer) )
+              per second, and the whole clip's lends clip_weight of itself to every second
+    detector  its best detection score in the frame (grounded at ``detection_floor``)
+    salience  the share of the frame its kept instances cover
+    support   its mean detection score over the clip's frames (frame consistency)
+    crop      the crop check's probability that its mask shows it (full profile, after segmentation)
+
+    score(phrase) = audio x exp(w_detector*detector + w_salience*salience + w_support*support
+                                + w_crop*(crop - 0.5))
+    score(none)   = none_bias + none_offscreen x offscreen
+
+``offscreen`` is the strongest tag of the second whose sources are named and none of them is visible
+(a bark over a cat photo). ``residual(generic tag)`` is the generic tag's score minus that of the
+strongest specific tag that names something it covers ('Domestic animals, pets' 0.99 over 'Dog' 0.99
+lends nothing to the cat; 'Livestock, farm animals, working animals' 0.9 with only 'Air horn' lends
+to the sheep in view): a generic label is explained away by the specific one under it.
+
+The frame's answer is the best candidate whose score beats ``score(none)``, plus a second one whose
+score is at least ``second_source_ratio`` of the first's (unless both come from the same audio label:
+one sound read as two objects is one source). A retry takes the next candidate above none. Of a phrase's
+instances, those at least ``instance_share`` as salient (area x score) as the most salient are kept.
+
+Everything here is a pure function of tool outputs, so the cross-validation runs the very code the
+agent runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.settings import AgentSettings, DecisionSettings
+from tools.protocols import TextMatcher
+from tools.types import AudioTags, Segments
+
+
+@dataclass
+class AudioTerms:
+    """Audio evidence for one phrase from one audio segment's tags (and the scorer)."""
+
+    tag: float = 0.0
+    tag_from: str = ""
+    parent: float = 0.0
+    parent_from: str = ""
+    clap: float = 0.0
+
+
+@dataclass
+class Candidate:
+    """One visible candidate on one frame, with its evidence terms and score."""
+
+    phrase: str
+    audio: float
+    detector: float
+    salience: float
+    support: float
+    labels: list[str] = field(default_factory=list)
+    """The audio labels its audio evidence comes from."""
+    sources: list[str] = field(default_factory=list)
+    """Named evidence, e.g. ['tag:Bark 0.91', 'detector 0.87']."""
+    crop: float | None = None
+    score: float = 0.0
+
+
+@dataclass
+class FrameEvidence:
+    """One frame's row of the evidence table: its candidates (best score first) and the none option."""
+
+    candidates: list[Candidate]
+    offscreen: float
+    offscreen_from: str
+    none_score: float
+    silent: bool = False
+
+    @property
+    def above_none(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.score > self.none_score]
+
+
+# ----------------------------------------------------------------------------------- audio evidence
+def tag_terms(
+    tags: AudioTags, phrases: list[str], matcher: TextMatcher, config: AgentSettings
+) -> dict[str, AudioTerms]:
+    """Per phrase, its tag and generic-parent evidence from one segment's tags (residuals unscaled)."""
+    top = tags.top(config.max_tags, config.min_tag_score)
+    out = {p: AudioTerms() for p in phrases}
+    if not top or not phrases:
+        return out
+    labels = [lab for lab, _ in top]
+    covered = matcher.covers(labels, phrases)
+    specific = [(lab, s) for (lab, s), cov in zip(top, covered, strict=True) if not cov]
+    named = matcher.sound_sources([lab for lab, _ in specific], phrases) if specific else []
+    names: dict[str, set[str]] = {}
+    for (lab, s), matches in zip(specific, named, strict=True):
+        names[lab] = {p for p, _ in matches}
+        for p, strength in matches:
+            v = s * strength
+            if v > out[p].tag:
+                out[p].tag, out[p].tag_from = v, lab
+    for (lab, s), cov in zip(top, covered, strict=True):
+        if not cov:
+            continue
+        under = {p for p, _ in cov}
+        explained = max((s2 for lab2, s2 in specific if names.get(lab2, set()) & under), default=0.0)
+        residual = max(0.0, s - explained)
+        for p, strength in cov:
+            v = residual * strength
+            if v > out[p].parent:
+                out[p].parent, out[p].parent_from = v, lab
+    return out
+
+
+def offscreen_evidence(
+    tags: AudioTags, visible: set[str], phrases: list[str], matcher: TextMatcher, config: AgentSettings
+) -> tuple[float, str]:
+    """The strongest specific tag whose sources (among ``phrases``) are named and none is visible."""
+    top = tags.top(config.max_tags, config.min_tag_score)
+    if not top:
+        return 0.0, ""
+    labels = [lab for lab, _ in top]
+    covered = matcher.covers(labels, phrases)
+    specific = [(lab, s) for (lab, s), cov in zip(top, covered, strict=True) if not cov]
+    named = matcher.sound_sources([lab for lab, _ in specific], phrases) if specific else []
+    best, best_from = 0.0, ""
+    for (lab, s), matches in zip(specific, named, strict=True):
+        if matches and not ({p for p, _ in matches} & visible) and s > best:
+            best, best_from = s, lab
+    return best, best_from
+
+
+def fuse_audio(
+    frame: AudioTerms, clip: AudioTerms, p: DecisionSettings
+) -> tuple[float, list[str], list[str]]:
+    """(audio evidence, its sources as text, the audio labels behind it) of one phrase on one frame."""
+    terms = []
+    for where, t, w in (("", frame, 1.0), ("clip ", clip, p.clip_weight)):
+        if t.tag > 0:
+            terms.append((w * t.tag, f"{where}tag:{t.tag_from} {t.tag:.2f}", t.tag_from))
+        if t.parent > 0:
+            terms.append(
+                (w * p.generic_share * t.parent, f"{where}parent:{t.parent_from} {t.parent:.2f}", t.parent_from)
+            )
+        if t.clap > 0:
+            terms.append((w * t.clap, f"{where}clap {t.clap:.2f}", ""))
+    if not terms:
+        return 0.0, [], []
+    best = max(v for v, _, _ in terms)
+    kept = sorted((t for t in terms if t[0] > 0), key=lambda t: -t[0])[:3]
+    return best, [s for _, s, _ in kept], list(dict.fromkeys(lab for _, _, lab in kept if lab))
+
+
+# ----------------------------------------------------------------------------------- visual evidence
+def instance_weight(seg: Segments) -> np.ndarray:
+    """Per instance: mask area share x detection score (how salient it is)."""
+    return seg.area * seg.confidence
+
+
+def instances(seg: Segments, share: float) -> Segments:
+    """Of several instances of one phrase, the most salient and those at least ``share`` as salient."""
+    if len(seg) <= 1:
+        return seg
+    weight = instance_weight(seg)
+    top = int(np.argmax(weight))
+    keep = np.union1d(np.flatnonzero(weight >= share * weight[top]), [top])
+    return seg[keep]
+
+
+def detection(seg: Segments | None, floor: float) -> Segments | None:
+    """The phrase's instances at or above the detection floor (None when there are none)."""
+    if seg is None or not len(seg):
+        return None
+    kept = seg[seg.confidence >= floor]
+    return kept if len(kept) else None
+
+
+# ----------------------------------------------------------------------------------- the table
+def score(c: Candidate, p: DecisionSettings) -> float:
+    prior = p.w_detector * c.detector + p.w_salience * c.salience + p.w_support * c.support
+    if c.crop is not None:
+        prior += p.w_crop * (c.crop - 0.5)
+    return c.audio * math.exp(prior)
+
+
+def build_table(
+    frame_terms: list[dict[str, AudioTerms]],
+    clip_terms: dict[str, AudioTerms],
+    found: list[dict[str, Segments]],
+    offscreen: list[tuple[float, str, float, str]],
+    silent: list[bool],
+    p: DecisionSettings,
+) -> list[FrameEvidence]:
+    """The evidence table: per frame, the visible candidates scored, and the none option.
+
+    frame_terms: per frame, phrase -> its audio terms from that second; clip_terms: the same for the
+    whole clip; found: per frame, phrase -> its instances as grounded (any score; the detection floor
+    is applied here); offscreen: per frame, (offscreen evidence of that second, its tag, of the whole
+    clip, its tag), see ``offscreen_evidence``."""
+    n = len(found)
+    kept = [
+        {ph: d for ph, seg in f.items() if (d := detection(seg, p.detection_floor)) is not None}
+        for f in found
+    ]
+    support: dict[str, float] = {}
+    for f in kept:
+        for ph, seg in f.items():
+            support[ph] = support.get(ph, 0.0) + float(seg.confidence.max()) / n
+    table = []
+    for t in range(n):
+        f_off, f_from, c_off, c_from = offscreen[t]
+        off, off_from = (f_off, f_from) if f_off >= p.clip_weight * c_off else (p.clip_weight * c_off, c_from)
+        none = p.none_bias + p.none_offscreen * off
+        cands = []
+        if not silent[t]:
+            for ph, seg in kept[t].items():
+                audio, sources, labels = fuse_audio(
+                    frame_terms[t].get(ph, AudioTerms()), clip_terms.get(ph, AudioTerms()), p
+                )
+                if audio <= 0:
+                    continue
+                inst = instances(seg, p.instance_share)
+                h, w = inst.shape
+                c = Candidate(
+                    phrase=ph,
+                    audio=round(audio, 4),
+                    detector=round(float(seg.confidence.max()), 4),
+                    salience=round(float(inst.union().sum()) / max(h * w, 1), 4),
+                    support=round(support[ph], 4),
+                    labels=labels,
+                    sources=[*sources, f"detector {float(seg.confidence.max()):.2f}"],
+                )
+                c.score = round(score(c, p), 5)
+                cands.append(c)
+        cands.sort(key=lambda c: -c.score)
+        table.append(FrameEvidence(cands, round(off, 4), off_from, round(none, 5), silent[t]))
+    return table
+
+
+def choose(row: FrameEvidence, p: DecisionSettings, attempt: int = 0) -> list[Candidate]:
+    """The candidates to segment on this attempt: the attempt-th above none, and on the first attempt
+    a close second source."""
+    ranked = row.above_none
+    if attempt >= len(ranked):
+        return []
+    first = ranked[attempt]
+    out = [first]
+    if attempt == 0:
+        for other in ranked[1:]:
+            same_sound = bool(other.labels) and set(other.labels) <= set(first.labels)
+            if other.score >= p.second_source_ratio * first.score and not same_sound:
+                out.append(other)
+                break
+    return out
+
+
+def visible_phrases(found: dict[str, Segments], p: DecisionSettings) -> set[str]:
+    """The phrases found in a frame at or above the detection floor."""
+    return {ph for ph, seg in found.items() if detection(seg, p.detection_floor) is not None}
+
+
+def check_mask(mask: np.ndarray, config: AgentSettings) -> tuple[bool, str]:
+    """Is the mask a plausible object (not empty, not tiny, not the whole frame)?"""
+    share = float(mask.mean()) if mask.size else 0.0
+    if share < config.min_mask_area:
+        return False, f"mask too small ({share:.4f} of the frame)"
+    if share > config.max_mask_area:
+        return False, f"mask covers nearly the whole frame ({share:.2f})"
+    return True, f"mask covers {share:.3f} of the frame"
+
+
+CROP_FOIL = "background"
+"""A text the crop check weighs every label against, so one label alone still gets a real verdict."""
+
+
+def with_candidate(row: FrameEvidence, cand: Candidate) -> FrameEvidence:
+    """The row with one candidate replaced (by phrase) and the order by score restored."""
+    cands = sorted([cand if c.phrase == cand.phrase else c for c in row.candidates], key=lambda c: -c.score)
+    return FrameEvidence(cands, row.offscreen, row.offscreen_from, row.none_score, row.silent)
+
+
+def rescore_with_crop(c: Candidate, crop: float, p: DecisionSettings) -> Candidate:
+    """The candidate with the crop check's verdict added as evidence."""
+    out = Candidate(**{**c.__dict__, "sources": [*c.sources, f"crop-check {crop:.2f}"], "crop": crop})
+    out.score = round(score(out, p), 5)
+    return out
+
+
+def describe(row: FrameEvidence) -> str:
+    """One frame's table as text (the trace and the LLM prompt)."""
+    parts = [
+        f"{c.phrase} {c.score:.3f} [audio {c.audio:.2f}: {', '.join(c.sources)}; salience {c.salience:.3f}, support {c.support:.2f}]"
+        for c in row.candidates
+    ]
+    none = f"none {row.none_score:.3f}" + (
+        f" [offscreen: {row.offscreen_from} {row.offscreen:.2f}]" if row.offscreen_from else ""
+    )
+    return "; ".join([*parts, none]) if parts else none
+
+
+# ----------------------------------------------------------------------------------- helpers
+def audio_phrases(terms: list[dict[str, AudioTerms]]) -> list[str]:
+    """The phrases some second (or the clip) gives audio evidence: the audio -> objects candidates."""
+    out: dict[str, None] = {}
+    for row in terms:
+        for ph, t in row.items():
+            if t.tag > 0 or t.parent > 0 or t.clap > 0:
+                out[ph] = None
+    return list(out)
+
+
+def split_by_phrase(seg: Segments | None, phrases: list[str]) -> dict[str, Segments]:
+    """A grounder's result for several phrases, as phrase -> its instances (found phrases only)."""
+    if seg is None or not len(seg):
+        return {}
+    out = {}
+    for ph in phrases:
+        sel = seg[np.asarray([lab == ph for lab in seg.labels], bool)]
+        if len(sel):
+            out[ph] = sel
+    return out
+
+
+def offscreen_rows(
+    frame_tags: list[AudioTags],
+    clip_tags: AudioTags,
+    found: list[dict[str, Segments]],
+    phrases: list[str],
+    matcher: TextMatcher,
+    config: AgentSettings,
+    p: DecisionSettings,
+) -> list[tuple[float, str, float, str]]:
+    """Per frame, the offscreen evidence of its second and of the whole clip (see build_table)."""
+    out = []
+    for tags, f in zip(frame_tags, found, strict=True):
+        visible = visible_phrases(f, p)
+        out.append(
+            (
+                *offscreen_evidence(tags, visible, phrases, matcher, config),
+                *offscreen_evidence(clip_tags, visible, phrases, matcher, config),
+            )
+        )
+    return out
+
+
+def mask_of(found: dict[str, Segments], phrases: list[str], p: DecisionSettings, shape) -> np.ndarray:
+    """Union of the kept instances of ``phrases`` in one frame, (H, W) bool."""
+    mask = np.zeros(shape, bool)
+    for ph in phrases:
+        seg = detection(found.get(ph), p.detection_floor)
+        if seg is not None:
+            mask |= instances(seg, p.instance_share).union()
+    return mask
+
+
+def decide_frame(
+    row: FrameEvidence, found: dict[str, Segments], p: DecisionSettings, config: AgentSettings, shape
+) -> tuple[np.ndarray, list[str]]:
+    """The whole segment -> check -> retry loop for one frame without a model call (the graph runs the
+    same steps node by node; the cross-validation runs this). Returns (mask, phrases kept)."""
+    for attempt in range(config.max_attempts):
+        chosen = choose(row, p, attempt)
+        if not chosen:
+            break
+        passed = [c.phrase for c in chosen if check_mask(mask_of(found, [c.phrase], p, shape), config)[0]]
+        if passed:
+            return mask_of(found, passed, p, shape), passed
+    return np.zeros(shape, bool), []

@@ -1,0 +1,257 @@
+"""Fit the decision model's parameters (``agent.decision``) by leave-one-group-out cross-validation.
+
+    python -m evals.crossval --root ../shared/data/davis_av_dev [--samples 1500] [--out FILE]
+
+Folds are grouped so that no visual source and no recording sits on both sides: clips that share a
+visual (a DAVIS sequence, a photo) or an audio recording (a Freesound id, from ``cases.csv``) fall in
+one group, and each fold leaves one group out. The tools run once per clip (their outputs are the
+evidence); every parameter draw then runs ``agent.decision`` -- the agent's own decision code, with the
+same check and bounded retry -- over those outputs. For each fold the draw that scores best on the
+other groups is applied to the held-out group; the table reports those held-out results (the
+cross-validated numbers) next to the in-sample result of the draw best on all clips, and the
+current defaults. Objective: J over clips whose source is visible + share of off-screen clips left
+empty.
+
+Reads ``cases.csv`` only for groups and case types (matched / mixed / offscreen), never as input
+to a decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent import decision as D
+from agent.settings import DecisionSettings, load_settings
+
+SPACE: dict[str, tuple[float, float]] = {
+    "clip_weight": (0.0, 1.0),
+    "generic_share": (0.0, 1.0),
+    "w_detector": (0.0, 4.0),
+    "w_salience": (0.0, 12.0),
+    "w_support": (0.0, 4.0),
+    "none_bias": (0.0, 0.5),
+    "none_offscreen": (0.0, 1.5),
+    "second_source_ratio": (0.5, 1.2),
+    "instance_share": (0.2, 1.0),
+    "detection_floor": (0.1, 0.35),
+}
+"""The fitted parameters and the ranges they are drawn from (w_crop needs the full profile)."""
+FLOOR = 0.1
+"""Grounding threshold of the precomputed detections: the lowest detection_floor drawn."""
+
+
+@dataclass
+class ClipData:
+    name: str
+    case: str
+    group: int
+    gt: np.ndarray  # (T, H, W) bool
+    frame_terms: list[dict[str, D.AudioTerms]]
+    clip_terms: dict[str, D.AudioTerms]
+    found: list[dict[str, Any]]
+    frame_tags: list[Any]
+    clip_tags: Any
+    silent: list[bool]
+
+
+def groups(cases_csv: Path) -> dict[str, int]:
+    """Clip name -> group id: connected components of 'shares a visual source or a recording'."""
+    rows = list(csv.DictReader(open(cases_csv)))
+    parent = list(range(len(rows)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        visual = re.sub(r" frames .*| \(still.*", "", r["visual_source"]).strip()
+        keys = [f"v:{visual}"]
+        keys += [f"a:{fid}" for fid in re.findall(r"Freesound id (\d+)", r["license_notes"])]
+        keys += [f"a:{f}" for f in re.findall(r"(?:US8K|ESC-10):([^ \[]+)", r["audio_sources"])]
+        for k in keys:
+            if k in owner:
+                parent[find(i)] = find(owner[k])
+            else:
+                owner[k] = i
+    roots = {find(i) for i in range(len(rows))}
+    ids = {r: n for n, r in enumerate(sorted(roots))}
+    return {r["name"]: ids[find(i)] for i, r in enumerate(rows)}
+
+
+def precompute(root: Path, settings: Any, toolset: Any) -> list[ClipData]:
+    """Run the tools once per clip: tags, tag terms, and every phrase with audio evidence grounded."""
+    from evals.datasets import load_dataset
+
+    ds = load_dataset("avsbench-s4", root, "test")
+    cases = {r["name"]: r["case_type"] for r in csv.DictReader(open(root / "cases.csv"))}
+    grp = groups(root / "cases.csv")
+    cfg = settings.agent
+    vocab = list(toolset.vocabulary)
+    out = []
+    for s in ds.samples:
+        clip = s.inputs.load(aspect=settings.media.aspect, max_side=settings.media.max_side)
+        tags = toolset.tagger.tag([*clip.segments, clip.audio])
+        frame_terms = [D.tag_terms(t, vocab, toolset.matcher, cfg) for t in tags[:-1]]
+        clip_terms = D.tag_terms(tags[-1], vocab, toolset.matcher, cfg)
+        phrases = D.audio_phrases([*frame_terms, clip_terms])
+        found = []
+        for frame in clip.frames:
+            seg = toolset.grounder.ground(frame, phrases, box_threshold=FLOOR) if phrases else None
+            found.append(D.split_by_phrase(seg, phrases))
+        silent = [clip.audio.rms < cfg.silence_rms] * len(clip.frames)
+        out.append(
+            ClipData(
+                s.labels.name,
+                cases[s.labels.name],
+                grp[s.labels.name],
+                s.labels.masks(),
+                frame_terms,
+                clip_terms,
+                found,
+                tags[:-1],
+                tags[-1],
+                silent,
+            )
+        )
+    return out
+
+
+def run_decisions(c: ClipData, p: DecisionSettings, toolset: Any, settings: Any) -> np.ndarray:
+    """(T, H, W) masks the agent's decision code gives for this clip under ``p``."""
+    vocab = list(toolset.vocabulary)
+    off = D.offscreen_rows(c.frame_tags, c.clip_tags, c.found, vocab, toolset.matcher, settings.agent, p)
+    table = D.build_table(c.frame_terms, c.clip_terms, c.found, off, c.silent, p)
+    masks = []
+    for t, row in enumerate(table):
+        mask, _ = D.decide_frame(row, c.found[t], p, settings.agent, c.gt.shape[1:])
+        masks.append(mask)
+    return np.stack(masks)
+
+
+def clip_value(c: ClipData, masks: np.ndarray) -> float:
+    """Visible source: J (mean frame IoU, official empty rule); off-screen: 1 if left empty, else 0."""
+    if c.case == "offscreen":
+        return float(not masks.any())
+    from evals.metrics import frame_ious
+
+    return float(frame_ious(masks.astype(np.float32), c.gt).mean())
+
+
+def summarise(data: list[ClipData], values: np.ndarray) -> dict[str, float]:
+    def mean(sel):
+        v = [float(x) for x, c in zip(values, data, strict=True) if sel(c)]
+        return round(float(np.mean(v)), 4) if v else float("nan")
+
+    return {
+        "j_visible": mean(lambda c: c.case != "offscreen"),
+        "j_matched": mean(lambda c: c.case == "matched"),
+        "j_mixed": mean(lambda c: c.case == "mixed"),
+        "offscreen_empty": mean(lambda c: c.case == "offscreen"),
+        "n_visible": sum(c.case != "offscreen" for c in data),
+        "n_offscreen": sum(c.case == "offscreen" for c in data),
+    }
+
+
+def objective(data: list[ClipData], values: np.ndarray, idx: np.ndarray) -> float:
+    vis = [i for i in idx if data[i].case != "offscreen"]
+    off = [i for i in idx if data[i].case == "offscreen"]
+    return (float(values[vis].mean()) if vis else 0.0) + (float(values[off].mean()) if off else 0.0)
+
+
+def draws(n: int, seed: int, base: DecisionSettings) -> list[DecisionSettings]:
+    rng = np.random.default_rng(seed)
+    out = [base]
+    for _ in range(n):
+        vals = {k: round(float(rng.uniform(lo, hi)), 3) for k, (lo, hi) in SPACE.items()}
+        out.append(base.model_copy(update=vals))
+    return out
+
+
+def crossval(data: list[ClipData], candidates: list[DecisionSettings], toolset: Any, settings: Any) -> dict:
+    t0 = time.perf_counter()
+    values = np.asarray(
+        [[clip_value(c, run_decisions(c, p, toolset, settings)) for c in data] for p in candidates]
+    )
+    seconds = time.perf_counter() - t0
+    all_idx = np.arange(len(data))
+    held_out = np.zeros(len(data))
+    folds = []
+    for g in sorted({c.group for c in data}):
+        test = np.asarray([i for i, c in enumerate(data) if c.group == g])
+        train = np.setdiff1d(all_idx, test)
+        best = max(range(len(candidates)), key=lambda k: objective(data, values[k], train))
+        held_out[test] = values[best, test]
+        folds.append({"group": int(g), "clips": [data[i].name for i in test], "draw": int(best)})
+    best_all = max(range(len(candidates)), key=lambda k: objective(data, values[k], all_idx))
+    return {
+        "cross_validated": summarise(data, held_out),
+        "in_sample": summarise(data, values[best_all]),
+        "defaults": summarise(data, values[0]),
+        "fitted": {k: getattr(candidates[best_all], k) for k in SPACE},
+        "folds": folds,
+        "draws": len(candidates),
+        "seconds_deciding": round(seconds, 1),
+        "per_clip_cross_validated": {c.name: round(float(v), 4) for c, v in zip(data, held_out, strict=True)},
+    }
+
+
+def table(result: dict) -> str:
+    rows = [("cross-validated (leave one group out)", result["cross_validated"])]
+    rows += [("in-sample (best draw on all clips)", result["in_sample"]), ("defaults", result["defaults"])]
+    lines = [
+        "| | J visible | J matched | J mixed | off-screen left empty |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in rows:
+        lines.append(
+            f"| {name} | {s['j_visible']:.3f} | {s['j_matched']:.3f} | {s['j_mixed']:.3f} | "
+            f"{s['offscreen_empty'] * s['n_offscreen']:.0f}/{s['n_offscreen']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", type=Path, default=Path("../shared/data/davis_av_dev"))
+    ap.add_argument("--samples", type=int, default=1500, help="random parameter draws")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/crossval.json"))
+    ap.add_argument("--set", action="append", default=[], help="settings override key=value")
+    args = ap.parse_args(argv)
+    from agent.toolset import get_toolset
+
+    settings = load_settings(overrides=args.set)
+    toolset = get_toolset(settings)
+    t0 = time.perf_counter()
+    data = precompute(args.root, settings, toolset)
+    pre = time.perf_counter() - t0
+    result = crossval(data, draws(args.samples, args.seed, settings.agent.decision), toolset, settings)
+    result.update(
+        {
+            "dataset": str(args.root),
+            "groups": len({c.group for c in data}),
+            "seconds_tools": round(pre, 1),
+            "settings_overrides": args.set,
+        }
+    )
+    print(table(result))
+    print("fitted:", json.dumps(result["fitted"]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    (args.out.with_suffix(".md")).write_text(table(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
