@@ -27,7 +27,7 @@ to the sheep in view): a generic label is explained away by the specific one und
 
 The frame's answer is the best candidate whose score beats ``score(none)``, plus a second one whose
 score is at least ``second_source_ratio`` of the first's (unless both come from the same audio label:
-one sound read as two objects is one source). A retry takes the next candidate above none. Of a phrase's
+one sound read as two objects is one source). A retry takes the best candidate above none not tried yet. Of a phrase's
 instances, those at least ``instance_share`` as salient (area x score) as the most salient are kept.
 
 Everything here is a pure function of tool outputs, so the cross-validation runs the very code the
@@ -247,15 +247,15 @@ def build_table(
     return table
 
 
-def choose(row: FrameEvidence, p: DecisionSettings, attempt: int = 0) -> list[Candidate]:
-    """The candidates to segment on this attempt: the attempt-th above none, and on the first attempt
-    a close second source."""
-    ranked = row.above_none
-    if attempt >= len(ranked):
+def choose(row: FrameEvidence, p: DecisionSettings, tried: list[str] | None = None) -> list[Candidate]:
+    """The candidates to segment: the best one above none not tried yet, and on the first attempt
+    (nothing tried) a close second source."""
+    ranked = [c for c in row.above_none if c.phrase not in (tried or [])]
+    if not ranked:
         return []
-    first = ranked[attempt]
+    first = ranked[0]
     out = [first]
-    if attempt == 0:
+    if not tried:
         for other in ranked[1:]:
             same_sound = bool(other.labels) and set(other.labels) <= set(first.labels)
             if other.score >= p.second_source_ratio * first.score and not same_sound:
@@ -368,11 +368,13 @@ def decide_frame(
 ) -> tuple[np.ndarray, list[str]]:
     """The whole segment -> check -> retry loop for one frame without a model call (the graph runs the
     same steps node by node; the cross-validation runs this). Returns (mask, phrases kept)."""
-    for attempt in range(config.max_attempts):
-        chosen = choose(row, p, attempt)
+    tried: list[str] = []
+    for _ in range(config.max_attempts):
+        chosen = choose(row, p, tried)
         if not chosen:
             break
         passed = [c.phrase for c in chosen if check_mask(mask_of(found, [c.phrase], p, shape), config)[0]]
         if passed:
             return mask_of(found, passed, p, shape), passed
+        tried += [c.phrase for c in chosen]
     return np.zeros(shape, bool), []

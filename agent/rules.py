@@ -2,7 +2,7 @@
 
 ``RulesReasoner`` (the default, and every LLM's fallback) applies the decision model of
 agent/decision.py as it is: per frame the best candidate above 'none' (and a close second source), on a
-retry the next one. ``agent.llm.LLMReasoner`` reads the same table as text and answers with structured
+retry the best one not tried yet. ``agent.llm.LLMReasoner`` reads the same table as text and answers with structured
 output; whatever it cannot answer falls back to the rules. The nodes call ``decide`` and ``retry`` and
 never ask which one runs.
 """
@@ -53,7 +53,7 @@ class RulesReasoner:
 
     def decide(self, table: list[D.FrameEvidence], data: dict[str, str] | None = None) -> Decision:
         p = self.config.decision
-        return Decision([[c.phrase for c in D.choose(row, p, 0)] for row in table])
+        return Decision([[c.phrase for c in D.choose(row, p)] for row in table])
 
     def retry(
         self,
@@ -64,7 +64,8 @@ class RulesReasoner:
     ) -> Decision:
         out: list[list[str]] = [[] for _ in table]
         for i in failing:
-            out[i] = [c.phrase for c in D.choose(table[i], self.config.decision, choices[i].attempt + 1)]
+            tried = [*choices[i].tried, *choices[i].phrases]
+            out[i] = [c.phrase for c in D.choose(table[i], self.config.decision, tried)]
         return Decision(out)
 
     # ------------------------------------------------------------------ explain

@@ -124,22 +124,11 @@ class DecisionSettings(_Section):
 
 
 class AgentSettings(_Section):
-    """The decisions' numbers. Every threshold the rules use lives here."""
+    """How the agent reads its tools and how far it retries; the decision model's parameters are in
+    ``decision``."""
 
     min_tag_score: float = Field(0.1, description="audio tags below this score are ignored")
     max_tags: int = Field(10, description="audio tags considered per second")
-    min_evidence: float = Field(
-        0.15, description="a candidate needs at least this audio evidence to be segmented"
-    )
-    relative_evidence: float = Field(
-        0.3,
-        description="and at least this share of the clip's strongest candidate (weak side-sounds are not the source)",
-    )
-    max_candidates: int = Field(4, description="candidate sounding objects kept per frame")
-    consistency_threshold: float = Field(
-        0.5,
-        description="a source seen in other frames is looked for again at this share of the box threshold",
-    )
     max_attempts: int = Field(3, description="segmentation attempts per frame (first try + retries)")
     min_mask_area: float = Field(
         0.002, description="a mask smaller than this share of the frame counts as empty"
@@ -147,11 +136,10 @@ class AgentSettings(_Section):
     max_mask_area: float = Field(
         0.95, description="a mask larger than this share of the frame counts as wrong"
     )
-    min_segment_score: float = Field(0.35, description="a detection below this score is low-confidence")
     silence_rms: float = Field(0.001, description="audio quieter than this RMS is silence")
     second_source_ratio: float = Field(
         0.5,
-        description="a second visible source is kept when its audio evidence is at least this share of the first's",
+        description="baseline strategies (vcap-acls, segment-all): a second object is kept when its audio score is at least this share of the first's",
     )
     decision: DecisionSettings = DecisionSettings()
 

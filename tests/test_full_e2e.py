@@ -60,6 +60,7 @@ def test_ask_full_profile_end_to_end(tmp_path, tiny_sets):
             "--json",
             *tiny_sets,
             "--set=tools.grounder.box_threshold=0.0",
+            "--set=agent.decision.detection_floor=0.0",
             "--set=tools.audio_captioner.options.max_new_tokens=4",
             "--set=tools.image_captioner.options.max_new_tokens=4",
         ],
@@ -77,6 +78,11 @@ def test_ask_full_profile_end_to_end(tmp_path, tiny_sets):
         assert 0.0 <= fr["mask_area"] <= 1.0
     nodes = {step["node"] for step in data["trace"]}
     assert {"perceive", "propose", "verify", "segment", "answer"} <= nodes
+    # every tool of the profile feeds a decision: CLAP in the evidence table, the crop check in the check
+    verify = [s["message"] for s in data["trace"] if s["node"] == "verify" and s["message"].startswith("evidence")]
+    assert verify and all("clap" in m for m in verify)
+    assert all("crop check" in s["message"] for s in data["trace"] if s["node"] == "check")
+    assert any(s["node"] == "perceive" and "image caption" in s["message"] for s in data["trace"])
 
 
 def test_ask_full_profile_missing_weights_is_one_line(tmp_path):

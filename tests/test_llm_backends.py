@@ -17,10 +17,10 @@ from tests.conftest import dev_clip_paths
 from tests.fake_llm import FakeLLMServer
 from tools.media import load_clip
 
-CLIP = "pets_great_pyrenees_177_bark_01"  # a barking dog with two people beside it
-PEOPLE = {
-    "frames": [{"frame": i, "sounding": ["person"], "not_visible": []} for i in range(5)],
-    "reasoning": "scripted: the people",
+CLIP = "pets_great_pyrenees_177_bark_01"  # a barking dog, two people and a car behind it, a helicopter heard
+PEOPLE = {  # the car: a candidate of every frame's evidence table that the rules do not choose
+    "frames": [{"frame": i, "sounding": ["car"], "not_visible": []} for i in range(5)],
+    "reasoning": "scripted: the car",
 }
 
 
@@ -55,13 +55,24 @@ def test_llm_decisions_are_used(loaded, rules_answer, protocol, method, item):
     with FakeLLMServer(protocol, [item]) as srv:
         s = _settings(srv, **{"llm.structured_method": method})
         ans = run_clip(loaded, s, get_toolset(s))
-    assert ans.labels == ["person"]  # the server's decision, visible in labels and masks
+    assert ans.labels == ["car"]  # the server's decision, visible in labels and masks
     assert not np.array_equal(ans.masks[0], rules_answer.masks[0])
     assert ans.stats["llm_calls"] == 1 and ans.stats["llm_tokens"] == 120
-    assert any("LLM" in s.message and "scripted: the people" in s.message for s in ans.trace)
-    assert ans.text.endswith("reasoned: scripted: the people")  # its reading is quoted, no extra call
+    assert any("LLM" in s.message and "scripted: the car" in s.message for s in ans.trace)
+    assert ans.text.endswith("reasoned: scripted: the car")  # its reading is quoted, no extra call
     assert "reasoned" not in rules_answer.text
     assert len(srv.requests) == 1
+
+
+def test_a_phrase_the_table_does_not_hold_falls_back_to_the_rules(loaded, rules_answer):
+    """The people are in view but nothing in the audio points to them: not a candidate, so an LLM
+    answer naming them is not used and the trace says why."""
+    people = {"frames": [{"frame": i, "sounding": ["person"]} for i in range(5)], "reasoning": "people"}
+    with FakeLLMServer("openai", [{"json": people}]) as srv:
+        s = _settings(srv)
+        ans = run_clip(loaded, s, get_toolset(s))
+    assert ans.labels == rules_answer.labels
+    assert any("not candidates: person" in s.message for s in ans.trace)
 
 
 @pytest.mark.parametrize("protocol", ["openai", "ollama"])
@@ -87,7 +98,7 @@ def test_429_is_retried_with_backoff(loaded):
     with FakeLLMServer("openai", [{"status": 429}, {"json": PEOPLE}]) as srv:
         s = _settings(srv, **{"llm.max_retries": 2})
         ans = run_clip(loaded, s, get_toolset(s))
-    assert len(srv.requests) == 2 and ans.labels == ["person"]
+    assert len(srv.requests) == 2 and ans.labels == ["car"]
 
 
 def test_server_down_falls_back(loaded, rules_answer):
@@ -124,7 +135,7 @@ def test_cli_ask_uses_the_server(tmp_path, dev_set):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert (
-        data["labels"] == ["person"]
+        data["labels"] == ["car"]
         and data["stats"]["llm_calls"] == 1
         and data["stats"]["reasoner"].startswith("openai")
     )

@@ -23,22 +23,13 @@ import numpy as np
 from tools.deeplab import DeepLabSegmenter
 from tools.protocols import TextMatcher
 from tools.types import Frame, Segments
-from tools.vocab import COCO80, COCO_TO_VOC, VOC21
+from tools.vocab import COCO80, COCO_TO_VOC, VOC21, VOC_TO_COCO
 from tools.yolox import YoloxDetector
 
 MIN_REGION = 0.005
 """A DeepLab region smaller than this share of the frame is not evidence on its own."""
 MIN_PURITY = 0.5
 """Inside a box or region, the class must hold at least this share of the non-background pixels."""
-RIDDEN = ("motorcycle", "bicycle", "horse")
-"""Vehicles a person rides: their mask takes in the rider DeepLab paints on them (one object, as DAVIS and
-AVSBench annotate a motorbike with its rider)."""
-RIDER_REACH = 0.8
-"""A rider may reach this share of the vehicle box's height above the box."""
-RIDER_MAX = 2.0
-"""A 'rider' larger than this many times the vehicle's own mask is a crowd behind it, not a rider."""
-
-
 @dataclass
 class _FrameAnalysis:
     boxes: np.ndarray  # (n, 4) xyxy in frame pixels
@@ -107,7 +98,8 @@ class LiteGrounder:
     def detect_all(self, frame: Frame) -> Segments:
         analysis = self.analyse(frame)
         names = {COCO80[c] for c in analysis.classes[analysis.scores >= self.box_threshold]}
-        names |= {coco for coco, voc in COCO_TO_VOC.items() if voc and coco != "truck" and (analysis.semantic == VOC21.index(voc)).any()}
+        # a region DeepLab paints is one object under one name: its VOC class's first COCO class
+        names |= {coco for voc, coco in VOC_TO_COCO.items() if (analysis.semantic == VOC21.index(voc)).any()}
         found = [self._find_class(frame, name, self.box_threshold) for name in sorted(names)]
         return Segments.concat(found, frame.height, frame.width)
 
@@ -150,9 +142,6 @@ class LiteGrounder:
                 if purity >= MIN_PURITY and purity >= thr:
                     items.append((box, part, purity, "deeplab-region"))
 
-        if cls_name in RIDDEN and sem_class is not None:
-            items = [_with_rider(a.semantic, *it) for it in items]
-
         if not items:
             return Segments.empty(h, w)
         items.sort(key=lambda it: -it[2])
@@ -163,23 +152,6 @@ class LiteGrounder:
             labels=[cls_name] * len(items),
             data={"class": [cls_name] * len(items), "mask_source": [it[3] for it in items]},
         )
-
-
-def _with_rider(semantic: np.ndarray, box: np.ndarray, mask: np.ndarray, score: float, source: str):
-    """A ridden vehicle's mask with its rider: DeepLab's person pixels connected to the vehicle's pixels,
-    within the box raised by ``RIDER_REACH`` of its height (a rider sits above the vehicle)."""
-    h, w = semantic.shape
-    x0, y0, x1, y1 = box
-    reach = np.asarray([x0, y0 - RIDER_REACH * (y1 - y0), x1, y1], np.float32)
-    person = (semantic == VOC21.index("person")) & _box_mask(reach, h, w)
-    seed = person & _dilate(mask, 2)
-    if not seed.any():
-        return box, mask, score, source
-    rider = _reconstruct(seed, person)
-    if rider.sum() > RIDER_MAX * max(int(mask.sum()), 1):
-        return box, mask, score, source
-    both = mask | rider
-    return np.asarray(_bbox(both), np.float32), both, score, source + "+rider"
 
 
 def _dilate(mask: np.ndarray, r: int = 1, diagonal: bool = False) -> np.ndarray:

@@ -32,6 +32,12 @@ COCO_TO_VOC: dict[str, str | None] = {c: None for c in COCO80} | {
     "potted plant": "pottedplant", "dining table": "diningtable", "tv": "tvmonitor",
 }  # fmt: skip
 
+VOC_TO_COCO: dict[str, str] = {}
+for _coco, _voc in COCO_TO_VOC.items():
+    if _voc:
+        VOC_TO_COCO.setdefault(_voc, _coco)
+"""VOC class -> the first COCO class it paints (COCO order): the one name a DeepLab-only region gets."""
+
 # Extra names per class. The class name itself is always included. Sounds are named the way AudioSet
 # names them ("speech", "bark", "engine"), so an AudioSet label lands on the object that makes it.
 DESCRIPTIONS: dict[str, list[str]] = {

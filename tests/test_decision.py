@@ -1,0 +1,142 @@
+"""The decision model (agent/decision.py) on hand-made evidence, and the matcher's generic-label cover."""
+
+import numpy as np
+import pytest
+
+from agent import decision as D
+from agent.settings import AgentSettings, DecisionSettings, load_settings
+from agent.toolset import get_toolset
+from tools.types import AudioTags, Segments
+
+P = DecisionSettings(
+    clip_weight=0.5,
+    generic_share=0.5,
+    w_detector=1.0,
+    w_salience=2.0,
+    w_support=1.0,
+    none_bias=0.1,
+    none_offscreen=0.5,
+    second_source_ratio=0.8,
+    instance_share=0.5,
+    detection_floor=0.15,
+)
+CFG = AgentSettings(decision=P)
+VOCAB = ["dog", "cat", "sheep", "car", "person"]
+
+
+@pytest.fixture(scope="module")
+def matcher(models_dir):
+    return get_toolset(load_settings(overrides=[f"models_dir={models_dir}"])).matcher
+
+
+def _tags(**scores):
+    items = sorted(scores.items(), key=lambda kv: -kv[1])
+    return AudioTags(start_s=0, end_s=1, labels=[k.replace("_", " ") for k, _ in items], scores=[v for _, v in items])
+
+
+def _seg(label, box, conf=0.9, h=20, w=20):
+    m = np.zeros((1, h, w), bool)
+    x0, y0, x1, y1 = box
+    m[0, y0:y1, x0:x1] = True
+    return Segments(xyxy=[box], mask=m, confidence=[conf], labels=[label])
+
+
+def test_generic_labels_cover_the_objects_under_them(matcher):
+    farm = matcher.covers(["Livestock, farm animals, working animals"], VOCAB)[0]
+    assert {p for p, _ in farm} >= {"sheep"} and "car" not in {p for p, _ in farm}
+    assert matcher.covers(["Bark"], VOCAB) == [[]]  # a specific label covers nothing: it names
+
+
+def test_a_generic_tag_is_explained_away_by_the_specific_one_under_it(matcher):
+    """'Domestic animals, pets' over 'Dog' lends the cat nothing; alone, it lends to the cat."""
+    with_dog = D.tag_terms(_tags(**{"Domestic animals, pets": 0.99, "Dog": 0.98}), VOCAB, matcher, CFG)
+    assert with_dog["dog"].tag == pytest.approx(0.98) and with_dog["dog"].tag_from == "Dog"
+    assert with_dog["cat"].parent == pytest.approx(0.01, abs=1e-6)
+    alone = D.tag_terms(_tags(**{"Domestic animals, pets": 0.9}), VOCAB, matcher, CFG)
+    assert alone["cat"].parent == pytest.approx(0.9) and alone["cat"].tag == 0.0
+    # a farm-animal call tagged generically, with a wrong specific tag elsewhere: the sheep gets the lend
+    farm = D.tag_terms(
+        _tags(**{"Livestock, farm animals, working animals": 0.8, "Vehicle horn, car horn, honking": 0.5}),
+        VOCAB,
+        matcher,
+        CFG,
+    )
+    assert farm["sheep"].parent == pytest.approx(0.8) and farm["car"].tag > 0
+
+
+def test_offscreen_evidence_names_the_tag_whose_source_is_not_in_view(matcher):
+    tags = _tags(Dog=0.95, Speech=0.2)
+    assert D.offscreen_evidence(tags, {"cat"}, VOCAB, matcher, CFG) == (0.95, "Dog")
+    assert D.offscreen_evidence(tags, {"dog", "person"}, VOCAB, matcher, CFG) == (0.0, "")
+
+
+def _row(found, frame, clip=None, off=(0.0, "", 0.0, ""), p=P):
+    return D.build_table([frame], clip or {}, [found], [off], [False], p)[0]
+
+
+def test_none_is_a_scored_option():
+    cat = _seg("cat", (2, 2, 12, 12))
+    weak = {"cat": D.AudioTerms(parent=0.05, parent_from="Animal")}
+    row = _row({"cat": cat}, weak, off=(0.95, "Dog", 0.95, "Dog"))
+    assert row.none_score == pytest.approx(0.1 + 0.5 * 0.95)
+    assert row.candidates[0].score < row.none_score and D.choose(row, P) == []
+    strong = {"cat": D.AudioTerms(tag=0.9, tag_from="Meow")}
+    assert [c.phrase for c in D.choose(_row({"cat": cat}, strong), P)] == ["cat"]
+
+
+def test_a_candidate_needs_audio_evidence_however_salient():
+    row = _row({"cat": _seg("cat", (0, 0, 20, 18), conf=1.0)}, {"cat": D.AudioTerms()})
+    assert row.candidates == []
+
+
+def test_salience_and_support_break_close_audio_evidence():
+    big, small = _seg("car", (0, 0, 16, 16)), _seg("person", (0, 0, 2, 2))
+    terms = {"car": D.AudioTerms(tag=0.3, tag_from="Engine"), "person": D.AudioTerms(tag=0.35, tag_from="Speech")}
+    row = _row({"car": big, "person": small}, terms, p=P.model_copy(update={"second_source_ratio": 2.0}))
+    assert [c.phrase for c in D.choose(row, P.model_copy(update={"second_source_ratio": 2.0}))] == ["car"]
+    assert row.candidates[0].salience == pytest.approx(0.64)
+
+
+def test_a_close_second_source_unless_it_is_the_same_sound_read_twice():
+    a, b = _seg("person", (0, 0, 10, 10)), _seg("car", (10, 10, 20, 20))
+    two = {"person": D.AudioTerms(tag=0.8, tag_from="Speech"), "car": D.AudioTerms(tag=0.75, tag_from="Engine")}
+    assert [c.phrase for c in D.choose(_row({"person": a, "car": b}, two), P)] == ["person", "car"]
+    same = {"person": D.AudioTerms(tag=0.8, tag_from="Engine"), "car": D.AudioTerms(tag=0.75, tag_from="Engine")}
+    assert len(D.choose(_row({"person": a, "car": b}, same), P)) == 1
+
+
+def test_the_clip_lends_its_evidence_to_a_quiet_second():
+    dog = _seg("dog", (2, 2, 12, 12))
+    row = _row({"dog": dog}, {"dog": D.AudioTerms()}, clip={"dog": D.AudioTerms(tag=0.9, tag_from="Bark")})
+    assert row.candidates[0].audio == pytest.approx(0.45)
+    assert "clip tag:Bark 0.90" in row.candidates[0].sources
+
+
+def test_detections_below_the_floor_are_not_evidence_and_instances_follow_salience():
+    faint = _seg("dog", (0, 0, 10, 10), conf=0.1)
+    assert _row({"dog": faint}, {"dog": D.AudioTerms(tag=0.9)}).candidates == []
+    m = np.zeros((3, 20, 20), bool)
+    m[0, :10, :10] = True  # big
+    m[1, 15:17, 15:17] = True  # small copy in the background
+    m[2, 10:19, 0:9] = True  # nearly as big
+    seg = Segments(xyxy=[[0, 0, 10, 10], [15, 15, 17, 17], [0, 10, 9, 19]], mask=m, confidence=[0.9] * 3, labels=["dog"] * 3)
+    kept = D.instances(seg, 0.5)
+    assert len(kept) == 2 and kept.area.min() > 0.1
+
+
+def test_crop_check_can_push_a_candidate_below_none():
+    dog = _seg("dog", (2, 2, 12, 12))
+    row = _row({"dog": dog}, {"dog": D.AudioTerms(tag=0.3, tag_from="Bark")})
+    cand = row.candidates[0]
+    low = D.rescore_with_crop(cand, 0.0, P.model_copy(update={"w_crop": 8.0}))
+    assert low.score < row.none_score < cand.score and "crop-check 0.00" in low.sources
+
+
+def test_decide_frame_retries_the_next_candidate_after_a_failed_check():
+    tiny, person = _seg("dog", (0, 0, 1, 1)), _seg("person", (0, 0, 10, 10))
+    terms = {"dog": D.AudioTerms(tag=0.9, tag_from="Bark"), "person": D.AudioTerms(tag=0.3, tag_from="Speech")}
+    found = {"dog": tiny, "person": person}
+    row = _row(found, terms, p=P.model_copy(update={"second_source_ratio": 2.0}))
+    cfg = CFG.model_copy(update={"min_mask_area": 0.01})  # 1 px of 400 is too small
+    mask, kept = D.decide_frame(row, found, P.model_copy(update={"second_source_ratio": 2.0}), cfg, (20, 20))
+    assert kept == ["person"] and (mask == person.mask[0]).all()
