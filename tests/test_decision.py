@@ -140,3 +140,15 @@ def test_decide_frame_retries_the_next_candidate_after_a_failed_check():
     cfg = CFG.model_copy(update={"min_mask_area": 0.01})  # 1 px of 400 is too small
     mask, kept = D.decide_frame(row, found, P.model_copy(update={"second_source_ratio": 2.0}), cfg, (20, 20))
     assert kept == ["person"] and (mask == person.mask[0]).all()
+
+
+def test_crossval_groups_keep_visuals_and_recordings_on_one_side(dev_set):
+    from evals.crossval import groups
+
+    g = groups(dev_set / "cases.csv")
+    assert len(g) == 40
+    # one DAVIS sequence is one group; two sequences sharing a recording (Freesound 15544) are one group
+    assert len({g[n] for n in g if n.startswith("davis_libby")}) == 1
+    assert g["davis_car_shadow_engine_02"] == g["davis_scooter_black_engine_01"]
+    # photos of different pets with different recordings are different groups
+    assert g["pets_great_pyrenees_174_bark_01"] != g["pets_great_pyrenees_175_bark_01"]
