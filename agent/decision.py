@@ -150,7 +150,11 @@ def fuse_audio(
             terms.append((w * t.tag, f"{where}tag:{t.tag_from} {t.tag:.2f}", t.tag_from))
         if t.parent > 0:
             terms.append(
-                (w * p.generic_share * t.parent, f"{where}parent:{t.parent_from} {t.parent:.2f}", t.parent_from)
+                (
+                    w * p.generic_share * t.parent,
+                    f"{where}parent:{t.parent_from} {t.parent:.2f}",
+                    t.parent_from,
+                )
             )
         if t.clap > 0:
             terms.append((w * t.clap, f"{where}clap {t.clap:.2f}", ""))

@@ -191,7 +191,11 @@ class LLMReasoner(RulesReasoner):
             Proposal, load_prompt("propose").render(last_frame=len(table) - 1, **data), "propose"
         )
         if parsed is None:
-            step = TraceStep(node="verify", message=f"LLM propose failed ({error}); the rules decided", data={"llm": self.name})
+            step = TraceStep(
+                node="verify",
+                message=f"LLM propose failed ({error}); the rules decided",
+                data={"llm": self.name},
+            )
             return Decision(rules.phrases, [step], stats)
         per_frame = [list(x) for x in rules.phrases]
         answered: set[int] = set()
@@ -209,11 +213,17 @@ class LLMReasoner(RulesReasoner):
             answered.add(fp.frame)
         msg = f"LLM ({self.name}) decided frames {sorted(answered)}: {parsed.reasoning}"
         if len(answered) < len(table):
-            msg += f"; the rules decided the others" + (f" (not candidates: {', '.join(sorted(set(unknown)))})" if unknown else "")
+            msg += "; the rules decided the others" + (
+                f" (not candidates: {', '.join(sorted(set(unknown)))})" if unknown else ""
+            )
         step = TraceStep(
             node="verify",
             message=msg,
-            data={"llm": self.name, "tokens": sum(x["tokens"] for x in stats), "seconds": round(time.perf_counter() - t0, 3)},
+            data={
+                "llm": self.name,
+                "tokens": sum(x["tokens"] for x in stats),
+                "seconds": round(time.perf_counter() - t0, 3),
+            },
         )
         reasoning = " ".join(str(parsed.reasoning).split())[:MAX_REASONING_CHARS]
         return Decision(per_frame, [step], stats, reasoning)
@@ -228,22 +238,35 @@ class LLMReasoner(RulesReasoner):
             f"frame {i}: {', '.join(choices[i].phrases)} -> {choices[i].reason}; tried: {', '.join([*choices[i].tried, *choices[i].phrases])}"
             for i in failing
         )
-        evidence = "\n".join(line for line in data["evidence"].splitlines() if int(line.split(":")[0].split()[1]) in failing)
+        evidence = "\n".join(
+            line for line in data["evidence"].splitlines() if int(line.split(":")[0].split()[1]) in failing
+        )
         parsed, stats, error = self._invoke(
             RetryDecision,
             load_prompt("retry").render(
-                question_block=data["question_block"], clip_tags=data["clip_tags"], failures=failures, evidence=evidence
+                question_block=data["question_block"],
+                clip_tags=data["clip_tags"],
+                failures=failures,
+                evidence=evidence,
             ),
             "retry",
         )
         if parsed is None:
-            step = TraceStep(node="retry", message=f"LLM retry failed ({error}); the rules decided", data={"llm": self.name})
+            step = TraceStep(
+                node="retry",
+                message=f"LLM retry failed ({error}); the rules decided",
+                data={"llm": self.name},
+            )
             return Decision(rules.phrases, [step], stats)
         out = [list(x) for x in rules.phrases]
         for fr in parsed.frames:
             if fr.frame in failing:
                 out[fr.frame] = [_clean(fr.phrase)] if fr.phrase and _clean(fr.phrase) else []
-        step = TraceStep(node="retry", message=f"LLM ({self.name}) retry phrases: { {i: out[i] for i in failing} }", data={"llm": self.name})
+        step = TraceStep(
+            node="retry",
+            message=f"LLM ({self.name}) retry phrases: { {i: out[i] for i in failing} }",
+            data={"llm": self.name},
+        )
         return Decision(out, [step], stats)
 
 

@@ -125,7 +125,11 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     clip_terms = D.tag_terms(state["clip_tags"], phrases, ctx.toolset.matcher, cfg)
     if ctx.toolset.independent_scorer:
         # visible -> audio and audio-caption nouns: CLAP scores every phrase some side proposes
-        scored = list(dict.fromkeys([*D.audio_phrases([*frame_terms, clip_terms]), *heard, *(n for f in seen for n in f), *forced]))
+        scored = list(
+            dict.fromkeys(
+                [*D.audio_phrases([*frame_terms, clip_terms]), *heard, *(n for f in seen for n in f), *forced]
+            )
+        )
         if scored:
             clap = ctx.toolset.scorer.score([*clip.segments, clip.audio], scored)
             for row, terms in zip(clap, [*frame_terms, clip_terms], strict=True):
@@ -166,8 +170,12 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     for i, frame in enumerate(clip.frames):
         t0 = time.perf_counter()
         shown = ctx.toolset.grounder.detect_all(frame).labels if ctx.toolset.closed_vocabulary else []
-        phrases = list(dict.fromkeys([*audio_side, *(captions[i] if i < len(captions) else []), *shown, *forced]))
-        seg = ctx.toolset.grounder.ground(frame, phrases, box_threshold=p.detection_floor) if phrases else None
+        phrases = list(
+            dict.fromkeys([*audio_side, *(captions[i] if i < len(captions) else []), *shown, *forced])
+        )
+        seg = (
+            ctx.toolset.grounder.ground(frame, phrases, box_threshold=p.detection_floor) if phrases else None
+        )
         groundings.append(D.split_by_phrase(seg, phrases))
         steps.append(_step("verify", f"found: {', '.join(groundings[-1]) or 'nothing'}", t0, frame=i))
     silent = [clip.audio.rms < ctx.settings.agent.silence_rms] * len(clip.frames)
@@ -185,7 +193,9 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         steps.append(TraceStep(node="verify", frame=i, message=f"evidence: {D.describe(row)}"))
     if forced:
         picks = [[ph for ph in forced if ph in groundings[i]] for i in range(len(table))]
-        steps.append(TraceStep(node="verify", message=f"segmenting what the person asked for: {', '.join(forced)}"))
+        steps.append(
+            TraceStep(node="verify", message=f"segmenting what the person asked for: {', '.join(forced)}")
+        )
         decided = Decision(picks)
     else:
         decided = ctx.reasoner.decide(table, _prompt_data(state, ctx, table))
@@ -247,7 +257,12 @@ def segment(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             groundings[i].update(D.split_by_phrase(seg, missing))
         masks[i] = D.mask_of(groundings[i], choice.phrases, p, (frame.height, frame.width))
         steps.append(
-            _step("segment", f"segmented {', '.join(choice.phrases)} (attempt {choice.attempt + 1})", t0, frame=i)
+            _step(
+                "segment",
+                f"segmented {', '.join(choice.phrases)} (attempt {choice.attempt + 1})",
+                t0,
+                frame=i,
+            )
         )
     return {"masks": masks, "groundings": groundings, "trace": steps}
 
@@ -277,16 +292,24 @@ def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 table[i] = D.with_candidate(table[i], D.rescore_with_crop(cand, crop, p))
                 cand = next(c for c in table[i].candidates if c.phrase == ph)
                 ok = cand.score > table[i].none_score
-                why += f"; crop check {crop:.2f} -> score {cand.score:.3f}" + ("" if ok else f" below none {table[i].none_score:.3f}")
+                why += f"; crop check {crop:.2f} -> score {cand.score:.3f}" + (
+                    "" if ok else f" below none {table[i].none_score:.3f}"
+                )
             reasons.append(f"{ph}: {why}")
             if ok:
                 passed.append(ph)
         if passed and len(passed) < len(choice.phrases):
             masks[i] = D.mask_of(state["groundings"][i], passed, p, shape)
         choices[i] = choice.model_copy(
-            update={"status": "ok" if passed else "retry", "phrases": passed or choice.phrases, "reason": "; ".join(reasons)}
+            update={
+                "status": "ok" if passed else "retry",
+                "phrases": passed or choice.phrases,
+                "reason": "; ".join(reasons),
+            }
         )
-        steps.append(TraceStep(node="check", frame=i, message=("ok: " if passed else "failed: ") + "; ".join(reasons)))
+        steps.append(
+            TraceStep(node="check", frame=i, message=("ok: " if passed else "failed: ") + "; ".join(reasons))
+        )
     return {"choices": choices, "masks": masks, "table": table, "trace": steps}
 
 
@@ -308,10 +331,26 @@ def retry(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         tried = [*choice.tried, *choice.phrases]
         nxt = [ph for ph in decided.phrases[i] if ph not in tried] if decided.phrases[i] else []
         if nxt and choice.attempt + 1 < ctx.settings.agent.max_attempts:
-            new = Choice(phrases=nxt, attempt=choice.attempt + 1, tried=tried, status="pending", reason=f"retry with {', '.join(nxt)}")
+            new = Choice(
+                phrases=nxt,
+                attempt=choice.attempt + 1,
+                tried=tried,
+                status="pending",
+                reason=f"retry with {', '.join(nxt)}",
+            )
         else:
-            why = "no attempts left" if nxt or choice.attempt + 1 >= ctx.settings.agent.max_attempts else "no candidate left to try"
-            new = Choice(phrases=[], attempt=choice.attempt, tried=tried, status="failed", reason=f"{choice.reason}; {why}")
+            why = (
+                "no attempts left"
+                if nxt or choice.attempt + 1 >= ctx.settings.agent.max_attempts
+                else "no candidate left to try"
+            )
+            new = Choice(
+                phrases=[],
+                attempt=choice.attempt,
+                tried=tried,
+                status="failed",
+                reason=f"{choice.reason}; {why}",
+            )
             masks[i] = np.zeros_like(masks[i])
         choices[i] = new
         steps.append(TraceStep(node="retry", frame=i, message=new.reason))
@@ -390,16 +429,34 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     evidence = []
     for i, row in enumerate(state["table"]):
         audio = {
-            ph: D.fuse_audio(state["frame_terms"][i].get(ph, D.AudioTerms()), state["clip_terms"].get(ph, D.AudioTerms()), dp)[0]
+            ph: D.fuse_audio(
+                state["frame_terms"][i].get(ph, D.AudioTerms()),
+                state["clip_terms"].get(ph, D.AudioTerms()),
+                dp,
+            )[0]
             for ph in heard
         }
         audio.update({c.phrase: c.audio for c in row.candidates})
         evidence.append(
             {
-                "candidates": [[ph, round(v, 4)] for ph, v in sorted(audio.items(), key=lambda kv: -kv[1]) if v > 0],
+                "candidates": [
+                    [ph, round(v, 4)] for ph, v in sorted(audio.items(), key=lambda kv: -kv[1]) if v > 0
+                ],
                 "visible": [c.phrase for c in row.candidates],
                 "table": [
-                    {k: getattr(c, k) for k in ("phrase", "score", "audio", "detector", "salience", "support", "crop", "sources")}
+                    {
+                        k: getattr(c, k)
+                        for k in (
+                            "phrase",
+                            "score",
+                            "audio",
+                            "detector",
+                            "salience",
+                            "support",
+                            "crop",
+                            "sources",
+                        )
+                    }
                     for c in row.candidates
                 ],
                 "none": {"score": row.none_score, "offscreen": row.offscreen, "from": row.offscreen_from},

@@ -102,7 +102,9 @@ class DecisionSettings(_Section):
     its cross-validated numbers are in benchmarks/results/crossval.json). Ten in all; w_crop needs the
     full profile's crop check and is set, not fitted."""
 
-    clip_weight: float = Field(0.324, description="share of the whole clip's audio evidence each second inherits")
+    clip_weight: float = Field(
+        0.324, description="share of the whole clip's audio evidence each second inherits"
+    )
     generic_share: float = Field(
         0.118, description="share of a generic tag's unexplained score lent to the visible objects it covers"
     )
@@ -110,15 +112,19 @@ class DecisionSettings(_Section):
     w_salience: float = Field(3.493, description="weight of the mask's share of the frame in the prior")
     w_support: float = Field(1.308, description="weight of the mean detection score over the clip's frames")
     w_crop: float = Field(2.0, description="weight of the crop check's probability (full profile)")
-    none_bias: float = Field(0.207, description="score of 'none of the visible objects' with no other evidence")
+    none_bias: float = Field(
+        0.207, description="score of 'none of the visible objects' with no other evidence"
+    )
     none_offscreen: float = Field(
         0.694, description="weight of the strongest tag whose source is named but not visible, for 'none'"
     )
     second_source_ratio: float = Field(
-        1.16, description="a second visible source is kept when its score is at least this share of the first's"
+        1.16,
+        description="a second visible source is kept when its score is at least this share of the first's",
     )
     instance_share: float = Field(
-        0.933, description="of a phrase's instances, those at least this share as salient as the top one are kept"
+        0.933,
+        description="of a phrase's instances, those at least this share as salient as the top one are kept",
     )
     detection_floor: float = Field(0.123, description="detections below this score are not evidence")
 
@@ -199,7 +205,9 @@ class ServeSettings(_Section):
     )
 
 
-_yaml_layer: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("_yaml_layer", default=None)
+_yaml_layer: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "_yaml_layer", default=None
+)
 
 
 class _DictSource(PydanticBaseSettingsSource):

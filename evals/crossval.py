@@ -79,7 +79,9 @@ def groups(cases_csv: Path) -> dict[str, int]:
         visual = re.sub(r" frames .*| \(still.*", "", r["visual_source"]).strip()
         keys = [f"v:{visual}"]
         keys += [f"a:{fid}" for fid in re.findall(r"Freesound id (\d+)", r["license_notes"])]
-        keys += [f"a:{Path(f).name}" for f in re.findall(r"(?:US8K|ESC-10):[^/]*/([^ \[]+)", r["audio_sources"])]
+        keys += [
+            f"a:{Path(f).name}" for f in re.findall(r"(?:US8K|ESC-10):[^/]*/([^ \[]+)", r["audio_sources"])
+        ]
         for k in keys:
             if k in owner:
                 parent[find(i)] = find(owner[k])

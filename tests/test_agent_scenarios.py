@@ -153,7 +153,10 @@ class _Captioner:
     def caption(self, frames):
         from tools.types import Captions
 
-        return [Captions(texts=[f"a photo of a {' and a '.join(self.nouns)}"], noun_phrases=self.nouns) for _ in frames]
+        return [
+            Captions(texts=[f"a photo of a {' and a '.join(self.nouns)}"], noun_phrases=self.nouns)
+            for _ in frames
+        ]
 
 
 class _CropChecker:
@@ -189,7 +192,11 @@ def test_a_caption_noun_the_tagger_missed_becomes_the_answer(matcher):
 def test_a_crop_check_that_rejects_the_mask_sends_the_frame_to_the_retry(matcher):
     dog, person = box_segment("dog", (10, 10, 40, 40)), box_segment("person", (0, 0, 20, 60))
     tools = scripted_toolset(
-        matcher, {"Bark": 0.9, "Speech": 0.3}, {"dog": dog, "person": person}, {"dog": 0.9, "person": 0.3}, VOCAB
+        matcher,
+        {"Bark": 0.9, "Speech": 0.3},
+        {"dog": dog, "person": person},
+        {"dog": 0.9, "person": 0.3},
+        VOCAB,
     )
     tools.crop_checker = _CropChecker(0.0)  # no crop shows what it claims
     ans = _run(tools, load_settings(overrides=["agent.decision.w_crop=20"]))

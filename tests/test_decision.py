@@ -31,7 +31,9 @@ def matcher(models_dir):
 
 def _tags(**scores):
     items = sorted(scores.items(), key=lambda kv: -kv[1])
-    return AudioTags(start_s=0, end_s=1, labels=[k.replace("_", " ") for k, _ in items], scores=[v for _, v in items])
+    return AudioTags(
+        start_s=0, end_s=1, labels=[k.replace("_", " ") for k, _ in items], scores=[v for _, v in items]
+    )
 
 
 def _seg(label, box, conf=0.9, h=20, w=20):
@@ -91,7 +93,10 @@ def test_a_candidate_needs_audio_evidence_however_salient():
 
 def test_salience_and_support_break_close_audio_evidence():
     big, small = _seg("car", (0, 0, 16, 16)), _seg("person", (0, 0, 2, 2))
-    terms = {"car": D.AudioTerms(tag=0.3, tag_from="Engine"), "person": D.AudioTerms(tag=0.35, tag_from="Speech")}
+    terms = {
+        "car": D.AudioTerms(tag=0.3, tag_from="Engine"),
+        "person": D.AudioTerms(tag=0.35, tag_from="Speech"),
+    }
     row = _row({"car": big, "person": small}, terms, p=P.model_copy(update={"second_source_ratio": 2.0}))
     assert [c.phrase for c in D.choose(row, P.model_copy(update={"second_source_ratio": 2.0}))] == ["car"]
     assert row.candidates[0].salience == pytest.approx(0.64)
@@ -99,9 +104,15 @@ def test_salience_and_support_break_close_audio_evidence():
 
 def test_a_close_second_source_unless_it_is_the_same_sound_read_twice():
     a, b = _seg("person", (0, 0, 10, 10)), _seg("car", (10, 10, 20, 20))
-    two = {"person": D.AudioTerms(tag=0.8, tag_from="Speech"), "car": D.AudioTerms(tag=0.75, tag_from="Engine")}
+    two = {
+        "person": D.AudioTerms(tag=0.8, tag_from="Speech"),
+        "car": D.AudioTerms(tag=0.75, tag_from="Engine"),
+    }
     assert [c.phrase for c in D.choose(_row({"person": a, "car": b}, two), P)] == ["person", "car"]
-    same = {"person": D.AudioTerms(tag=0.8, tag_from="Engine"), "car": D.AudioTerms(tag=0.75, tag_from="Engine")}
+    same = {
+        "person": D.AudioTerms(tag=0.8, tag_from="Engine"),
+        "car": D.AudioTerms(tag=0.75, tag_from="Engine"),
+    }
     assert len(D.choose(_row({"person": a, "car": b}, same), P)) == 1
 
 
@@ -119,7 +130,12 @@ def test_detections_below_the_floor_are_not_evidence_and_instances_follow_salien
     m[0, :10, :10] = True  # big
     m[1, 15:17, 15:17] = True  # small copy in the background
     m[2, 10:19, 0:9] = True  # nearly as big
-    seg = Segments(xyxy=[[0, 0, 10, 10], [15, 15, 17, 17], [0, 10, 9, 19]], mask=m, confidence=[0.9] * 3, labels=["dog"] * 3)
+    seg = Segments(
+        xyxy=[[0, 0, 10, 10], [15, 15, 17, 17], [0, 10, 9, 19]],
+        mask=m,
+        confidence=[0.9] * 3,
+        labels=["dog"] * 3,
+    )
     kept = D.instances(seg, 0.5)
     assert len(kept) == 2 and kept.area.min() > 0.1
 
@@ -134,7 +150,10 @@ def test_crop_check_can_push_a_candidate_below_none():
 
 def test_decide_frame_retries_the_next_candidate_after_a_failed_check():
     tiny, person = _seg("dog", (0, 0, 1, 1)), _seg("person", (0, 0, 10, 10))
-    terms = {"dog": D.AudioTerms(tag=0.9, tag_from="Bark"), "person": D.AudioTerms(tag=0.3, tag_from="Speech")}
+    terms = {
+        "dog": D.AudioTerms(tag=0.9, tag_from="Bark"),
+        "person": D.AudioTerms(tag=0.3, tag_from="Speech"),
+    }
     found = {"dog": tiny, "person": person}
     row = _row(found, terms, p=P.model_copy(update={"second_source_ratio": 2.0}))
     cfg = CFG.model_copy(update={"min_mask_area": 0.01})  # 1 px of 400 is too small

@@ -30,6 +30,8 @@ MIN_REGION = 0.005
 """A DeepLab region smaller than this share of the frame is not evidence on its own."""
 MIN_PURITY = 0.5
 """Inside a box or region, the class must hold at least this share of the non-background pixels."""
+
+
 @dataclass
 class _FrameAnalysis:
     boxes: np.ndarray  # (n, 4) xyxy in frame pixels
@@ -63,7 +65,10 @@ class LiteGrounder:
 
     # --- per-frame model outputs (cached) -------------------------------------------------------
     def analyse(self, frame: Frame) -> _FrameAnalysis:
-        key = hashlib.blake2b(frame.image.tobytes(), digest_size=16).hexdigest() + f"{frame.image.shape}{frame.aspect}"
+        key = (
+            hashlib.blake2b(frame.image.tobytes(), digest_size=16).hexdigest()
+            + f"{frame.image.shape}{frame.aspect}"
+        )
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)

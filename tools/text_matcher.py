@@ -70,7 +70,11 @@ def resolve_model_dir(source: str, revision: str | None, models_dir: Path, what:
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(source, revision=revision, local_files_only=bool(os.environ.get("HF_HUB_OFFLINE"))))
+            return Path(
+                snapshot_download(
+                    source, revision=revision, local_files_only=bool(os.environ.get("HF_HUB_OFFLINE"))
+                )
+            )
         except ImportError:
             pass
         except Exception as exc:  # network or not-found errors of the hub client
@@ -104,7 +108,9 @@ class MiniLMEmbedder:
 
     name = "minilm-numpy"
 
-    def __init__(self, source: str, revision: str | None = None, models_dir: Path = Path("."), max_length: int = 64):
+    def __init__(
+        self, source: str, revision: str | None = None, models_dir: Path = Path("."), max_length: int = 64
+    ):
         self.source = source
         self.revision = revision
         self.models_dir = Path(models_dir)
@@ -142,7 +148,10 @@ class MiniLMEmbedder:
         eps = cfg.get("layer_norm_eps", 1e-12)
         heads = cfg["num_attention_heads"]
         n, length = ids.shape
-        x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][np.arange(length)][None]
+        x = (
+            w["embeddings.word_embeddings.weight"][ids]
+            + w["embeddings.position_embeddings.weight"][np.arange(length)][None]
+        )
         x = x + w["embeddings.token_type_embeddings.weight"][types]
         x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
         bias = (1.0 - attn)[:, None, None, :] * -1e9
@@ -161,10 +170,20 @@ class MiniLMEmbedder:
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             probs = scores / scores.sum(-1, keepdims=True)
             ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(n, length, heads * d)
-            x = _layer_norm(lin(ctx, "attention.output.dense") + x, w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], eps)
+            x = _layer_norm(
+                lin(ctx, "attention.output.dense") + x,
+                w[p + "attention.output.LayerNorm.weight"],
+                w[p + "attention.output.LayerNorm.bias"],
+                eps,
+            )
             hidden = lin(x, "intermediate.dense")
             hidden = 0.5 * hidden * (1.0 + _erf(hidden / math.sqrt(2.0)))
-            x = _layer_norm(lin(hidden, "output.dense") + x, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps)
+            x = _layer_norm(
+                lin(hidden, "output.dense") + x,
+                w[p + "output.LayerNorm.weight"],
+                w[p + "output.LayerNorm.bias"],
+                eps,
+            )
         pooled = (x * attn[..., None]).sum(1) / np.maximum(attn.sum(1, keepdims=True), 1e-9)
         return (pooled / np.linalg.norm(pooled, axis=1, keepdims=True)).astype(np.float32)
 
@@ -346,7 +365,9 @@ class EmbeddingTextMatcher:
         return frozenset().union(*(BRANCH_KINDS[b] for b in branches))
 
 
-def _ranked(row: np.ndarray, vocabulary: list[str], threshold: float, margin: float = MARGIN) -> list[tuple[str, float]]:
+def _ranked(
+    row: np.ndarray, vocabulary: list[str], threshold: float, margin: float = MARGIN
+) -> list[tuple[str, float]]:
     order = np.argsort(-row)
     floor = max(threshold, float(row.max(initial=0.0)) - margin)
     return [(vocabulary[j], round(float(row[j]), 4)) for j in order if row[j] >= floor]
