@@ -182,9 +182,11 @@ def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
         # asking for another object re-segments: new overlays replace the gallery
         page.fill("#question textarea", "segment the person instead")
         page.press("#question textarea", "Enter")
-        # (on this clip YOLOX sees a few pixels of a person in frame 4: a mask too small to pass
-        # the check; either way the reply says the person's masks are empty)
-        page.wait_for_selector("#chat:has-text('the masks are empty')", timeout=60_000)
+        # (YOLOX sees a small, faint person in some frames: the reply either places the person in
+        # those frames or says its masks are empty)
+        page.wait_for_selector(
+            "#chat:has-text('person (in'), #chat:has-text('the masks are empty')", timeout=60_000
+        )
         last = page.inner_text("#chat").split("segment the person instead")[-1]
         assert "person" in last and ("mask failed the check" in last or "could not find" in last), last
         page.wait_for_selector("#answer h3:has-text('Not found')", timeout=10_000)
