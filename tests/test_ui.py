@@ -185,7 +185,7 @@ def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
         # (YOLOX sees a small, faint person in some frames: the reply either places the person in
         # those frames or says its masks are empty)
         page.wait_for_selector(
-            "#chat:has-text('person (in'), #chat:has-text('the masks are empty')", timeout=60_000
+            "#chat:has-text('Here is the person, found in frames'), #chat:has-text('the masks are empty')", timeout=60_000
         )
         last = page.inner_text("#chat").split("segment the person instead")[-1]
         assert "person" in last and ("mask failed the check" in last or "could not find" in last), last
