@@ -90,18 +90,31 @@ class FrameEvidence:
 
 
 # ----------------------------------------------------------------------------------- audio evidence
+def _read_tags(
+    tags: AudioTags, phrases: list[str], matcher: TextMatcher, config: AgentSettings
+) -> tuple[
+    list[tuple[str, float]],
+    list[list[tuple[str, float]]],
+    list[tuple[str, float]],
+    list[list[tuple[str, float]]],
+]:
+    """A segment's top tags split by the matcher: (top tags, what each covers (generic labels),
+    the specific tags, what each of those names)."""
+    top = tags.top(config.max_tags, config.min_tag_score)
+    if not top or not phrases:
+        return [], [], [], []
+    covered = matcher.covers([lab for lab, _ in top], phrases)
+    specific = [(lab, s) for (lab, s), cov in zip(top, covered, strict=True) if not cov]
+    named = matcher.sound_sources([lab for lab, _ in specific], phrases) if specific else []
+    return top, covered, specific, named
+
+
 def tag_terms(
     tags: AudioTags, phrases: list[str], matcher: TextMatcher, config: AgentSettings
 ) -> dict[str, AudioTerms]:
     """Per phrase, its tag and generic-parent evidence from one segment's tags (residuals unscaled)."""
-    top = tags.top(config.max_tags, config.min_tag_score)
     out = {p: AudioTerms() for p in phrases}
-    if not top or not phrases:
-        return out
-    labels = [lab for lab, _ in top]
-    covered = matcher.covers(labels, phrases)
-    specific = [(lab, s) for (lab, s), cov in zip(top, covered, strict=True) if not cov]
-    named = matcher.sound_sources([lab for lab, _ in specific], phrases) if specific else []
+    top, covered, specific, named = _read_tags(tags, phrases, matcher, config)
     names: dict[str, set[str]] = {}
     for (lab, s), matches in zip(specific, named, strict=True):
         names[lab] = {p for p, _ in matches}
@@ -126,13 +139,7 @@ def offscreen_evidence(
     tags: AudioTags, visible: set[str], phrases: list[str], matcher: TextMatcher, config: AgentSettings
 ) -> tuple[float, str]:
     """The strongest specific tag whose sources (among ``phrases``) are named and none is visible."""
-    top = tags.top(config.max_tags, config.min_tag_score)
-    if not top:
-        return 0.0, ""
-    labels = [lab for lab, _ in top]
-    covered = matcher.covers(labels, phrases)
-    specific = [(lab, s) for (lab, s), cov in zip(top, covered, strict=True) if not cov]
-    named = matcher.sound_sources([lab for lab, _ in specific], phrases) if specific else []
+    _, _, specific, named = _read_tags(tags, phrases, matcher, config)
     best, best_from = 0.0, ""
     for (lab, s), matches in zip(specific, named, strict=True):
         if matches and not ({p for p, _ in matches} & visible) and s > best:

@@ -183,6 +183,13 @@ class LLMReasoner(RulesReasoner):
                 ]
         return None, stats, error
 
+    def _fallback(self, node: str, what: str, error: str, rules: Decision, stats: list[dict]) -> Decision:
+        """The rules' decision, with the failed call's stats and the reason in the trace."""
+        step = TraceStep(
+            node=node, message=f"LLM {what} failed ({error}); the rules decided", data={"llm": self.name}
+        )
+        return Decision(rules.phrases, [step], stats)
+
     # ------------------------------------------------------------------ decisions
     def decide(self, table: list[D.FrameEvidence], data: dict[str, str]) -> Decision:
         rules = super().decide(table)
@@ -191,12 +198,7 @@ class LLMReasoner(RulesReasoner):
             Proposal, load_prompt("propose").render(last_frame=len(table) - 1, **data), "propose"
         )
         if parsed is None:
-            step = TraceStep(
-                node="verify",
-                message=f"LLM propose failed ({error}); the rules decided",
-                data={"llm": self.name},
-            )
-            return Decision(rules.phrases, [step], stats)
+            return self._fallback("verify", "propose", error, rules, stats)
         per_frame = [list(x) for x in rules.phrases]
         answered: set[int] = set()
         unknown: list[str] = []
@@ -252,12 +254,7 @@ class LLMReasoner(RulesReasoner):
             "retry",
         )
         if parsed is None:
-            step = TraceStep(
-                node="retry",
-                message=f"LLM retry failed ({error}); the rules decided",
-                data={"llm": self.name},
-            )
-            return Decision(rules.phrases, [step], stats)
+            return self._fallback("retry", "retry", error, rules, stats)
         out = [list(x) for x in rules.phrases]
         for fr in parsed.frames:
             if fr.frame in failing:

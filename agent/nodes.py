@@ -401,7 +401,7 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         for ph in heard
         if ph not in seen
         and ph not in found
-        and D.fuse_audio(state["clip_terms"][ph], state["clip_terms"][ph], dp)[0] >= dp.none_bias
+        and D.fuse_audio(state["clip_terms"][ph], D.AudioTerms(), dp)[0] >= dp.none_bias
     )
     silent = clip.audio.rms < ctx.settings.agent.silence_rms
     failed = any(c.status == "failed" for c in state["choices"]) and not found
