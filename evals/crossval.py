@@ -224,6 +224,14 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _fail(message: str) -> None:
+    """A user's error: one line on stderr, exit code 2 (as the CLI does)."""
+    import sys
+
+    print(f"crossval: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=Path("../shared/data/davis_av_dev"))
@@ -233,11 +241,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], help="settings override key=value")
     args = ap.parse_args(argv)
     from agent.toolset import get_toolset
+    from tools.errors import UserError
 
-    settings = load_settings(overrides=args.set)
-    toolset = get_toolset(settings)
-    t0 = time.perf_counter()
-    data = precompute(args.root, settings, toolset)
+    if not (args.root / "cases.csv").is_file():
+        raise SystemExit(
+            f"crossval: {args.root / 'cases.csv'} not found (the dev set's case list names the groups)"
+        )
+    try:
+        settings = load_settings(overrides=args.set)
+        toolset = get_toolset(settings)
+        t0 = time.perf_counter()
+        data = precompute(args.root, settings, toolset)
+    except UserError as exc:
+        _fail(str(exc))
     pre = time.perf_counter() - t0
     result = crossval(data, draws(args.samples, args.seed, settings.agent.decision), toolset, settings)
     result.update(
