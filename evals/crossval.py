@@ -244,9 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     from tools.errors import UserError
 
     if not (args.root / "cases.csv").is_file():
-        raise SystemExit(
-            f"crossval: {args.root / 'cases.csv'} not found (the dev set's case list names the groups)"
-        )
+        _fail(f"{args.root / 'cases.csv'} not found (the dev set's case list names the groups)")
     try:
         settings = load_settings(overrides=args.set)
         toolset = get_toolset(settings)
