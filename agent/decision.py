@@ -364,13 +364,22 @@ def offscreen_rows(
     return out
 
 
-def mask_of(found: dict[str, Segments], phrases: list[str], p: DecisionSettings, shape) -> np.ndarray:
-    """Union of the kept instances of ``phrases`` in one frame, (H, W) bool."""
-    mask = np.zeros(shape, bool)
+def kept(found: dict[str, Segments], phrases: list[str], p: DecisionSettings) -> dict[str, Segments]:
+    """Per phrase found in one frame, the instances that are its answer: detections above the floor,
+    at least ``instance_share`` as salient as the top one. The one place instances are selected."""
+    out = {}
     for ph in phrases:
         seg = detection(found.get(ph), p.detection_floor)
         if seg is not None:
-            mask |= instances(seg, p.instance_share).union()
+            out[ph] = instances(seg, p.instance_share)
+    return out
+
+
+def mask_of(found: dict[str, Segments], phrases: list[str], p: DecisionSettings, shape) -> np.ndarray:
+    """Union of the kept instances of ``phrases`` in one frame, (H, W) bool."""
+    mask = np.zeros(shape, bool)
+    for seg in kept(found, phrases, p).values():
+        mask |= seg.union()
     return mask
 
 

@@ -15,9 +15,9 @@ from agent import decision as D
 from agent.rules import Decision, Reasoner
 from agent.settings import Settings
 from agent.state import AgentState, Choice
-from agent.toolset import Toolset
-from tools.media import load_clip
+from tools.media import open_clip
 from tools.types import Answer, FrameResult, TraceStep
+from tools.wiring import Toolset
 
 
 @dataclass
@@ -42,15 +42,8 @@ def load(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     if "clip" in state and state["clip"] is not None:
         clip = state["clip"]
     else:
-        m = runtime.context.settings.media
         runtime.context.progress("loading media")
-        clip = load_clip(
-            state["media"],
-            state.get("audio_path"),
-            max_seconds=m.max_seconds,
-            max_side=m.max_side,
-            aspect=m.aspect,
-        )
+        clip = open_clip(state["media"], state.get("audio_path"), runtime.context.settings.media)
     msg = f"{len(clip.frames)} frame(s) at 1 fps, {clip.duration_s:.2f} s of audio"
     if clip.meta.get("truncated"):
         msg += f" (only the first {runtime.context.settings.media.max_seconds:g} s analysed)"
@@ -373,14 +366,11 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         choice = state["choices"][i]
         labels, boxes, scores = [], [], []
         if choice.status == "ok":
-            for ph in choice.phrases:
-                seg = D.detection(state["groundings"][i].get(ph), dp.detection_floor)
-                if seg is not None:
-                    seg = D.instances(seg, dp.instance_share)
-                    labels.append(ph)
-                    boxes += [[round(float(v), 1) for v in b] for b in seg.xyxy]
-                    scores += [round(float(s), 4) for s in seg.confidence]
-                    frames_with.setdefault(ph, []).append(i)
+            for ph, seg in D.kept(state["groundings"][i], choice.phrases, dp).items():
+                labels.append(ph)
+                boxes += [[round(float(v), 1) for v in b] for b in seg.xyxy]
+                scores += [round(float(s), 4) for s in seg.confidence]
+                frames_with.setdefault(ph, []).append(i)
         else:
             masks[i] = np.zeros((frame.height, frame.width), bool)
         frames.append(

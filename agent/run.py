@@ -9,10 +9,9 @@ from agent.graph import graph
 from agent.llm import make_reasoner
 from agent.nodes import RunContext
 from agent.settings import Settings
-from agent.toolset import Toolset, get_toolset
+from agent.state import DEFAULT_QUESTION
 from tools.types import Answer, Clip
-
-DEFAULT_QUESTION = "What is making the sound?"
+from tools.wiring import Toolset, get_toolset
 
 
 def make_context(
@@ -20,7 +19,7 @@ def make_context(
 ) -> RunContext:
     return RunContext(
         settings=settings,
-        toolset=toolset or get_toolset(settings),
+        toolset=toolset or get_toolset(settings.tool_config()),
         reasoner=make_reasoner(settings.agent, settings.llm),
         progress=progress or (lambda msg: None),
     )

@@ -1,4 +1,6 @@
-"""One settings model for everything: tools, agent, LLM, media, server, chat.
+"""The settings of everything, composed: the agent's own sections (agent, llm, chat) are defined here,
+the tools' (tools, models_dir, media) in tools/settings.py and the tool server's (serve) in
+tools/server/settings.py.
 
 Precedence, lowest to highest (a test pins it):
     defaults in this file
@@ -22,81 +24,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tools.errors import ConfigError
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS_DIR = PROJECT_ROOT.parent / "shared" / "models"
-
-Profile = Literal["lite", "full"]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSpec(_Section):
-    """Where a model's weights live."""
-
-    source: str = Field(
-        description="hub id ('org/name') or a local file/folder; relative paths resolve against models_dir"
-    )
-    revision: str | None = Field(
-        None, description="hub revision (commit, tag or branch); pin it for reproducible runs"
-    )
+from tools.server.settings import ServeSettings
+from tools.settings import (
+    DEFAULT_MODELS_DIR,
+    MediaSettings,
+    Profile,
+    Section,
+    ToolConfig,
+    ToolsSettings,
+    resolve,
+)
 
 
-class AudioTaggerSettings(_Section):
-    impl: Literal["yamnet", "ast"] = "yamnet"
-    model: ModelSpec = ModelSpec(source="yamnet/yamnet.tflite")
-    class_map: str | None = Field("yamnet/yamnet_class_map.csv", description="YAMNet's class-name CSV (lite)")
-
-
-class GrounderSettings(_Section):
-    """Text-prompted detection + masks (Grounded-SAM in the full profile; YOLOX + DeepLab in lite)."""
-
-    impl: Literal["lite", "transformers", "original"] = "lite"
-    detector: ModelSpec = ModelSpec(source="yolox_nano/yolox_nano.onnx")
-    segmenter: ModelSpec = ModelSpec(source="deeplabv3_mnv2_voc/deeplabv3_mnv2_pascal_quant.tflite")
-    box_threshold: float = Field(0.3, description="minimum detection score for a box to count")
-    text_threshold: float = Field(0.25, description="GroundingDINO text-token threshold (full)")
-    top_k: int = Field(5, description="at most this many boxes per phrase")
-    nms_iou: float = Field(0.45, description="IoU above which overlapping boxes of one class are suppressed")
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="backend extras (full: device, cache_frames)"
-    )
-
-
-class TextEmbedderSettings(_Section):
-    model: ModelSpec = ModelSpec(source="sentence-transformers/all-MiniLM-L6-v2")
-    ontology: str = Field("audioset_ontology/ontology.json", description="AudioSet ontology JSON")
-    match_threshold: float = Field(
-        0.6, description="cosine similarity above which a phrase matches a detector class"
-    )
-
-
-class OptionalToolSettings(_Section):
-    impl: str = Field("none", description="'none' turns the tool off")
-    model: ModelSpec | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class ToolsSettings(_Section):
-    backend: str = Field(
-        "local", description="'local' runs models in-process; 'http://host:port' uses a tool server"
-    )
-    audio_tagger: AudioTaggerSettings = AudioTaggerSettings()
-    grounder: GrounderSettings = GrounderSettings()
-    text_embedder: TextEmbedderSettings = TextEmbedderSettings()
-    audio_captioner: OptionalToolSettings = OptionalToolSettings()
-    image_captioner: OptionalToolSettings = OptionalToolSettings()
-    audio_text_scorer: OptionalToolSettings = OptionalToolSettings()
-    clip_check: OptionalToolSettings = OptionalToolSettings()
-
-
-class DecisionSettings(_Section):
+class DecisionSettings(Section):
     """The decision model's parameters (agent/decision.py says how each enters the score). The defaults
     are fitted on the dev set by ``python -m evals.crossval`` (leave-one-sequence-out; the fit and
     its cross-validated numbers are in benchmarks/results/crossval.json). Ten in all; w_crop needs the
@@ -129,7 +73,7 @@ class DecisionSettings(_Section):
     detection_floor: float = Field(0.123, description="detections below this score are not evidence")
 
 
-class AgentSettings(_Section):
+class AgentSettings(Section):
     """How the agent reads its tools and how far it retries; the decision model's parameters are in
     ``decision``."""
 
@@ -150,7 +94,7 @@ class AgentSettings(_Section):
     decision: DecisionSettings = DecisionSettings()
 
 
-class LLMSettings(_Section):
+class LLMSettings(Section):
     backend: Literal["rules", "openai", "ollama"] = "rules"
     model: str = "gpt-4o"
     base_url: str | None = None
@@ -168,40 +112,9 @@ class LLMSettings(_Section):
     )
 
 
-class MediaSettings(_Section):
-    max_seconds: float = Field(120.0, description="only the first N seconds of longer media are analysed")
-    max_side: int = Field(1280, description="frames are downscaled to this longer side")
-    aspect: float | None = Field(
-        None, description="display aspect (w/h) of squashed frames, e.g. 1.7778 for AVSBench"
-    )
-
-
-class ChatSettings(_Section):
+class ChatSettings(Section):
     checkpoint_path: str = Field(
         "~/.cache/avs-agent/chat.sqlite", description="SQLite file of the chat checkpointer"
-    )
-
-
-class ServeSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch_size: int = 8
-    batch_wait_s: float = 0.01
-    max_request_mb: float = 64.0
-    max_media_seconds: float = 600.0
-    request_timeout_s: float = 120.0
-    client_retries: int = Field(
-        3, description="remote backend: retries on connection errors and 503 (models loading)"
-    )
-    client_backoff_s: float = Field(0.5, description="remote backend: first retry delay, doubled per retry")
-    ray_replicas: int = Field(1, description="Ray Serve: replicas per tool deployment")
-    ray_gpus_per_replica: float = Field(
-        0.0, description="Ray Serve: GPUs per replica (fractions share a GPU)"
-    )
-    ray_cpus_per_replica: float = Field(1.0, description="Ray Serve: CPUs reserved per replica")
-    ray_tool_options: dict[str, dict[str, float]] = Field(
-        default_factory=dict,
-        description="Ray Serve: per-tool overrides, e.g. {grounder: {replicas: 2, gpus: 1, cpus: 2}}",
     )
 
 
@@ -242,8 +155,17 @@ class Settings(BaseSettings):
 
     def resolve(self, source: str) -> Path:
         """A model source as a local path: absolute, or relative to ``models_dir`` (may not exist)."""
-        path = Path(os.path.expanduser(source))
-        return path if path.is_absolute() else Path(self.models_dir).expanduser() / path
+        return resolve(self.models_dir, source)
+
+    def tool_config(self) -> ToolConfig:
+        """The tool layer's part of these settings (what ``tools.wiring.build_toolset`` takes)."""
+        return ToolConfig.model_construct(
+            profile=self.profile,
+            models_dir=self.models_dir,
+            tools=self.tools,
+            media=self.media,
+            serve=self.serve,
+        )
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

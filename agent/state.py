@@ -10,6 +10,9 @@ from pydantic import BaseModel, Field
 from agent.decision import AudioTerms, FrameEvidence
 from tools.types import Answer, AudioTags, Captions, Clip, Segments, TraceStep
 
+DEFAULT_QUESTION = "What is making the sound?"
+"""What ask, the chat, the page and the evals ask when the person asks nothing else."""
+
 
 class Choice(BaseModel):
     """What was segmented on one frame and how it went."""

@@ -35,8 +35,8 @@ def main() -> None:
 
     from agent.run import run_clip
     from agent.settings import load_settings
-    from agent.toolset import get_toolset
     from tools.media import load_clip
+    from tools.wiring import get_toolset
 
     dev = SHARED / "data" / "davis_av_dev"
     rows = list(csv.DictReader(open(dev / "s4_meta_data.csv")))[: args.clips]
@@ -51,7 +51,7 @@ def main() -> None:
     settings = load_settings()
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
-    toolset = get_toolset(settings)
+    toolset = get_toolset(settings.tool_config())
     first = load_clip(*paths[0])
     run_clip(first, settings, toolset)  # loads every model (lazy) on the first clip
     load_s = time.perf_counter() - t0

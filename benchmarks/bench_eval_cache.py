@@ -6,7 +6,7 @@ are loaded and warmed on a synthetic clip (random pixels and noise, not a dev cl
 so the first run's time is perception + reasoning, not model loading. Pairs timed, each with a fresh
 cache folder:
 
-* ``segment-all`` (cold cache) then ``vcap-acls`` (same perception calls in lite: detect_all + scorer);
+* ``segment-all`` (cold cache) then ``openavs`` (a different strategy: only the calls they share hit);
 * ``agent`` (cold cache) then ``agent`` again into another run folder (e.g. another LLM backend
   would reuse the same perception).
 
@@ -39,13 +39,13 @@ def main() -> None:
     import numpy as np
 
     from agent.settings import load_settings
-    from agent.toolset import build_toolset
     from evals.datasets import load_dataset
     from evals.runner import run_eval
     from evals.strategies import get_strategy
     from tools.cache import cached_toolset, settings_fingerprint
     from tools.media import _assemble
     from tools.types import SAMPLE_RATE, Frame
+    from tools.wiring import build_toolset
 
     settings = load_settings("lite")
     ds = load_dataset("avsbench-s4", args.root, "test", limit=args.limit)
@@ -61,14 +61,14 @@ def main() -> None:
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for first, second in (("segment-all", "vcap-acls"), ("agent", "agent")):
-            base = build_toolset(settings)
+        for first, second in (("segment-all", "openavs"), ("agent", "agent")):
+            base = build_toolset(settings.tool_config())
             for name in ("segment-all", "agent"):
                 get_strategy(name).solve(warm_clip, base, settings)  # load and warm every model (not timed)
             cache = Path(tmp) / f"cache-{first}"
             times = {}
             for i, strat in enumerate((first, second)):
-                ts = cached_toolset(base, cache, settings_fingerprint(settings))
+                ts = cached_toolset(base, cache, settings_fingerprint(settings.tool_config()))
                 t0 = time.perf_counter()
                 summary = run_eval(
                     "avsbench-s4",

@@ -69,7 +69,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, AVS_AGENT_TOKEN=token, AVS_AGENT_MODELS_DIR=str(SHARED / "models"))
-        cmd = [sys.executable, "-m", "agent.cli", "serve", "--port", str(self.port), "--log-level", "warning",
+        cmd = [sys.executable, "-m", "agent.apps.cli", "serve", "--port", str(self.port), "--log-level", "warning",
                "--set", f"serve.max_batch_size={batch}", "--set", f"serve.batch_wait_s={wait_s}"]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT
@@ -216,8 +216,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
 
     from agent.settings import load_settings
-    from agent.toolset import build_toolset
-    from tools.remote import build_remote_toolset
+    from tools.server.remote import build_remote_toolset
+    from tools.wiring import build_toolset
 
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     jobs = {w: make_jobs(w, args.requests if w in ("detect", "tag") else args.clients) for w in workloads}
@@ -234,8 +234,8 @@ def main() -> None:
 
     # in-process: one thread calling the tools directly (fresh toolset: empty caches, models warmed first)
     local_settings = load_settings()
-    local = build_toolset(local_settings)
-    from agent.serve import warm_up
+    local = build_toolset(local_settings.tool_config())
+    from tools.server.app import warm_up
 
     for name in ("tagger", "grounder", "scorer", "matcher"):
         warm_up(name, getattr(local, name), local.vocabulary)
@@ -254,7 +254,7 @@ def main() -> None:
         try:
             ready_s = server.wait_ready()
             remote_settings = load_settings(overrides=[f"tools.backend={server.url}"])
-            remote = build_remote_toolset(remote_settings)
+            remote = build_remote_toolset(remote_settings.tool_config())
             for w in workloads:
                 r = run_clients(call_for(w, remote, remote_settings), jobs[w], args.clients, args.max_seconds)
                 results["runs"][f"{w}/server, {label}"] = r

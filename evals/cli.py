@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from agent.cli_options import ConfigOpt, ProfileOpt, SetOpt, settings_from
+from agent.apps.options import ConfigOpt, ProfileOpt, SetOpt, settings_from
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="avsbench-s4, avsbench-ms3, avss or v3")]
 RootOpt = Annotated[Path, typer.Option("--root", help="the dataset's folder, as published")]

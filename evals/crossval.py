@@ -240,14 +240,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/crossval.json"))
     ap.add_argument("--set", action="append", default=[], help="settings override key=value")
     args = ap.parse_args(argv)
-    from agent.toolset import get_toolset
     from tools.errors import UserError
+    from tools.wiring import get_toolset
 
     if not (args.root / "cases.csv").is_file():
         _fail(f"{args.root / 'cases.csv'} not found (the dev set's case list names the groups)")
     try:
         settings = load_settings(overrides=args.set)
-        toolset = get_toolset(settings)
+        toolset = get_toolset(settings.tool_config())
         t0 = time.perf_counter()
         data = precompute(args.root, settings, toolset)
     except UserError as exc:

@@ -45,7 +45,6 @@ from tools.errors import UserError
 from tools.types import Clip
 
 DATASETS = ("avsbench-s4", "avsbench-ms3", "avss", "v3")
-DatasetName = Literal["avsbench-s4", "avsbench-ms3", "avss", "v3"]
 OnMissing = Literal["error", "skip"]
 AVSS_EVAL_SIZE = 224
 """AVSS test loaders resize labels to 224 x 224 (nearest) before scoring."""

@@ -112,7 +112,7 @@ def make_config(
         "limit": limit,
         "on_missing": on_missing,
         "settings": settings.model_dump(mode="json"),
-        "settings_fingerprint": settings_fingerprint(settings),
+        "settings_fingerprint": settings_fingerprint(settings.tool_config()),
         "llm": {
             "backend": settings.llm.backend,
             "model": settings.llm.model if settings.llm.backend != "rules" else None,
@@ -205,14 +205,14 @@ def _worker_solve(key: str, strategy: str, masks_root: str) -> tuple[dict, dict]
 
 
 def _toolset(settings: Any, cache_dir: str | Path | None) -> Any:
-    from agent.toolset import get_toolset
+    from tools.wiring import get_toolset
 
-    toolset = get_toolset(settings)
+    toolset = get_toolset(settings.tool_config())
     if cache_dir is None:
         return toolset
     from tools.cache import cached_toolset, settings_fingerprint
 
-    return cached_toolset(toolset, cache_dir, settings_fingerprint(settings))
+    return cached_toolset(toolset, cache_dir, settings_fingerprint(settings.tool_config()))
 
 
 # ----------------------------------------------------------------------------- the run

@@ -13,10 +13,10 @@ audio-cls          audio classification -> segment: each second's top audio tags
                    the object vocabulary (``matcher.sound_sources``), grounded on the frame.
 audio-caption      audio captioning -> segment: noun phrases of the audio captions grounded on
                    every frame (needs ``toolset.audio_captioner``; the lite profile has none).
-vcap-acls          image caption nouns + audio-text scoring (VCap+ACls): the nouns visible in
-                   a frame scored against that second's audio (CLAP, or tags x embeddings in
-                   lite), the best one(s) grounded. Without an image captioner (lite) the
-                   visible nouns are the labels of ``grounder.detect_all`` instead.
+vcap-acls          image caption nouns + audio-text scoring (VCap+ACls): the noun phrases of a
+                   frame's image captions scored against that second's audio (CLAP, or tags x
+                   embeddings), the best one(s) grounded (needs ``toolset.image_captioner``;
+                   the lite profile has none: its detector-label variant is segment-all).
 acap-vcls          audio caption nouns + image classification (ACap+VCls): audio-caption noun
                    phrases kept when the frame's classes (``grounder.detect_all`` labels) contain
                    them, then grounded (needs ``toolset.audio_captioner``).
@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from agent.prompts import load_prompt
+from agent.state import DEFAULT_QUESTION
 from tools.errors import UserError
 from tools.types import Answer, Clip, FrameResult, Segments, TraceStep
 
@@ -113,7 +114,7 @@ class _Run:
         )
         self.stats["seconds"] = round(time.perf_counter() - self.t0, 3)
         return Answer(
-            question="What is making the sound?",
+            question=DEFAULT_QUESTION,
             text=text,
             labels=labels,
             frames=frames,
@@ -147,21 +148,26 @@ def _map_phrases(toolset: Any, phrases: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _visible_nouns(toolset: Any, clip: Clip, run: _Run) -> list[list[str]]:
-    """Per frame, the nouns of what is visible: image-caption noun phrases, or detect_all labels."""
-    if toolset.image_captioner is not None:
-        caps = toolset.image_captioner.caption(clip.frames)
-        run.stats["visible_nouns_from"] = "image_captioner"
-        return [list(dict.fromkeys(c.noun_phrases)) for c in caps]
-    run.stats["visible_nouns_from"] = "detect_all"
-    return [list(dict.fromkeys(toolset.grounder.detect_all(f).labels)) for f in clip.frames]
+CLIP_WEIGHT = 0.5
+"""Baselines: a second's audio score is the larger of its own and this share of the whole clip's."""
 
 
-def _need_audio_captioner(toolset: Any, name: str) -> None:
-    if toolset.audio_captioner is None:
+def _audio_choice(toolset: Any, clip: Clip, i: int, names: list[str], settings: Any) -> tuple[list[str], Any]:
+    """Names of frame ``i`` scored against its second's audio (and the clip's, at ``CLIP_WEIGHT``):
+    the best one, plus any at least ``agent.second_source_ratio`` as strong, above the tag floor.
+    Returns (chosen names strongest first, scores)."""
+    scores = toolset.scorer.score([clip.segments[i], clip.audio], names)
+    s = np.maximum(scores[0], CLIP_WEIGHT * scores[1])
+    floor, ratio, best = _min_score(settings), float(settings.agent.second_source_ratio), float(s.max())
+    ranked = sorted(zip(names, s, strict=True), key=lambda kv: -kv[1])
+    return [n for n, v in ranked if v >= floor and v >= ratio * best], s
+
+
+def _need(toolset: Any, tool: str, name: str) -> None:
+    if getattr(toolset, tool) is None:
+        what = tool.replace("_", " ")
         raise StrategyError(
-            f"strategy '{name}' needs an audio captioner, and this profile has none "
-            "(set tools.audio_captioner, e.g. --profile full)"
+            f"strategy '{name}' needs an {what}, and this profile has none (set tools.{tool}, e.g. --profile full)"
         )
 
 
@@ -202,7 +208,7 @@ def audio_cls(clip: Clip, toolset: Any, settings: Any) -> Answer:
 
 
 def audio_caption(clip: Clip, toolset: Any, settings: Any) -> Answer:
-    _need_audio_captioner(toolset, "audio-caption")
+    _need(toolset, "audio_captioner", "audio-caption")
     run = _Run("audio-caption", clip)
     nouns = _audio_caption_nouns(toolset, clip)
     phrases = []
@@ -214,30 +220,24 @@ def audio_caption(clip: Clip, toolset: Any, settings: Any) -> Answer:
 
 
 def vcap_acls(clip: Clip, toolset: Any, settings: Any) -> Answer:
+    _need(toolset, "image_captioner", "vcap-acls")
     run = _Run("vcap-acls", clip)
-    visible = _visible_nouns(toolset, clip, run)
-    floor, ratio = _min_score(settings), float(settings.agent.second_source_ratio)
+    caps = toolset.image_captioner.caption(clip.frames)
     phrases = []
-    for i, nouns in enumerate(visible):
+    for i, cap in enumerate(caps):
+        nouns = list(dict.fromkeys(cap.noun_phrases))
         if not nouns:
             phrases.append([])
-            run.step("nothing visible", frame=i)
+            run.step("the caption names nothing", frame=i)
             continue
-        scores = toolset.scorer.score([clip.segments[i], clip.audio], nouns)
-        s = np.maximum(scores[0], 0.5 * scores[1])
-        best = float(s.max())
-        chosen = [
-            n
-            for n, v in sorted(zip(nouns, s, strict=True), key=lambda kv: -kv[1])
-            if v >= floor and v >= ratio * best
-        ]
-        run.step(f"visible {nouns}, audio scores {np.round(s, 3).tolist()} -> {chosen}", frame=i)
-        phrases.append(_map_phrases(toolset, chosen) if toolset.image_captioner is not None else chosen)
+        chosen, s = _audio_choice(toolset, clip, i, nouns, settings)
+        run.step(f"caption nouns {nouns}, audio scores {np.round(s, 3).tolist()} -> {chosen}", frame=i)
+        phrases.append(_map_phrases(toolset, chosen))
     return run.answer(phrases, toolset)
 
 
 def acap_vcls(clip: Clip, toolset: Any, settings: Any) -> Answer:
-    _need_audio_captioner(toolset, "acap-vcls")
+    _need(toolset, "audio_captioner", "acap-vcls")
     run = _Run("acap-vcls", clip)
     nouns = _audio_caption_nouns(toolset, clip)
     phrases = []
@@ -343,7 +343,6 @@ def openavs(clip: Clip, toolset: Any, settings: Any) -> Answer:
 
 def segment_all(clip: Clip, toolset: Any, settings: Any) -> Answer:
     run = _Run("segment-all", clip)
-    floor, ratio = _min_score(settings), float(settings.agent.second_source_ratio)
     phrases = []
     for i, frame in enumerate(clip.frames):
         seg = toolset.grounder.detect_all(frame)
@@ -352,10 +351,7 @@ def segment_all(clip: Clip, toolset: Any, settings: Any) -> Answer:
             phrases.append([])
             run.step("detect_all found nothing", frame=i)
             continue
-        scores = toolset.scorer.score([clip.segments[i], clip.audio], names)
-        s = np.maximum(scores[0], 0.5 * scores[1])
-        best = float(s.max())
-        kept = [n for n, v in zip(names, s, strict=True) if v >= floor and v >= ratio * best]
+        kept, s = _audio_choice(toolset, clip, i, names, settings)
         run.step(f"detected {names}, audio scores {np.round(s, 3).tolist()} -> {kept}", frame=i)
         phrases.append(kept)
     return run.answer(phrases, toolset)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.toolset import Toolset
 from tools.types import AudioSegment, AudioTags, Frame, Segments
+from tools.wiring import Toolset
 
 H = W = 64
 
@@ -85,7 +85,11 @@ class ScriptedScorer:
 
 
 def scripted_toolset(
-    matcher, tags: dict[str, float], found: dict, scores: dict[str, float | list[float]], vocabulary: list[str]
+    matcher,
+    tags: dict[str, float],
+    found: dict,
+    scores: dict[str, float | list[float]],
+    vocabulary: list[str],
 ) -> Toolset:
     return Toolset(
         tagger=ScriptedTagger(tags),
@@ -93,6 +97,7 @@ def scripted_toolset(
         scorer=ScriptedScorer(scores),
         matcher=matcher,
         vocabulary=vocabulary,
+        closed_vocabulary=False,  # the scripted grounder finds any phrase it was given
         independent_scorer=True,  # the scripted scores play CLAP's part
     )
 

@@ -4,9 +4,9 @@ import pytest
 
 from agent.run import run_clip
 from agent.settings import load_settings
-from agent.toolset import get_toolset
 from tests.fake_llm import FakeLLMServer
 from tests.scripted_tools import box_segment, clip, scripted_toolset
+from tools.wiring import get_toolset
 
 VOCAB = ["dog", "person", "bee", "electric shaver", "car", "guitar"]
 """An open vocabulary, as the full profile has (phrases are grounded as they are)."""
@@ -14,7 +14,7 @@ VOCAB = ["dog", "person", "bee", "electric shaver", "car", "guitar"]
 
 @pytest.fixture(scope="module")
 def matcher(models_dir):
-    return get_toolset(load_settings(overrides=[f"models_dir={models_dir}"])).matcher
+    return get_toolset(load_settings(overrides=[f"models_dir={models_dir}"]).tool_config()).matcher
 
 
 def _run(tools, settings=None):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from agent.cli import app
+from agent.apps.cli import app
 from tests.conftest import dev_clip_paths
 from tests.media_factory import write_image, write_video, write_wav
 
@@ -110,7 +110,7 @@ def test_ask_on_a_real_video_file(tmp_path, dev_set):
 
 def _run(*args):
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "agent.apps.cli", *args], capture_output=True, text=True, timeout=120
     )
 
 

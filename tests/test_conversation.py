@@ -1,6 +1,6 @@
 """Chat memory: follow-ups answered from the stored state, re-segmentation, resume by thread id."""
 
-from agent.conversation import Conversation, classify
+from agent.apps.conversation import Conversation, classify
 from agent.settings import load_settings
 from tests.conftest import dev_clip_paths
 

@@ -5,8 +5,8 @@ import pytest
 
 from agent import decision as D
 from agent.settings import AgentSettings, DecisionSettings, load_settings
-from agent.toolset import get_toolset
 from tools.types import AudioTags, Segments
+from tools.wiring import get_toolset
 
 P = DecisionSettings(
     clip_weight=0.5,
@@ -26,7 +26,7 @@ VOCAB = ["dog", "cat", "sheep", "car", "person"]
 
 @pytest.fixture(scope="module")
 def matcher(models_dir):
-    return get_toolset(load_settings(overrides=[f"models_dir={models_dir}"])).matcher
+    return get_toolset(load_settings(overrides=[f"models_dir={models_dir}"]).tool_config()).matcher
 
 
 def _tags(**scores):

@@ -64,6 +64,6 @@ def test_key_depends_on_content_settings_and_times(tmp_path):
 
 def test_passthrough_and_unhashable(tmp_path):
     ts = cached_toolset(fake_toolset(), tmp_path, "fp")
-    assert ts.grounder.name == "lite-fake" and ts.closed_vocabulary
+    assert ts.grounder.name == "fake-grounder" and ts.closed_vocabulary
     with pytest.raises(TypeError):
         content_key(object())

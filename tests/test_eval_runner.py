@@ -13,12 +13,12 @@ from test_metrics import port_fmeasure, port_mask_iou
 from typer.testing import CliRunner
 
 from agent.settings import load_settings
-from agent.toolset import Toolset
 from evals import cli as eval_cli
 from evals import datasets as D
 from evals import runner as R
 from tools.errors import UserError
 from tools.types import AudioTags, Segments
+from tools.wiring import Toolset
 
 
 class FakeTagger:
@@ -43,7 +43,7 @@ class FakeTagger:
 class FakeGrounder:
     """Sees a 'dog' at columns 2..10 and a 'car' at columns 3..11 of every frame."""
 
-    name = "lite-fake"
+    name = "fake-grounder"
     OBJECTS = {"dog": (2, 10), "car": (3, 11)}
 
     def __init__(self):
@@ -107,6 +107,7 @@ def fake_toolset() -> Toolset:
         scorer=FakeScorer(tagger, matcher),
         matcher=matcher,
         vocabulary=["dog", "car", "person"],
+        closed_vocabulary=True,
     )
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.full
 
-from agent.cli import app  # noqa: E402
+from agent.apps.cli import app  # noqa: E402
 from tests import tiny_models as tm  # noqa: E402
 from tests.media_factory import write_video  # noqa: E402
 
@@ -79,14 +79,16 @@ def test_ask_full_profile_end_to_end(tmp_path, tiny_sets):
     nodes = {step["node"] for step in data["trace"]}
     assert {"perceive", "propose", "verify", "segment", "answer"} <= nodes
     # every tool of the profile feeds a decision: CLAP in the evidence table, the crop check in the check
-    verify = [s["message"] for s in data["trace"] if s["node"] == "verify" and s["message"].startswith("evidence")]
+    verify = [
+        s["message"] for s in data["trace"] if s["node"] == "verify" and s["message"].startswith("evidence")
+    ]
     assert verify and all("clap" in m for m in verify)
     assert all("crop check" in s["message"] for s in data["trace"] if s["node"] == "check")
     assert any(s["node"] == "perceive" and "image caption" in s["message"] for s in data["trace"])
 
 
 def test_ask_full_profile_missing_weights_is_one_line(tmp_path):
-    from agent.cli import main  # noqa: F401 - main prints UserErrors as one line
+    from agent.apps.cli import main  # noqa: F401 - main prints UserErrors as one line
 
     video = write_video(tmp_path / "clip.mp4", seconds=1.0, size=(64, 48))
     res = runner.invoke(

@@ -5,19 +5,19 @@ import pytest
 from PIL import Image
 
 from agent.settings import load_settings
-from agent.toolset import get_toolset
 from tests.conftest import dev_clip_paths
 from tools.errors import ModelNotFoundError
+from tools.lite.yamnet import YamnetTagger
 from tools.media import load_clip
 from tools.ops import mask_iou
 from tools.types import AudioSegment
 from tools.vocab import COCO80
-from tools.yamnet import YamnetTagger
+from tools.wiring import get_toolset
 
 
 @pytest.fixture(scope="module")
 def toolset(models_dir):
-    return get_toolset(load_settings(overrides=[f"models_dir={models_dir}"]))
+    return get_toolset(load_settings(overrides=[f"models_dir={models_dir}"]).tool_config())
 
 
 def _clip(name):
@@ -38,7 +38,9 @@ def test_yamnet_hears_a_dog_bark(toolset, dev_set):
 
 
 def test_yamnet_pads_short_and_empty_segments(toolset):
-    tags = toolset.tagger.tag([AudioSegment(0, 0.1, np.zeros(1600, np.float32)), AudioSegment(0, 0, np.zeros(0, np.float32))])
+    tags = toolset.tagger.tag(
+        [AudioSegment(0, 0.1, np.zeros(1600, np.float32)), AudioSegment(0, 0, np.zeros(0, np.float32))]
+    )
     assert tags[0].labels[0] == "Silence" and tags[1].labels[0] == "Silence"
 
 
@@ -74,13 +76,24 @@ def test_lite_grounder_rejects_yolox_dog_on_a_cat(toolset, dev_set):
 
 def test_matcher_maps_sounds_to_their_sources(toolset):
     m = toolset.matcher
-    out = dict(zip(["Bark", "Speech", "Dog", "Animal", "Vehicle horn, car horn, honking", "Meow"], m.sound_sources(["Bark", "Speech", "Dog", "Animal", "Vehicle horn, car horn, honking", "Meow"], list(COCO80)), strict=True))
+    out = dict(
+        zip(
+            ["Bark", "Speech", "Dog", "Animal", "Vehicle horn, car horn, honking", "Meow"],
+            m.sound_sources(
+                ["Bark", "Speech", "Dog", "Animal", "Vehicle horn, car horn, honking", "Meow"], list(COCO80)
+            ),
+            strict=True,
+        )
+    )
     assert out["Bark"][0][0] == "dog" and out["Speech"][0][0] == "person"
     assert [p for p, _ in out["Dog"]] == ["dog"]  # not the cat that also resembles 'Dog'
-    assert {p for p, _ in out["Animal"]} == {"dog", "cat"}  # a generic label names what the tags under it name
+    assert {p for p, _ in out["Animal"]} == {
+        "dog",
+        "cat",
+    }  # a generic label names what the tags under it name
     assert m.sound_sources(["Animal"], list(COCO80)) == [[]]  # alone, it names no specific object
     assert out["Vehicle horn, car horn, honking"][0][0] == "car" and out["Meow"][0][0] == "cat"
-    assert m.match(["puppy", "automobile", "guitar"], list(COCO80)) [0][0][0] == "dog"
+    assert m.match(["puppy", "automobile", "guitar"], list(COCO80))[0][0][0] == "dog"
     assert m.match(["guitar"], list(COCO80)) == [[]]
 
 
@@ -89,7 +102,9 @@ def test_matcher_lets_a_generic_tag_carry_the_specific_one(toolset):
     vehicle, car = m.sound_sources(["Vehicle", "Car"], list(COCO80))
     assert vehicle == car == [("car", 1.0)]  # 'Vehicle' 0.95 + 'Car' 0.15: the car gets the vehicle's score
     # a weak lexical match does not inherit it: a railway wagon is no car
-    assert [p for p, _ in m.sound_sources(["Vehicle", "Railroad car, train wagon"], list(COCO80))[0]] == ["train"]
+    assert [p for p, _ in m.sound_sources(["Vehicle", "Railroad car, train wagon"], list(COCO80))[0]] == [
+        "train"
+    ]
     assert [p for p, _ in m.sound_sources(["Animal", "Dog"], list(COCO80))[0]] == ["dog"]  # never the cat
 
 

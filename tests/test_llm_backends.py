@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
+from agent.apps.cli import app
 from agent.run import run_clip
 from agent.settings import load_settings
-from agent.toolset import get_toolset
 from tests.conftest import dev_clip_paths
 from tests.fake_llm import FakeLLMServer
 from tools.media import load_clip
+from tools.wiring import get_toolset
 
 CLIP = "pets_great_pyrenees_177_bark_01"  # a barking dog, two people and a car behind it, a helicopter heard
 PEOPLE = {  # the car: a candidate of every frame's evidence table that the rules do not choose
@@ -33,7 +33,7 @@ def loaded(dev_set):
 @pytest.fixture(scope="module")
 def rules_answer(loaded):
     s = load_settings()
-    return run_clip(loaded, s, get_toolset(s))
+    return run_clip(loaded, s, get_toolset(s.tool_config()))
 
 
 def _settings(srv, **extra):
@@ -54,7 +54,7 @@ def test_llm_decisions_are_used(loaded, rules_answer, protocol, method, item):
     assert rules_answer.labels == ["dog"]
     with FakeLLMServer(protocol, [item]) as srv:
         s = _settings(srv, **{"llm.structured_method": method})
-        ans = run_clip(loaded, s, get_toolset(s))
+        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
     assert ans.labels == ["car"]  # the server's decision, visible in labels and masks
     assert not np.array_equal(ans.masks[0], rules_answer.masks[0])
     assert ans.stats["llm_calls"] == 1 and ans.stats["llm_tokens"] == 120
@@ -70,7 +70,7 @@ def test_a_phrase_the_table_does_not_hold_falls_back_to_the_rules(loaded, rules_
     people = {"frames": [{"frame": i, "sounding": ["person"]} for i in range(5)], "reasoning": "people"}
     with FakeLLMServer("openai", [{"json": people}]) as srv:
         s = _settings(srv)
-        ans = run_clip(loaded, s, get_toolset(s))
+        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
     assert ans.labels == rules_answer.labels
     assert any("not candidates: person" in s.message for s in ans.trace)
 
@@ -79,7 +79,7 @@ def test_a_phrase_the_table_does_not_hold_falls_back_to_the_rules(loaded, rules_
 def test_garbage_gets_one_repair_then_the_rules(loaded, rules_answer, protocol):
     with FakeLLMServer(protocol, [{"content": "I think it is a dog!"}]) as srv:
         s = _settings(srv)
-        ans = run_clip(loaded, s, get_toolset(s))
+        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
     assert len(srv.requests) == 2  # the answer and one repair attempt
     assert ans.labels == rules_answer.labels
     assert all(np.array_equal(a, b) for a, b in zip(ans.masks, rules_answer.masks, strict=True))
@@ -89,7 +89,7 @@ def test_garbage_gets_one_repair_then_the_rules(loaded, rules_answer, protocol):
 def test_timeout_falls_back_to_the_rules(loaded, rules_answer):
     with FakeLLMServer("openai", [{"sleep": 3}, {"json": PEOPLE}]) as srv:
         s = _settings(srv, **{"llm.timeout_s": 0.5, "llm.max_retries": 0})
-        ans = run_clip(loaded, s, get_toolset(s))
+        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
     assert ans.labels == rules_answer.labels
     assert any("LLM propose failed" in s.message and "Timeout" in s.message for s in ans.trace)
 
@@ -97,7 +97,7 @@ def test_timeout_falls_back_to_the_rules(loaded, rules_answer):
 def test_429_is_retried_with_backoff(loaded):
     with FakeLLMServer("openai", [{"status": 429}, {"json": PEOPLE}]) as srv:
         s = _settings(srv, **{"llm.max_retries": 2})
-        ans = run_clip(loaded, s, get_toolset(s))
+        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
     assert len(srv.requests) == 2 and ans.labels == ["car"]
 
 
@@ -110,7 +110,7 @@ def test_server_down_falls_back(loaded, rules_answer):
             "llm.timeout_s=2",
         ]
     )
-    ans = run_clip(loaded, s, get_toolset(s))
+    ans = run_clip(loaded, s, get_toolset(s.tool_config()))
     assert ans.labels == rules_answer.labels
     assert any("LLM propose failed" in s.message for s in ans.trace)
 
@@ -148,7 +148,7 @@ def test_missing_api_key_is_one_line(tmp_path, dev_set, monkeypatch):
         [
             sys.executable,
             "-m",
-            "agent.cli",
+            "agent.apps.cli",
             "ask",
             str(frames),
             "--audio",
@@ -172,7 +172,7 @@ def test_llm_calls_per_clip_over_the_dev_set(dev_set):
     calls = 0
     with FakeLLMServer("openai", [{"json": dog}]) as srv:
         s = _settings(srv)
-        tools = get_toolset(s)
+        tools = get_toolset(s.tool_config())
         for r in rows:
             frames, wav, _ = dev_clip_paths(r["name"])
             ans = run_clip(load_clip(frames, wav), s, tools)

@@ -1,4 +1,4 @@
-"""The tool server (agent.serve), its wire format (tools.wire) and the remote backend (tools.remote).
+"""The tool server (tools.server.app), its wire format (tools.server.wire) and the remote backend (tools.server.remote).
 
 Fast unit tests use fake tools through the ASGI app in-process; the end-to-end tests start the real lite
 server on a free loopback port (uvicorn in a thread) and ask about a real dev clip through it."""
@@ -23,13 +23,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from agent.cli import app as cli_app
-from agent.serve import LocalDispatcher, check_bind, create_app, is_loopback, parse_tools, run_batch
+from agent.apps.cli import app as cli_app
 from agent.settings import load_settings
 from tests.conftest import SHARED, dev_clip_paths
-from tools import wire
 from tools.errors import ConfigError, ModelNotFoundError, UserError
-from tools.remote import RemoteClient, ToolServerError, build_remote_toolset
+from tools.server import wire
+from tools.server.app import LocalDispatcher, check_bind, create_app, parse_tools, run_batch
+from tools.server.remote import RemoteClient, ToolServerError, build_remote_toolset
+from tools.server.settings import is_loopback
 from tools.types import AudioSegment, AudioTags, Captions, Frame, Segments
 
 TOKEN = "test-token-0123456789"
@@ -124,7 +125,7 @@ class FakeTagger:
 
 
 class FakeGrounder:
-    name = "lite-fake"
+    name = "fake-grounder"
 
     def __init__(self, delay: float = 0.0):
         self.delay = delay
@@ -181,6 +182,7 @@ def fake_toolset(delay: float = 0.0):
         image_captioner=None,
         crop_checker=None,
         vocabulary=["dog", "cat", "car"],
+        closed_vocabulary=True,
     )
 
 
@@ -209,7 +211,7 @@ def _post(client, key: str, *args, token: str = TOKEN):
 def _fake_app(delay: float = 0.0, ready: bool = True, **serve):
     settings = fake_settings(**serve)
     ts = fake_toolset(delay)
-    disp = LocalDispatcher(ts, settings)
+    disp = LocalDispatcher(ts, settings.tool_config())
     disp.ready = ready
     return create_app(disp, settings.serve, TOKEN), ts, disp
 
@@ -405,7 +407,7 @@ def test_auth_caps_and_errors():
     r = asyncio.run(_with_app(app, go))
     assert r["health"].status_code == 200
     assert r["ready_noauth"].status_code == 401 and r["metrics_noauth"].status_code == 401
-    assert r["ready"].status_code == 200 and r["info"].json()["tools"]["grounder"] == "lite-fake"
+    assert r["ready"].status_code == 200 and r["info"].json()["tools"]["grounder"] == "fake-grounder"
     assert r["info"].json()["vocabulary"] == ["dog", "cat", "car"]
     for key in ("wrong", "missing", "basic"):
         assert r[key].status_code == 401 and "token" in r[key].json()["detail"]
@@ -444,7 +446,7 @@ def test_timeouts_tool_errors_and_not_ready():
             raise ModelNotFoundError("YAMNet weights not found at /x")
 
     settings = fake_settings()
-    disp = Failing(fake_toolset(), settings)
+    disp = Failing(fake_toolset(), settings.tool_config())
     app = create_app(disp, settings.serve, None)
 
     async def not_ready(client):
@@ -481,7 +483,7 @@ def test_bind_rules_and_tool_selection():
 
 def test_serve_refuses_a_public_host_without_a_token():
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        [sys.executable, "-m", "agent.apps.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
@@ -492,13 +494,13 @@ def test_serve_refuses_a_public_host_without_a_token():
 # ------------------------------------------------------------------------------------------ remote client
 def test_remote_backend_over_a_fake_server(monkeypatch):
     settings = fake_settings(max_batch_size=4)
-    disp = LocalDispatcher(fake_toolset(), settings)
+    disp = LocalDispatcher(fake_toolset(), settings.tool_config())
     disp.ready = True
     with ServerThread(create_app(disp, settings.serve, TOKEN)) as srv:
         monkeypatch.setenv("AVS_AGENT_TOKEN", TOKEN)
-        ts = build_remote_toolset(load_settings(overrides=[f"tools.backend={srv.url}"]))
+        ts = build_remote_toolset(load_settings(overrides=[f"tools.backend={srv.url}"]).tool_config())
         assert (
-            ts.grounder.name == "lite-fake"
+            ts.grounder.name == "fake-grounder"
             and ts.closed_vocabulary
             and ts.vocabulary == ["dog", "cat", "car"]
         )
@@ -517,10 +519,10 @@ def test_remote_backend_over_a_fake_server(monkeypatch):
 
         monkeypatch.setenv("AVS_AGENT_TOKEN", "wrong")
         with pytest.raises(ToolServerError, match="401"):
-            build_remote_toolset(load_settings(overrides=[f"tools.backend={srv.url}"]))
+            build_remote_toolset(load_settings(overrides=[f"tools.backend={srv.url}"]).tool_config())
         monkeypatch.delenv("AVS_AGENT_TOKEN")
         with pytest.raises(ToolServerError, match="AVS_AGENT_TOKEN"):
-            build_remote_toolset(load_settings(overrides=[f"tools.backend={srv.url}"]))
+            build_remote_toolset(load_settings(overrides=[f"tools.backend={srv.url}"]).tool_config())
 
 
 def test_remote_backend_reports_a_server_that_is_down():
@@ -544,12 +546,12 @@ def test_remote_backend_reports_a_server_that_is_down():
 @pytest.fixture(scope="module")
 def lite_server():
     """The real lite tools behind the server (token required), batching window 20 ms, batches up to 8."""
-    from agent.toolset import get_toolset
+    from tools.wiring import get_toolset
 
     settings = load_settings(
         overrides=[f"models_dir={SHARED / 'models'}", "serve.max_batch_size=8", "serve.batch_wait_s=0.02"]
     )
-    disp = LocalDispatcher(get_toolset(settings), settings)
+    disp = LocalDispatcher(get_toolset(settings.tool_config()), settings.tool_config())
     disp.load()
     with ServerThread(create_app(disp, settings.serve, TOKEN)) as srv:
         yield srv

@@ -1,4 +1,4 @@
-"""The tools as Ray Serve deployments (agent.serve_ray) on a local CPU Ray, reached by the same remote
+"""The tools as Ray Serve deployments (tools.server.ray_serve) on a local CPU Ray, reached by the same remote
 backend. `bash install.sh dev` installs the optional `ray` extra; without it (a plain `.[dev]`) these
 tests are skipped, except under CI (CI=true), where a missing extra is a failure, never a silent skip."""
 
@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from agent.cli import app as cli_app
+from agent.apps.cli import app as cli_app
 from agent.settings import load_settings
 from tests.conftest import SHARED, dev_clip_paths
 from tests.test_serve import TOKEN, batches_over_one, free_port, metric_samples
-from tools import wire
 from tools.errors import ConfigError
-from tools.remote import RemoteClient, ToolServerError
+from tools.server import wire
+from tools.server.remote import RemoteClient, ToolServerError
 from tools.types import AudioSegment
 
 try:
@@ -40,7 +40,7 @@ def ray_server():
     import ray
     from ray import serve
 
-    from agent.serve_ray import build_ray_app, start_ray
+    from tools.server.ray_serve import build_ray_app, start_ray
 
     settings = load_settings(
         overrides=[
@@ -51,8 +51,8 @@ def ray_server():
         ]
     )
     port = free_port()
-    application = build_ray_app(settings, token=TOKEN)
-    start_ray(settings, "127.0.0.1", port, num_cpus=4)
+    application = build_ray_app(settings.tool_config(), token=TOKEN)
+    start_ray(settings.tool_config(), "127.0.0.1", port, num_cpus=4)
     try:
         serve.run(application, name="avs-agent", route_prefix="/", blocking=False)
         yield f"http://127.0.0.1:{port}"
@@ -62,7 +62,7 @@ def ray_server():
 
 
 def test_ray_deployment_options():
-    from agent.serve_ray import tool_options
+    from tools.server.ray_serve import tool_options
 
     settings = load_settings(
         overrides=[
@@ -72,7 +72,7 @@ def test_ray_deployment_options():
             "serve.ray_tool_options={grounder: {gpus: 1, replicas: 3}}",
         ]
     )
-    g, t = tool_options(settings, "grounder"), tool_options(settings, "tagger")
+    g, t = tool_options(settings.tool_config(), "grounder"), tool_options(settings.tool_config(), "tagger")
     assert g["num_replicas"] == 3 and g["ray_actor_options"]["num_gpus"] == 1.0
     assert (
         t["num_replicas"] == 2
@@ -81,7 +81,7 @@ def test_ray_deployment_options():
     )
     bad = load_settings(overrides=["serve.ray_tool_options={grounder: {gpu: 1}}"])
     with pytest.raises(ConfigError, match="unknown option"):
-        tool_options(bad, "grounder")
+        tool_options(bad.tool_config(), "grounder")
 
 
 def test_ray_serve_answers_ask_with_the_same_masks(ray_server, dev_set, tmp_path, monkeypatch):

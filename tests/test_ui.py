@@ -38,7 +38,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 CLIP = "davis_car_shadow_horn_01"  # a car sounding its horn; the car moves across 5 different frames
-CLI = [sys.executable, "-c", "from agent.cli import main; main()"]
+CLI = [sys.executable, "-c", "from agent.apps.cli import main; main()"]
 
 
 def _free_port() -> int:
@@ -114,8 +114,8 @@ def browser():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The page served in this process (the lite models load once), on a free loopback port."""
+    from agent.apps.ui import launch
     from agent.settings import load_settings
-    from agent.ui import launch
 
     root = tmp_path_factory.mktemp("ui")
     settings = load_settings(
@@ -185,10 +185,13 @@ def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
         # (YOLOX sees a small, faint person in some frames: the reply either places the person in
         # those frames or says its masks are empty)
         page.wait_for_selector(
-            "#chat:has-text('Here is the person, found in frames'), #chat:has-text('the masks are empty')", timeout=60_000
+            "#chat:has-text('Here is the person, found in frames'), #chat:has-text('the masks are empty')",
+            timeout=60_000,
         )
         last = page.inner_text("#chat").split("segment the person instead")[-1]
-        assert "person" in last and ("found in frames" in last or "mask failed the check" in last or "could not find" in last), last
+        assert "person" in last and (
+            "found in frames" in last or "mask failed the check" in last or "could not find" in last
+        ), last
         found = "found in frames" in last
         page.wait_for_selector(f"#answer h3:has-text('{'person' if found else 'Not found'}')", timeout=10_000)
         assert (thread_dir / "turn_002" / "overlays" / "frame_0005.png").is_file()
@@ -309,9 +312,10 @@ def test_ui_command_refuses_a_public_address_without_auth():
 
 def test_page_handlers_without_a_browser(tmp_path):
     """The page's messages: path names hidden, CLI flags translated, questions before media."""
+    from agent.apps.ui import ChatPage, message_text, page_message
     from agent.settings import load_settings
-    from agent.ui import ChatPage, is_loopback, message_text, page_message
     from tools.errors import MediaError
+    from tools.server.settings import is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")

@@ -26,11 +26,22 @@ from typing import Any
 
 import numpy as np
 
-from tools.wire import TOOLS
+from tools.server.wire import TOOLS
+from tools.settings import ToolConfig
 
 # method name -> position of the batch argument whose items are cached one by one
 BATCH_METHODS = {"tag": 0, "caption": 0, "score": 0}
-CACHED_METHODS = {"tag", "caption", "score", "ground", "detect_all", "check", "match", "sound_sources", "covers"}
+CACHED_METHODS = {
+    "tag",
+    "caption",
+    "score",
+    "ground",
+    "detect_all",
+    "check",
+    "match",
+    "sound_sources",
+    "covers",
+}
 
 
 def _feed(h: Any, obj: Any) -> None:
@@ -178,7 +189,7 @@ class CachedTool:
 
 
 def cached_toolset(toolset: Any, cache_dir: str | Path, fingerprint: str) -> Any:
-    """A copy of ``toolset`` (an ``agent.toolset.Toolset``) whose tools read and fill the disk cache
+    """A copy of ``toolset`` (an ``tools.wiring.Toolset``) whose tools read and fill the disk cache
     in ``cache_dir``. ``fingerprint`` must change whenever the models or their settings do."""
     cache = DiskCache(cache_dir)
     changes = {}
@@ -194,14 +205,14 @@ def cached_toolset(toolset: Any, cache_dir: str | Path, fingerprint: str) -> Any
 def tools_code_version() -> str:
     """Hash of the tools' own source files, so changed tool code never reuses stale cached outputs."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        h.update(path.name.encode())
+    for path in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        h.update(path.relative_to(Path(__file__).resolve().parent).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def settings_fingerprint(settings: Any) -> str:
-    """What decides tool outputs: the tools section of ``agent.settings.Settings``, where the weights
+def settings_fingerprint(settings: ToolConfig) -> str:
+    """What decides tool outputs: the tools section of the ``ToolConfig``, where the weights
     live, the media settings, and the tools' code."""
     data = {
         "tools": settings.tools.model_dump(mode="json"),

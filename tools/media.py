@@ -17,11 +17,19 @@ from pathlib import Path
 import numpy as np
 
 from tools.errors import MediaError
+from tools.settings import MediaSettings
 from tools.types import SAMPLE_RATE, AudioSegment, Clip, Frame
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".wma"}
+
+
+def open_clip(media: str | Path, audio: str | Path | None, settings: MediaSettings) -> Clip:
+    """``load_clip`` with the config's media settings (what ask, the chat and the page load)."""
+    return load_clip(
+        media, audio, max_seconds=settings.max_seconds, max_side=settings.max_side, aspect=settings.aspect
+    )
 
 
 def load_clip(

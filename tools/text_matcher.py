@@ -30,10 +30,8 @@ GENERIC_DESCENDANTS = 12
 """An ontology node with more descendants than this ('Animal', 'Vehicle') names no specific source."""
 ANCESTOR_DECAY = 0.9
 """Similarity found through an ancestor is discounted by this per level."""
-FLOW = 1.0
-"""A generic label passes this share of its score to what the specific labels under it name."""
 FLOW_MATCH = 0.7
-"""... but only to sources those labels name at least this strongly ('Railroad car' does not make a car)."""
+"""A generic label passes its score to what the specific labels under it name, but only to sources those labels name at least this strongly ('Railroad car' does not make a car)."""
 MARGIN = 0.15
 """Matches more than this below the best match of the same text are dropped ('Dog' -> dog, not cat)."""
 BRANCH_KINDS: dict[str, frozenset[str]] = {
@@ -338,7 +336,7 @@ class EmbeddingTextMatcher:
             for x in under:
                 for name, strength in self._sources(x, rest, vocabulary):
                     if strength >= FLOW_MATCH:
-                        merged[name] = max(merged.get(name, 0.0), round(strength * FLOW, 4))
+                        merged[name] = max(merged.get(name, 0.0), round(strength, 4))
             return sorted(merged.items(), key=lambda kv: -kv[1])
         key = (label, tuple(vocabulary))
         if key in self._specific:

@@ -1,6 +1,6 @@
 """Grounded-SAM with the design card's original packages: ``groundingdino-py`` (IDEA-Research's
 GroundingDINO) + ``segment-anything`` (Meta's SAM), behind the same ``Grounder`` interface as the
-transformers backend (``tools.grounded_sam.GroundedSam``, whose thresholds, phrase scoring, top-k,
+transformers backend (``tools.full.grounded_sam.GroundedSam``, whose thresholds, phrase scoring, top-k,
 NMS, caches and aspect handling this class inherits; only loading and the model calls differ).
 
 Checkpoints:
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from tools import hf
-from tools.grounded_sam import (
+from tools.full import hf
+from tools.full.grounded_sam import (
     GroundedSam,
     _chunk_phrases,
     _Detection,

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from tools import hf
-from tools.ops import nms
+from tools.full import hf
+from tools.ops import nms, resize_masks, stretch_to_aspect
 from tools.types import Frame, Segments
 
 DEFAULT_BOX_THRESHOLD = 0.25
@@ -47,30 +47,6 @@ def frame_key(image: np.ndarray) -> str:
     h.update(str(image.shape).encode())
     h.update(np.ascontiguousarray(image).tobytes())
     return h.hexdigest()
-
-
-def stretch_to_aspect(frame: Frame, min_change: float = 0.1) -> tuple[np.ndarray, float]:
-    """The frame's image stretched horizontally to ``frame.aspect`` (w/h) when it differs by more than
-    ``min_change``; returns (image (H, W', 3) uint8, x scale W'/W)."""
-    if not frame.aspect:
-        return frame.image, 1.0
-    h, w = frame.image.shape[:2]
-    target_w = int(round(h * frame.aspect))
-    if target_w <= 0 or abs(target_w - w) / w < min_change:
-        return frame.image, 1.0
-    from PIL import Image
-
-    stretched = np.asarray(Image.fromarray(frame.image).resize((target_w, h), Image.Resampling.BILINEAR))
-    return stretched, target_w / w
-
-
-def resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(n, h, w) bool -> (n, height, width) bool, nearest neighbour."""
-    if masks.shape[1:] == (height, width):
-        return masks.astype(bool)
-    ys = np.minimum((np.arange(height) + 0.5) * masks.shape[1] / height, masks.shape[1] - 1).astype(int)
-    xs = np.minimum((np.arange(width) + 0.5) * masks.shape[2] / width, masks.shape[2] - 1).astype(int)
-    return masks[:, ys][:, :, xs].astype(bool)
 
 
 def union_by_label(seg: Segments) -> Segments:
@@ -452,7 +428,9 @@ class GroundedSam:
         return [
             {
                 # SAM gives one tensor, SAM2 a list of feature levels: keep item b of each
-                "embedding": [e[b : b + 1] for e in emb] if isinstance(emb, (list, tuple)) else emb[b : b + 1],
+                "embedding": [e[b : b + 1] for e in emb]
+                if isinstance(emb, (list, tuple))
+                else emb[b : b + 1],
                 "original": original[b : b + 1],
                 "reshaped": reshaped[b : b + 1],
             }

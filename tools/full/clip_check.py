@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tools import hf
+from tools.full import hf
 from tools.types import Frame
 
 DEFAULT_TEMPLATE = "a photo of a {x}"
@@ -86,7 +86,7 @@ class ClipCropChecker:
         return [t if "photo" in t.lower() else template.format(x=t) for t in texts]
 
     def _preprocess(self, frame: Frame, masks: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
-        from tools.grounded_sam import resize_masks, stretch_to_aspect
+        from tools.ops import resize_masks, stretch_to_aspect
 
         image, _ = stretch_to_aspect(frame)
         if image.shape[:2] != masks.shape[1:]:

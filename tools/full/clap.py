@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tools import hf
+from tools.full import hf
 from tools.types import SAMPLE_RATE, AudioSegment
 
 DEFAULT_TEMPLATES = ("the sound of a {x}",)

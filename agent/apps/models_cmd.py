@@ -1,6 +1,6 @@
 """`avs-agent models`: the models a profile loads, where from, and whether they are here.
 
-The main CLI (``agent.cli``) calls ``register(app)``.
+The main CLI (``agent.apps.cli``) calls ``register(app)``.
 """
 
 from __future__ import annotations
@@ -10,21 +10,24 @@ from typing import Annotated
 
 import typer
 
-from agent.cli_options import ConfigOpt, SetOpt, settings_from
+from agent.apps.options import ConfigOpt, SetOpt, settings_from
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def models(
         profile: Annotated[
-            str | None, typer.Option("--profile", help="lite or full (the default here: its models are the ones to fetch)")
+            str | None,
+            typer.Option(
+                "--profile", help="lite or full (the default here: its models are the ones to fetch)"
+            ),
         ] = "full",
         as_json: Annotated[bool, typer.Option("--json", help="print the list as JSON")] = False,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
         """List each model of a profile: config key, class it loads, where from, available locally."""
-        from tools.full_registry import model_entries
+        from tools.full.models import model_entries
 
         settings = settings_from(profile, config, set_)
         entries = model_entries(settings)

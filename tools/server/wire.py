@@ -483,10 +483,6 @@ TOOLS: tuple[str, ...] = (
     "image_captioner",
     "crop_checker",
 )
-"""Tool names: the fields of ``agent.toolset.Toolset`` that hold a tool."""
+"""Tool names: the fields of ``tools.wiring.Toolset`` that hold a tool."""
 
 REQUIRED_TOOLS: tuple[str, ...] = ("tagger", "grounder", "scorer", "matcher")
-
-
-def methods_of(tool: str) -> list[Method]:
-    return [m for m in METHODS.values() if m.tool == tool]

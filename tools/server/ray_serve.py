@@ -3,13 +3,13 @@
 One deployment per tool (``avs-tagger``, ``avs-grounder``...): each replica builds the profile's
 toolset, keeps its one tool and loads that tool's models once in ``__init__``; a single batched entry
 point (``@serve.batch`` with ``serve.max_batch_size`` / ``serve.batch_wait_s``) runs a batch through the
-same ``agent.serve.run_batch`` as the FastAPI server. Replicas, GPUs and CPUs per replica come from
+same ``tools.server.app.run_batch`` as the FastAPI server. Replicas, GPUs and CPUs per replica come from
 ``serve.ray_replicas``, ``serve.ray_gpus_per_replica``, ``serve.ray_cpus_per_replica`` and per tool from
 ``serve.ray_tool_options`` ({tool: {replicas, gpus, cpus}}).
 
-An ingress deployment serves the very same FastAPI app (``agent.serve.create_app``: auth, size and
+An ingress deployment serves the very same FastAPI app (``tools.server.app.create_app``: auth, size and
 duration caps, timeouts, /healthz, /readyz, /metrics) over a dispatcher that forwards each call to the
-tool's deployment handle, so the remote backend (``tools.remote``) talks to it unchanged.
+tool's deployment handle, so the remote backend (``tools.server.remote``) talks to it unchanged.
 
 ``ray`` is an optional extra (``pip install 'avs-agent[ray]'``) imported only here, lazily.
 """
@@ -20,9 +20,9 @@ import asyncio
 import os
 from typing import Any
 
-from agent.settings import Settings
-from tools import wire
 from tools.errors import ConfigError
+from tools.server import wire
+from tools.settings import ToolConfig
 
 
 def _require_ray() -> Any:
@@ -35,17 +35,25 @@ def _require_ray() -> Any:
 
 
 class RayDispatcher:
-    """The ``agent.serve.Dispatcher`` of the ingress: forwards calls to the tools' deployment handles.
+    """The ``tools.server.app.Dispatcher`` of the ingress: forwards calls to the tools' deployment handles.
 
     Tool names and the vocabulary are read from a toolset built (not loaded) by the driver; the
     handles are set in the ingress replica. Serve routes HTTP to the app only once every deployment's
     replicas have loaded their models, so the dispatcher is ready as soon as it has its handles."""
 
-    def __init__(self, settings: Settings, tools: list[str], names: dict[str, str], vocabulary: list[str]):
+    def __init__(
+        self,
+        settings: ToolConfig,
+        tools: list[str],
+        names: dict[str, str],
+        vocabulary: list[str],
+        closed: bool,
+    ):
         self.settings = settings
         self.tools = tools
         self.names = names
         self.vocabulary = vocabulary
+        self.closed = closed
         self.handles: dict[str, Any] = {}
         self.error: str | None = None
 
@@ -54,18 +62,10 @@ class RayDispatcher:
         return bool(self.handles)
 
     def info(self) -> dict[str, Any]:
-        from agent.serve import _limits
+        from tools.server.app import server_info
 
-        return {
-            "server": "avs-agent",
-            "backend": "ray",
-            "profile": self.settings.profile,
-            "tools": {t: self.names[t] for t in self.tools},
-            "vocabulary": list(self.vocabulary),
-            "methods": [m.key for m in wire.METHODS.values() if m.tool in self.tools],
-            "limits": _limits(self.settings.serve),
-            "wire_version": wire.WIRE_VERSION,
-        }
+        names = {t: self.names[t] for t in self.tools}
+        return server_info(self.settings, "ray", names, self.vocabulary, self.closed)
 
     async def start(self, on_batch: Any) -> None:
         return None
@@ -80,7 +80,7 @@ class RayDispatcher:
         return result, size
 
 
-def tool_options(settings: Settings, tool: str) -> dict[str, Any]:
+def tool_options(settings: ToolConfig, tool: str) -> dict[str, Any]:
     """Deployment options of one tool: replicas, GPUs and CPUs per replica, and enough concurrent
     requests per replica to fill a batch."""
     s = settings.serve
@@ -101,12 +101,12 @@ def tool_options(settings: Settings, tool: str) -> dict[str, Any]:
     }
 
 
-def build_ray_app(settings: Settings, tools: str | None = None, token: str | None = None) -> Any:
+def build_ray_app(settings: ToolConfig, tools: str | None = None, token: str | None = None) -> Any:
     """The Ray Serve application (ingress + one deployment per tool); run it with ``serve.run``."""
     _require_ray()
     from ray import serve
 
-    from agent.serve import create_app, parse_tools
+    from tools.server.app import create_app, parse_tools
 
     if settings.tools.backend != "local":
         raise ConfigError(
@@ -119,11 +119,10 @@ def build_ray_app(settings: Settings, tools: str | None = None, token: str | Non
         """One tool's models, loaded once per replica; calls arrive one by one and run in batches."""
 
         def __init__(self, settings_data: dict[str, Any], tool: str):
-            from agent.serve import warm_up
-            from agent.settings import Settings as _Settings
-            from agent.toolset import build_toolset
+            from tools.server.app import warm_up
+            from tools.wiring import build_toolset
 
-            toolset = build_toolset(_Settings(**settings_data))
+            toolset = build_toolset(ToolConfig(**settings_data))
             self.tool_name = tool
             self.tool = getattr(toolset, tool)
             self.vocabulary = list(toolset.vocabulary)
@@ -134,7 +133,7 @@ def build_ray_app(settings: Settings, tools: str | None = None, token: str | Non
 
         @serve.batch(max_batch_size=max(1, s.max_batch_size), batch_wait_timeout_s=max(0.0, s.batch_wait_s))
         async def call(self, keys: list[str], args: list[tuple]) -> list[tuple[Any, int]]:
-            from agent.serve import run_batch
+            from tools.server.app import run_batch
 
             out: list[Any] = [None] * len(keys)
             groups: dict[str, list[int]] = {}
@@ -149,12 +148,13 @@ def build_ray_app(settings: Settings, tools: str | None = None, token: str | Non
                     out[i] = res
             return [(res, len(keys)) for res in out]
 
-    from agent.toolset import build_toolset
+    from tools.wiring import build_toolset
 
     toolset = build_toolset(settings)  # models load lazily: this only reads names and the vocabulary
     served = parse_tools(tools, [t for t in wire.TOOLS if getattr(toolset, t, None) is not None])
     names = {t: getattr(toolset, t).name for t in served}
     vocabulary = list(toolset.vocabulary)
+    closed = toolset.closed_vocabulary
 
     @serve.deployment(
         name="avs-ingress", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
@@ -165,7 +165,7 @@ def build_ray_app(settings: Settings, tools: str | None = None, token: str | Non
         (the app is built in the replica, after the handles arrive)."""
 
         def __init__(self, **handles: Any):
-            self.dispatcher = RayDispatcher(settings, served, names, vocabulary)
+            self.dispatcher = RayDispatcher(settings, served, names, vocabulary, closed)
             self.dispatcher.handles = handles
 
         def __serve_build_asgi_app__(self) -> Any:
@@ -178,7 +178,7 @@ def build_ray_app(settings: Settings, tools: str | None = None, token: str | Non
     return Ingress.bind(**handles)
 
 
-def start_ray(settings: Settings, host: str, port: int, num_cpus: float | None = None) -> Any:
+def start_ray(settings: ToolConfig, host: str, port: int, num_cpus: float | None = None) -> Any:
     """Connect to the Ray cluster in RAY_ADDRESS (or start a local one) and start Serve's HTTP proxy on
     host:port."""
     ray = _require_ray()
@@ -200,7 +200,7 @@ def start_ray(settings: Settings, host: str, port: int, num_cpus: float | None =
 
 
 def run_ray(
-    settings: Settings, tools: str | None, host: str, port: int, token: str | None, blocking: bool = True
+    settings: ToolConfig, tools: str | None, host: str, port: int, token: str | None, blocking: bool = True
 ) -> Any:
     """`avs-agent serve --ray`: deploy and (when ``blocking``) serve until interrupted."""
     application = build_ray_app(settings, tools, token)

@@ -1,6 +1,6 @@
 """`avs-agent chat` (a conversation in the terminal) and `avs-agent ui` (the same conversation in a web page).
 
-The conversation itself (memory, follow-ups, re-segmentation) is ``agent.conversation.Conversation``; this
+The conversation itself (memory, follow-ups, re-segmentation) is ``agent.apps.conversation.Conversation``; this
 module only reads lines, prints replies and says where the masks and overlays were written.
 """
 
@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from agent.cli_options import ConfigOpt, ProfileOpt, SetOpt, settings_from
+from agent.apps.options import ConfigOpt, ProfileOpt, SetOpt, settings_from
 from tools.errors import UserError
 
 if TYPE_CHECKING:
-    from agent.conversation import Conversation, Reply
+    from agent.apps.conversation import Conversation, Reply
 
 HELP = """\
 Ask in plain words, e.g. "what is making the sound?", then follow up: "why not the man?",
@@ -72,7 +72,7 @@ class ChatSession:
         self.conv = self._conversation(thread_id)
 
     def _conversation(self, thread_id: str | None) -> Conversation:
-        from agent.conversation import Conversation
+        from agent.apps.conversation import Conversation
 
         return Conversation(self.settings, thread_id=thread_id, out_root=self.out_root)
 
@@ -254,7 +254,8 @@ def register(app: typer.Typer) -> None:
         set_: SetOpt = None,
     ) -> None:
         """Serve the chat as a web page: upload a video (or image + audio), ask, see the masks."""
-        from agent.ui import is_loopback, launch
+        from agent.apps.ui import launch
+        from tools.server.settings import is_loopback
 
         credentials = _parse_auth(auth)
         if not is_loopback(host) and credentials is None and not insecure_no_auth:

@@ -1,6 +1,6 @@
 """The options every `avs-agent` command shares (--profile, --config, --set) and the settings they make.
 
-One place for them, imported by agent.cli and by the command modules it registers (chat, serve, models,
+One place for them, imported by agent.apps.cli and by the command modules it registers (chat, serve, models,
 evals), so a command's settings options read and behave the same everywhere."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 ProfileOpt = Annotated[
-    str | None, typer.Option("--profile", help="lite (CPU models; the default) or full (GPU foundation models)")
+    str | None,
+    typer.Option("--profile", help="lite (CPU models; the default) or full (GPU foundation models)"),
 ]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML file of settings (over the profile's)")

@@ -276,14 +276,3 @@ def cached(key: tuple[Any, ...], load: Callable[[], T]) -> T:
     value = load()
     with _LOCK:
         return _CACHE.setdefault(key, value)
-
-
-def clear_cache() -> None:
-    """Forget every loaded model (tests and benchmarks use this to measure loading)."""
-    with _LOCK:
-        _CACHE.clear()
-
-
-def loaded_keys() -> list[tuple[Any, ...]]:
-    with _LOCK:
-        return list(_CACHE)

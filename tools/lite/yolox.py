@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.litert import onnx_session
+from tools.lite.litert import onnx_session
 from tools.ops import batched_nms
 from tools.vocab import COCO80
 

@@ -114,7 +114,7 @@ def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
     intent, obj = classify(text, result is not None)
     update: dict[str, Any] = {}
     if intent in ("new", "resegment"):
-        from agent.output import write_outputs
+        from agent.apps.output import write_outputs
         from agent.run import run_media
 
         n = state.get("analyses", 0) + 1
@@ -132,7 +132,11 @@ def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
         record = answer.to_dict(files["masks"], files["overlays"]) | {"out_dir": str(out)}
         if intent == "resegment":
             found = [i for i, fr in enumerate(answer.frames) if fr.labels]
-            failed_checks = [t.message.removeprefix("failed: ") for t in answer.trace if t.node == "check" and t.message.startswith("failed")]
+            failed_checks = [
+                t.message.removeprefix("failed: ")
+                for t in answer.trace
+                if t.node == "check" and t.message.startswith("failed")
+            ]
             if found:
                 msg = f"Here is the {obj}, found in frames {_frames_text(found)}."
             elif failed_checks:
@@ -198,9 +202,9 @@ def _followup(
 
 
 def _why_not(obj: str, result: dict, state: ChatState, ctx: ChatContext) -> str:
-    from agent.toolset import get_toolset
+    from tools.wiring import get_toolset
 
-    toolset = get_toolset(ctx.settings)
+    toolset = get_toolset(ctx.settings.tool_config())
     matches = toolset.matcher.match([obj], toolset.vocabulary)[0]
     name = matches[0][0] if matches else obj
     chosen = result.get("labels", [])
@@ -213,12 +217,9 @@ def _why_not(obj: str, result: dict, state: ChatState, ctx: ChatContext) -> str:
         return f"The {obj} is visible, but the audio matches {', '.join(chosen) or 'nothing visible'} better (audio evidence {cand.get(name, 0.0):.2f} vs {best:.2f})."
     if name in cand:
         return f"The audio could come from a {obj} (audio evidence {cand[name]:.2f}), but no {obj} is visible in the frames."
-    from tools.media import load_clip
+    from tools.media import open_clip
 
-    m = ctx.settings.media
-    clip = load_clip(
-        state["media"], state.get("audio"), max_seconds=m.max_seconds, max_side=m.max_side, aspect=m.aspect
-    )
+    clip = open_clip(state["media"], state.get("audio"), ctx.settings.media)
     seen = [f.index for f in clip.frames if len(toolset.grounder.ground(f, [name]))]
     tags = ", ".join(
         s["message"].split(": ", 1)[-1]
@@ -293,12 +294,9 @@ class Conversation:
         return self.state.get("media")
 
     def open(self, media: str | Path, audio: str | Path | None = None) -> None:
-        from tools.media import load_clip
+        from tools.media import open_clip
 
-        m = self.settings.media
-        load_clip(
-            media, audio, max_seconds=m.max_seconds, max_side=m.max_side, aspect=m.aspect
-        )  # validates now: one clear error
+        open_clip(media, audio, self.settings.media)  # validates now: one clear error
         self._graph.update_state(
             self._config,
             {

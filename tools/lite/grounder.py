@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.deeplab import DeepLabSegmenter
+from tools.lite.deeplab import DeepLabSegmenter
+from tools.lite.yolox import YoloxDetector
+from tools.ops import box_from_mask, stretch_to_aspect
 from tools.protocols import TextMatcher
 from tools.types import Frame, Segments
 from tools.vocab import COCO80, COCO_TO_VOC, VOC21, VOC_TO_COCO
-from tools.yolox import YoloxDetector
 
 MIN_REGION = 0.005
 """A DeepLab region smaller than this share of the frame is not evidence on its own."""
@@ -73,7 +74,7 @@ class LiteGrounder:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        image, sx = _to_display_aspect(frame)
+        image, sx = stretch_to_aspect(frame)
         boxes, scores, classes = self.detector.detect(image)
         class_scores = self.segmenter.scores(frame.image)
         semantic = class_scores.argmax(-1).astype(np.uint8)
@@ -140,7 +141,7 @@ class LiteGrounder:
                 covered |= m
             rest = sem_class & ~covered
             for part in _components(rest, min_pixels=MIN_REGION * h * w):
-                box = np.asarray(_bbox(part), np.float32)
+                box = np.asarray(box_from_mask(part), np.float32)
                 region = _box_mask(box, h, w)
                 fg = (foreground & region).sum()
                 purity = float(part.sum() / fg) if fg else 0.0
@@ -201,27 +202,8 @@ def _components(mask: np.ndarray, min_pixels: float) -> list[np.ndarray]:
     return sorted(parts, key=lambda m: -int(m.sum()))
 
 
-def _to_display_aspect(frame: Frame) -> tuple[np.ndarray, float]:
-    """Stretch a squashed frame back to its display aspect for the detector; returns the x scale used."""
-    if not frame.aspect:
-        return frame.image, 1.0
-    h, w = frame.image.shape[:2]
-    target_w = int(round(h * frame.aspect))
-    if abs(target_w - w) / w < 0.1:
-        return frame.image, 1.0
-    from PIL import Image
-
-    stretched = np.asarray(Image.fromarray(frame.image).resize((target_w, h), Image.Resampling.BILINEAR))
-    return stretched, target_w / w
-
-
 def _box_mask(box: np.ndarray, h: int, w: int) -> np.ndarray:
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     m = np.zeros((h, w), bool)
     m[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True
     return m
-
-
-def _bbox(mask: np.ndarray) -> list[float]:
-    ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,7 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from agent.cli_options import ConfigOpt, ProfileOpt, SetOpt, settings_from
+from agent.apps import chat_cmd, models_cmd, serve_cmd
+from agent.apps.options import ConfigOpt, ProfileOpt, SetOpt, settings_from
+from agent.state import DEFAULT_QUESTION
+from evals import cli as eval_commands
 from tools.errors import UserError
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
+
 @app.command()
 def ask(
     media: Annotated[
@@ -32,9 +34,7 @@ def ask(
     audio: Annotated[
         Path | None, typer.Option("--audio", help="audio file for an image or a folder of frames")
     ] = None,
-    question: Annotated[
-        str, typer.Option("--question", "-q", help="what to ask")
-    ] = "What is making the sound?",
+    question: Annotated[str, typer.Option("--question", "-q", help="what to ask")] = DEFAULT_QUESTION,
     profile: ProfileOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="write answer.json, masks/ and overlays/ here")
@@ -44,7 +44,7 @@ def ask(
     set_: SetOpt = None,
 ) -> None:
     """Ask what is making the sound in MEDIA; prints the answer, optionally writes masks and overlays."""
-    from agent.output import answer_json, write_outputs
+    from agent.apps.output import answer_json, write_outputs
     from agent.run import run_media
 
     settings = settings_from(profile, config, set_)
@@ -86,10 +86,9 @@ def config(
 
 
 # Commands of other modules register themselves here (each module: register(app)).
-_PLUGINS = ("evals.cli", "agent.models_cmd", "agent.serve_cmd", "agent.chat_cmd")
-for _name in _PLUGINS:
-    if importlib.util.find_spec(_name) is not None:
-        importlib.import_module(_name).register(app)
+# The other commands, each in its own module: eval (evals/cli.py), models, serve, chat and ui.
+for _commands in (eval_commands, models_cmd, serve_cmd, chat_cmd):
+    _commands.register(app)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tools import hf
+from tools.full import hf
 from tools.types import SAMPLE_RATE, AudioSegment, AudioTags
 
 

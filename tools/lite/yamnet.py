@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.litert import require_file, tflite_interpreter
+from tools.lite.litert import require_file, tflite_interpreter
 from tools.types import SAMPLE_RATE, AudioSegment, AudioTags
 
 WINDOW = 15_600

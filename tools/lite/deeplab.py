@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.litert import require_file
+from tools.lite.litert import require_file
 from tools.vocab import VOC21
 
 INPUT_SIZE = 513
@@ -35,7 +35,11 @@ def _interpreter(path: str, threads: int):
         interp = Interpreter(model_path=path, num_threads=threads, experimental_preserve_all_tensors=True)
     interp.allocate_tensors()
     n = len(VOC21)
-    cands = [t for t in interp.get_tensor_details() if len(t["shape"]) == 4 and t["shape"][-1] == n and t["shape"][1] < INPUT_SIZE]
+    cands = [
+        t
+        for t in interp.get_tensor_details()
+        if len(t["shape"]) == 4 and t["shape"][-1] == n and t["shape"][1] < INPUT_SIZE
+    ]
     logits = min(cands, key=lambda t: t["shape"][1]) if cands else None
     return interp, threading.Lock(), logits
 
@@ -58,7 +62,9 @@ class DeepLabSegmenter:
         h, w = image.shape[:2]
         out = _upsample(self._forward(self.preprocess(image)), h, w)
         if self.flip:
-            out += _upsample(self._forward(self.preprocess(np.ascontiguousarray(image[:, ::-1]))), h, w)[:, ::-1]
+            out += _upsample(self._forward(self.preprocess(np.ascontiguousarray(image[:, ::-1]))), h, w)[
+                :, ::-1
+            ]
             out *= 0.5
         return out
 
@@ -71,7 +77,9 @@ class DeepLabSegmenter:
 
     def _forward(self, blob: np.ndarray) -> np.ndarray:
         """(1, 513, 513, 3) uint8 -> (h, w, 21) float32 logits on the model's output grid."""
-        interp, lock, logits = _interpreter(str(require_file(self.model_path, "DeepLabV3-MobileNetV2")), self.threads)
+        interp, lock, logits = _interpreter(
+            str(require_file(self.model_path, "DeepLabV3-MobileNetV2")), self.threads
+        )
         with lock:
             interp.set_tensor(interp.get_input_details()[0]["index"], blob)
             interp.invoke()

@@ -5,8 +5,8 @@ Selected by ``tools.backend: http://host:port`` (or https). The bearer token com
 ``AVS_AGENT_TOKEN`` environment variable. The server decides the models and their settings; the client's
 own ``tools.*`` sections (other than ``backend``) are not used. Calls are retried on connection errors
 and on 503 (models still loading) with backoff; a server that stays down is a ``ToolServerError`` (a
-``UserError``: one line, exit 2). Each tool's ``name`` is the server's tool name, so traces and
-``Toolset.closed_vocabulary`` read as they do in-process.
+``UserError``: one line, exit 2). Each tool's ``name`` is the server's tool name and the server says
+whether its vocabulary is closed, so traces and decisions read as they do in-process.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from tools import wire
 from tools.errors import ConfigError, UserError
+from tools.server import wire
+from tools.server.settings import TOKEN_ENV
+from tools.settings import ToolConfig
 from tools.types import AudioSegment, AudioTags, Captions, Frame, Segments
-
-TOKEN_ENV = "AVS_AGENT_TOKEN"
 
 
 class ToolServerError(UserError):
@@ -200,7 +200,7 @@ REMOTE_CLASSES: dict[str, type[_RemoteTool]] = {
 }
 
 
-def client_from_settings(settings: Any) -> RemoteClient:
+def client_from_settings(settings: ToolConfig) -> RemoteClient:
     serve = settings.serve
     return RemoteClient(
         settings.tools.backend,
@@ -211,9 +211,9 @@ def client_from_settings(settings: Any) -> RemoteClient:
     )
 
 
-def build_remote_toolset(settings: Any) -> Any:
-    """An ``agent.toolset.Toolset`` whose tools call the server at ``settings.tools.backend``."""
-    from agent.toolset import Toolset
+def build_remote_toolset(settings: ToolConfig) -> Any:
+    """A ``tools.wiring.Toolset`` whose tools call the server at ``settings.tools.backend``."""
+    from tools.wiring import Toolset
 
     client = client_from_settings(settings)
     info = client.info()
@@ -231,6 +231,7 @@ def build_remote_toolset(settings: Any) -> Any:
         scorer=tools["scorer"],
         matcher=tools["matcher"],
         vocabulary=list(info.get("vocabulary") or []),
+        closed_vocabulary=bool(info.get("closed_vocabulary")),
         audio_captioner=tools.get("audio_captioner"),
         image_captioner=tools.get("image_captioner"),
         crop_checker=tools.get("crop_checker"),

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from agent.cli_options import ConfigOpt, ProfileOpt, SetOpt, settings_from
+from agent.apps.options import ConfigOpt, ProfileOpt, SetOpt, settings_from
 
 
 def register(app: typer.Typer) -> None:
@@ -38,8 +38,9 @@ def register(app: typer.Typer) -> None:
         """Serve the profile's tools over HTTP for `--set tools.backend=http://HOST:PORT` clients.
 
         Set AVS_AGENT_TOKEN to require it as a bearer token (required on a non-loopback host)."""
-        from agent.cli import err
-        from agent.serve import TOKEN_ENV, check_bind
+        from agent.apps.cli import err
+        from tools.server.app import check_bind
+        from tools.server.settings import TOKEN_ENV
 
         settings = settings_from(profile, config, set_)
         host = host or settings.serve.host
@@ -47,20 +48,20 @@ def register(app: typer.Typer) -> None:
         token = os.environ.get(TOKEN_ENV) or None
         check_bind(host, token)
         if ray:
-            from agent.serve_ray import run_ray
+            from tools.server.ray_serve import run_ray
 
-            run_ray(settings, tools=tools, host=host, port=port, token=token)
+            run_ray(settings.tool_config(), tools=tools, host=host, port=port, token=token)
             return
 
         import logging
 
         import uvicorn
 
-        from agent.serve import build_app
+        from tools.server.app import build_app
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         with err.status(f"loading the {settings.profile} models", spinner="dots"):
-            app_ = build_app(settings, tools=tools, token=token, load=True)
+            app_ = build_app(settings.tool_config(), tools=tools, token=token, load=True)
         served = ", ".join(f"{t} ({n})" for t, n in app_.state.dispatcher.info()["tools"].items())
         err.print(
             f"serving {served} on http://{host}:{port}"

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from tools import hf
-from tools.blip_captioner import DEFAULT_SPACY_MODEL, NounPhraseExtractor
+from tools.full import hf
+from tools.full.blip_captioner import DEFAULT_SPACY_MODEL, NounPhraseExtractor
 from tools.types import SAMPLE_RATE, AudioSegment, Captions
 
 DEFAULT_PROMPTS = (

@@ -2,7 +2,7 @@
 
 Routes (all but ``/healthz`` need ``Authorization: Bearer $AVS_AGENT_TOKEN`` when a token is set):
 
-- ``POST /v1/{tool}/{method}``: one tool call; body and answer are ``tools.wire`` messages
+- ``POST /v1/{tool}/{method}``: one tool call; body and answer are ``tools.server.wire`` messages
   (``application/x-avs-npz``). 401 wrong/missing token, 404 unknown tool, 413 over the size or media
   duration cap, 422 malformed payload, 503 models not loaded, 504 over ``serve.request_timeout_s``.
 - ``GET /v1/info``: profile, tool names, vocabulary and limits (what the remote backend builds on).
@@ -17,14 +17,13 @@ tool has one worker thread (a TFLite interpreter is not thread-safe; a GPU model
 threads), different tools run in parallel. Calls that pile up while a batch runs form the next batch.
 
 The HTTP layer (``create_app``) talks to a dispatcher: ``LocalDispatcher`` here (the models in this
-process), or the Ray Serve one in ``agent.serve_ray`` (models in Ray deployments).
+process), or the Ray Serve one in ``tools.server.ray_serve`` (models in Ray deployments).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import time
@@ -38,14 +37,13 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from agent.settings import ServeSettings, Settings
-from tools import wire
 from tools.errors import ConfigError, UserError
+from tools.server import wire
+from tools.server.settings import TOKEN_ENV, ServeSettings, is_loopback
+from tools.settings import ToolConfig
 from tools.types import SAMPLE_RATE, AudioSegment, Frame
 
 log = logging.getLogger("avs_agent.serve")
-
-TOKEN_ENV = "AVS_AGENT_TOKEN"
 
 CONCAT_METHODS = {
     "tagger.tag",
@@ -57,16 +55,6 @@ CONCAT_METHODS = {
     "image_captioner.caption",
 }
 """Methods whose first argument is a list: a batch is concatenated into one call and split back."""
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and 'localhost'; False for 0.0.0.0, other addresses and host names."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, token: str | None) -> None:
@@ -244,7 +232,7 @@ class Dispatcher(Protocol):
 class LocalDispatcher:
     """The tools of a toolset in this process, one worker thread per tool, one batcher per method."""
 
-    def __init__(self, toolset: Any, settings: Settings, tools: list[str] | None = None):
+    def __init__(self, toolset: Any, settings: ToolConfig, tools: list[str] | None = None):
         self.toolset = toolset
         self.settings = settings
         available = [t for t in wire.TOOLS if getattr(toolset, t, None) is not None]
@@ -256,8 +244,8 @@ class LocalDispatcher:
         self._loading: asyncio.Task | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, tools: str | None = None) -> LocalDispatcher:
-        from agent.toolset import build_toolset
+    def from_settings(cls, settings: ToolConfig, tools: str | None = None) -> LocalDispatcher:
+        from tools.wiring import build_toolset
 
         if settings.tools.backend != "local":
             raise ConfigError(
@@ -278,17 +266,10 @@ class LocalDispatcher:
         self.ready = True
 
     def info(self) -> dict[str, Any]:
-        s = self.settings.serve
-        return {
-            "server": "avs-agent",
-            "backend": "local",
-            "profile": self.settings.profile,
-            "tools": {t: getattr(self.toolset, t).name for t in self.tools},
-            "vocabulary": list(self.toolset.vocabulary),
-            "methods": [m.key for m in wire.METHODS.values() if m.tool in self.tools],
-            "limits": _limits(s),
-            "wire_version": wire.WIRE_VERSION,
-        }
+        names = {t: getattr(self.toolset, t).name for t in self.tools}
+        return server_info(
+            self.settings, "local", names, self.toolset.vocabulary, self.toolset.closed_vocabulary
+        )
 
     async def start(self, on_batch: Callable[[wire.Method, int, float], None]) -> None:
         s = self.settings.serve
@@ -313,11 +294,25 @@ class LocalDispatcher:
             b.task.cancel()
         self._batchers.clear()
 
-    def queue_depth(self) -> dict[str, int]:
-        return {k: len(b.items) for k, b in self._batchers.items()}
-
     async def submit(self, method: wire.Method, args: tuple) -> tuple[Any, int]:
         return await self._batchers[method.key].submit(args)
+
+
+def server_info(
+    settings: ToolConfig, backend: str, names: dict[str, str], vocabulary: list[str], closed: bool
+) -> dict[str, Any]:
+    """``GET /v1/info``: what the remote backend builds its toolset from."""
+    return {
+        "server": "avs-agent",
+        "backend": backend,
+        "profile": settings.profile,
+        "tools": names,
+        "vocabulary": list(vocabulary),
+        "closed_vocabulary": closed,
+        "methods": [m.key for m in wire.METHODS.values() if m.tool in names],
+        "limits": _limits(settings.serve),
+        "wire_version": wire.WIRE_VERSION,
+    }
 
 
 def _limits(s: ServeSettings) -> dict[str, Any]:
@@ -512,7 +507,7 @@ def create_app(dispatcher: Dispatcher, serve: ServeSettings, token: str | None) 
 
 
 def build_app(
-    settings: Settings, tools: str | None = None, token: str | None = None, load: bool = True
+    settings: ToolConfig, tools: str | None = None, token: str | None = None, load: bool = True
 ) -> Any:
     """The app for ``avs-agent serve``: a local dispatcher over the profile's tools, loaded now when
     ``load`` (so missing weights fail before the server binds)."""

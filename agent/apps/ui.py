@@ -1,7 +1,7 @@
 """The web page (Gradio Blocks): upload a video (or an image and its audio), ask in a chat box, see every
 frame with the sounding object's mask drawn and named, the answer beside it, and the trace folded away.
 
-Each browser session holds one conversation thread (``agent.conversation.Conversation``), persisted in the
+Each browser session holds one conversation thread (``agent.apps.conversation.Conversation``), persisted in the
 same SQLite checkpointer as the terminal chat, so ``avs-agent chat --thread ID`` resumes it. Errors a
 person can cause (a file that is not media, an image without audio) are shown in the page in one line.
 The page binds to loopback unless told otherwise; ``avs-agent ui`` refuses a public address without auth.
@@ -9,7 +9,6 @@ The page binds to loopback unless told otherwise; ``avs-agent ui`` refuses a pub
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -30,15 +29,6 @@ CSS = """
 #answer { min-height: 3em; }
 #trace pre { max-height: 420px; overflow: auto; font-size: 0.8em; }
 """
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def default_out_root(settings: Settings) -> Path:
@@ -67,7 +57,7 @@ class ChatPage:
         self._lock = threading.Lock()
 
     def conversation(self, thread_id: str | None):
-        from agent.conversation import Conversation
+        from agent.apps.conversation import Conversation
 
         with self._lock:
             if thread_id is None or thread_id not in self._conversations:
@@ -115,7 +105,7 @@ class ChatPage:
         }
         result = state.get("result")
         if result:
-            from agent.conversation import Reply
+            from agent.apps.conversation import Reply
 
             record = result.get("resegmented") or result
             folder = Path(record["out_dir"])

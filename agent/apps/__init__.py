@@ -1,0 +1,1 @@
+"""The command line, the chat and the web page: apps over the agent core."""

@@ -1,0 +1,1 @@
+"""The tool server (FastAPI app, Ray Serve deployment), its wire format and the remote client."""
