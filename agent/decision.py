@@ -211,14 +211,17 @@ def build_table(
     offscreen: list[tuple[float, str, float, str]],
     silent: list[bool],
     p: DecisionSettings,
+    origin: dict[str, str] | None = None,
 ) -> list[FrameEvidence]:
     """The evidence table: per frame, the visible candidates scored, and the none option.
 
     frame_terms: per frame, phrase -> its audio terms from that second; clip_terms: the same for the
     whole clip; found: per frame, phrase -> its instances as grounded (any score; the detection floor
     is applied here); offscreen: per frame, (offscreen evidence of that second, its tag, of the whole
-    clip, its tag), see ``offscreen_evidence``."""
+    clip, its tag), see ``offscreen_evidence``; origin: phrase -> where it was proposed besides the
+    audio tags ('caption', 'audio-caption'), named first among its sources."""
     n = len(found)
+    origin = origin or {}
     kept = [
         {ph: d for ph, seg in f.items() if (d := detection(seg, p.detection_floor)) is not None}
         for f in found
@@ -249,7 +252,11 @@ def build_table(
                     salience=round(float(inst.union().sum()) / max(h * w, 1), 4),
                     support=round(support[ph], 4),
                     labels=labels,
-                    sources=[*sources, f"detector {float(seg.confidence.max()):.2f}"],
+                    sources=[
+                        *([f"{origin[ph]}:{ph}"] if ph in origin else []),
+                        *sources,
+                        f"detector {float(seg.confidence.max()):.2f}",
+                    ],
                 )
                 c.score = round(score(c, p), 5)
                 cands.append(c)
@@ -305,6 +312,27 @@ def rescore_with_crop(c: Candidate, crop: float, p: DecisionSettings) -> Candida
     out = Candidate(**{**c.__dict__, "sources": [*c.sources, f"crop-check {crop:.2f}"], "crop": crop})
     out.score = round(score(out, p), 5)
     return out
+
+
+def crop_texts(row: FrameEvidence, phrase: str) -> list[str]:
+    """What the crop check weighs a mask of ``phrase`` against: its label first, the frame's other
+    candidates, and the foil."""
+    return list(dict.fromkeys([phrase, *(c.phrase for c in row.candidates), CROP_FOIL]))
+
+
+def crop_verdict(
+    row: FrameEvidence, phrase: str, crop: float, p: DecisionSettings
+) -> tuple[FrameEvidence, bool, str]:
+    """The crop check's probability that the mask shows ``phrase`` enters its candidate's score; the
+    mask passes when the candidate still beats 'none'. Returns (row rescored, passed, why)."""
+    cand = next(c for c in row.candidates if c.phrase == phrase)
+    row = with_candidate(row, rescore_with_crop(cand, crop, p))
+    new = next(c for c in row.candidates if c.phrase == phrase)
+    ok = new.score > row.none_score
+    why = f"crop check {crop:.2f} -> score {new.score:.3f}" + (
+        "" if ok else f" below none {row.none_score:.3f}"
+    )
+    return row, ok, why
 
 
 def describe(row: FrameEvidence) -> str:

@@ -176,12 +176,7 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     off = D.offscreen_rows(
         state["frame_tags"], state["clip_tags"], groundings, vocab, ctx.toolset.matcher, ctx.settings.agent, p
     )
-    table = D.build_table(frame_terms, clip_terms, groundings, off, silent, p)
-    origin = state.get("phrase_origin") or {}
-    for row in table:
-        for c in row.candidates:
-            if c.phrase in origin:
-                c.sources.insert(0, f"{origin[c.phrase]}:{c.phrase}")
+    table = D.build_table(frame_terms, clip_terms, groundings, off, silent, p, state.get("phrase_origin"))
     for i, row in enumerate(table):
         steps.append(TraceStep(node="verify", frame=i, message=f"evidence: {D.describe(row)}"))
     if forced:
@@ -278,16 +273,12 @@ def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         for ph in choice.phrases:
             mask = D.mask_of(state["groundings"][i], [ph], p, shape)
             ok, why = D.check_mask(mask, ctx.settings.agent)
-            cand = next((c for c in table[i].candidates if c.phrase == ph), None)
-            if ok and ctx.toolset.crop_checker is not None and cand is not None:
-                texts = list(dict.fromkeys([ph, *(c.phrase for c in table[i].candidates), D.CROP_FOIL]))
+            listed = any(c.phrase == ph for c in table[i].candidates)
+            if ok and ctx.toolset.crop_checker is not None and listed:
+                texts = D.crop_texts(table[i], ph)
                 crop = float(ctx.toolset.crop_checker.check(frame, mask[None], texts)[0, 0])
-                table[i] = D.with_candidate(table[i], D.rescore_with_crop(cand, crop, p))
-                cand = next(c for c in table[i].candidates if c.phrase == ph)
-                ok = cand.score > table[i].none_score
-                why += f"; crop check {crop:.2f} -> score {cand.score:.3f}" + (
-                    "" if ok else f" below none {table[i].none_score:.3f}"
-                )
+                table[i], ok, verdict = D.crop_verdict(table[i], ph, crop, p)
+                why += f"; {verdict}"
             reasons.append(f"{ph}: {why}")
             if ok:
                 passed.append(ph)

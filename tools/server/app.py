@@ -7,7 +7,7 @@ Routes (all but ``/healthz`` need ``Authorization: Bearer $AVS_AGENT_TOKEN`` whe
   duration cap, 422 malformed payload, 503 models not loaded, 504 over ``serve.request_timeout_s``.
 - ``GET /v1/info``: profile, tool names, vocabulary and limits (what the remote backend builds on).
 - ``GET /healthz``: the process answers. ``GET /readyz``: 200 once the models are loaded, else 503.
-- ``GET /metrics``: Prometheus text: requests by code, latency, batch sizes, queue depth.
+- ``GET /metrics``: Prometheus text: requests by code, latency, batch sizes, requests in flight.
 
 Batching: each tool method has a queue. A worker takes the first waiting call, waits up to
 ``serve.batch_wait_s`` for more (up to ``serve.max_batch_size``), and runs them as one call of the tool:
