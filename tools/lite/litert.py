@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from tools.errors import ModelNotFoundError
 
-LITE_HINT = "set AVS_AGENT_MODELS_DIR to the folder holding the lite models (yamnet/, yolox_nano/, deeplabv3_mnv2_voc/)"
+LITE_HINT = "fetch the lite models with `avs-agent models download` (or set AVS_AGENT_MODELS_DIR to a folder holding them)"
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -18,14 +22,36 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+_FD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def native_stderr_quiet() -> Iterator[None]:
+    """Silence what native code writes to the process's stderr (fd 2) while the block runs: TFLite's
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." comes from C++, so Python's logging cannot
+    hold it back. Only model construction runs inside; Python's own warnings stay visible outside."""
+    with _FD_LOCK:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
 @functools.cache
 def _tflite(path: str, threads: int):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ModelNotFoundError("ai-edge-litert is not installed: pip install 'avs-agent[lite]'") from exc
-    interp = Interpreter(model_path=path, num_threads=threads)
-    interp.allocate_tensors()
+    with native_stderr_quiet():
+        interp = Interpreter(model_path=path, num_threads=threads)
+        interp.allocate_tensors()
     return interp, threading.Lock()
 
 
