@@ -44,7 +44,9 @@ def load(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     else:
         runtime.context.progress("loading media")
         clip = open_clip(state["media"], state.get("audio_path"), runtime.context.settings.media)
-    msg = f"{len(clip.frames)} frame(s) at 1 fps, {clip.duration_s:.2f} s of audio"
+    msg = (
+        f"{len(clip.frames)} frame(s) at {clip.meta.get('fps', 1.0):g} fps, {clip.duration_s:.2f} s of audio"
+    )
     if clip.meta.get("truncated"):
         msg += f" (only the first {runtime.context.settings.media.max_seconds:g} s analysed)"
     return {
@@ -352,12 +354,14 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     dp = ctx.settings.agent.decision
     t0 = time.perf_counter()
     masks = state.get("masks") or [np.zeros((f.height, f.width), bool) for f in clip.frames]
-    frames, frames_with = [], {}
+    frames, frames_with, objects = [], {}, []
     for i, frame in enumerate(clip.frames):
         choice = state["choices"][i]
         labels, boxes, scores = [], [], []
+        objects.append({})
         if choice.status == "ok":
             for ph, seg in D.kept(state["groundings"][i], choice.phrases, dp).items():
+                objects[i][ph] = seg.union() & masks[i]
                 labels.append(ph)
                 boxes += [[round(float(v), 1) for v in b] for b in seg.xyxy]
                 scores += [round(float(s), 4) for s in seg.confidence]
@@ -441,6 +445,7 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                     for c in row.candidates
                 ],
                 "none": {"score": row.none_score, "offscreen": row.offscreen, "from": row.offscreen_from},
+                "audio_tags": [[lab, round(v, 4)] for lab, v in state["frame_tags"][i].top(5)],
             }
         )
     result = Answer(
@@ -452,5 +457,6 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         trace=trace,
         stats=stats,
         evidence=evidence,
+        object_masks=objects,
     )
     return {"answer": result, "masks": masks, "trace": [trace[-1]]}

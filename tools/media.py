@@ -22,13 +22,20 @@ from tools.types import SAMPLE_RATE, AudioSegment, Clip, Frame
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+MAX_FPS = 30.0
+"""The most frames per second analysed (each frame costs a detection and a segmentation)."""
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".wma"}
 
 
 def open_clip(media: str | Path, audio: str | Path | None, settings: MediaSettings) -> Clip:
     """``load_clip`` with the config's media settings (what ask, the chat and the page load)."""
     return load_clip(
-        media, audio, max_seconds=settings.max_seconds, max_side=settings.max_side, aspect=settings.aspect
+        media,
+        audio,
+        max_seconds=settings.max_seconds,
+        max_side=settings.max_side,
+        aspect=settings.aspect,
+        fps=settings.fps,
     )
 
 
@@ -39,18 +46,24 @@ def load_clip(
     max_seconds: float = 120.0,
     max_side: int = 1280,
     aspect: float | None = None,
+    fps: float = 1.0,
 ) -> Clip:
-    """Load media as a ``Clip``.
+    """Load media as a ``Clip``: frames at ``fps`` per second, each with the audio around it.
 
     Args:
-        media: a video file, an image file, or a folder of frames (sorted by name, one per second).
+        media: a video file, an image file, or a folder of frames (sorted by name, one per 1/fps s).
         audio: an audio file; required for an image or a folder, optional for a video (replaces its
             own audio track).
         max_seconds: only the first ``max_seconds`` of longer media are analysed (``meta['truncated']``).
         max_side: frames whose longer side exceeds this are downscaled to it (bounds memory on 4K video).
         aspect: display aspect (width / height) the frames should be seen at, when they were stored
             squashed (AVSBench's 224x224 frames of 16:9 video). None: the video's own display aspect.
+        fps: frames analysed per second (1: AVSBench's convention). Frame i stands for the slot
+            [i/fps, (i+1)/fps) and is the decoded frame nearest the slot's middle; its audio segment is
+            the ``max(1/fps, 1 s)`` around that middle (a tagger needs about a second to hear a sound).
     """
+    if not 0 < fps <= MAX_FPS:
+        raise MediaError(f"fps must be above 0 and at most {MAX_FPS:g} frames per second, got {fps:g}")
     media = Path(media)
     if not media.exists():
         raise MediaError(f"media not found: {media}")
@@ -68,23 +81,27 @@ def load_clip(
         if audio is None:
             raise MediaError(f"{media} is a folder of frames: give its audio with --audio FILE")
         wave = decode_audio(audio, max_seconds)
-        n = max(1, min(len(images), math.ceil(max_seconds)))
-        frames = [Frame(i, i + 0.5, _read_image(p, max_side), aspect) for i, p in enumerate(images[:n])]
+        n = max(1, min(len(images), math.ceil(max_seconds * fps)))
+        frames = [
+            Frame(i, round((i + 0.5) / fps, 3), _read_image(p, max_side), aspect)
+            for i, p in enumerate(images[:n])
+        ]
         meta["truncated"] = len(images) > n
-        return _assemble(str(media), frames, wave, one_segment=False, meta=meta)
+        return _assemble(str(media), frames, wave, one_segment=False, meta=meta, fps=fps)
     if suffix in IMAGE_SUFFIXES:
         if audio is None:
             raise MediaError(f"{media} is an image: give the sound with --audio FILE")
         wave = decode_audio(audio, max_seconds)
         frames = [Frame(0, 0.0, _read_image(media, max_side), aspect)]
-        return _assemble(str(media), frames, wave, one_segment=True, meta=meta)
+        return _assemble(str(media), frames, wave, one_segment=True, meta=meta, fps=fps)
     if suffix in VIDEO_SUFFIXES:
-        frames, video_aspect, truncated = _decode_video(media, max_seconds, max_side)
+        frames, video_aspect, truncated, source_fps = _decode_video(media, max_seconds, max_side, fps)
+        meta["source_fps"] = source_fps
         for fr in frames:
             fr.aspect = aspect or video_aspect
         wave = decode_audio(audio or media, max_seconds)
         meta["truncated"] = truncated or len(wave) > max_seconds * SAMPLE_RATE
-        return _assemble(str(media), frames, wave, one_segment=False, meta=meta)
+        return _assemble(str(media), frames, wave, one_segment=False, meta=meta, fps=fps)
     if suffix in AUDIO_SUFFIXES:
         raise MediaError(f"{media} is an audio file: give a video, or an image with --audio {media.name}")
     kinds = ", ".join(sorted(s.lstrip(".") for s in VIDEO_SUFFIXES | IMAGE_SUFFIXES))
@@ -93,19 +110,28 @@ def load_clip(
     )
 
 
-def _assemble(source: str, frames: list[Frame], wave: np.ndarray, *, one_segment: bool, meta: dict) -> Clip:
+def _assemble(
+    source: str, frames: list[Frame], wave: np.ndarray, *, one_segment: bool, meta: dict, fps: float = 1.0
+) -> Clip:
     whole = AudioSegment(0.0, len(wave) / SAMPLE_RATE, wave)
     if one_segment:
         segments = [whole]
     else:
-        segments = []
-        for i in range(len(frames)):
-            chunk = wave[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE]
-            segments.append(
-                AudioSegment(float(i), float(i + 1), np.ascontiguousarray(chunk, dtype=np.float32))
-            )
+        segments = [audio_window(wave, i, fps) for i in range(len(frames))]
     meta["audio_seconds"] = round(whole.duration_s, 3)
+    meta["fps"] = fps
     return Clip(source=source, frames=frames, segments=segments, audio=whole, meta=meta)
+
+
+def audio_window(wave: np.ndarray, i: int, fps: float) -> AudioSegment:
+    """Frame i's audio: ``max(1/fps, 1 s)`` from half that before its slot's middle (not before the
+    clip's start), cut at the clip's end; at 1 fps exactly second i."""
+    length = max(1.0 / fps, 1.0)
+    mid = (i + 0.5) / fps
+    start = max(0.0, mid - length / 2)
+    end = min(len(wave) / SAMPLE_RATE, start + length)
+    a, b = int(round(start * SAMPLE_RATE)), int(round(end * SAMPLE_RATE))
+    return AudioSegment(round(start, 4), round(end, 4), np.ascontiguousarray(wave[a:b], dtype=np.float32))
 
 
 def _natural_key(path: Path) -> list:
@@ -146,9 +172,12 @@ def _reason(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _decode_video(path: Path, max_seconds: float, max_side: int) -> tuple[list[Frame], float | None, bool]:
-    """Frames at 1 fps: for second i, the decoded frame nearest to i + 0.5 s within [i, i + 1); a second
-    with no frame of its own (videos below 1 fps) repeats the last frame before it."""
+def _decode_video(
+    path: Path, max_seconds: float, max_side: int, fps: float = 1.0
+) -> tuple[list[Frame], float | None, bool, float]:
+    """Frames at ``fps``: for slot i, the decoded frame nearest its middle (i + 0.5) / fps within
+    [i / fps, (i + 1) / fps); a slot with no frame of its own (a video slower than ``fps``) repeats the
+    last frame before it. Also returns the display aspect, whether it was cut, and the source's rate."""
     import av
 
     try:
@@ -178,7 +207,8 @@ def _decode_video(path: Path, max_seconds: float, max_side: int) -> tuple[list[F
                     break
                 decoded += 1
                 last_t = t
-                second, dist = int(t), abs(t - (int(t) + 0.5))
+                second = int(t * fps)
+                dist = abs(t - (second + 0.5) / fps)
                 if best is not None and best[0] != second:
                     picked[best[0]] = _video_frame(best[2], best[0], best[3], max_side)
                     best = None
@@ -191,10 +221,10 @@ def _decode_video(path: Path, max_seconds: float, max_side: int) -> tuple[list[F
             picked[best[0]] = _video_frame(best[2], best[0], best[3], max_side)
         if not picked:
             raise MediaError(f"{path} has a video stream with no decodable frames")
-        fps = float(stream.average_rate) if stream.average_rate else 30.0
-        duration = container.duration / 1e6 if container.duration else last_t + 1.0 / fps
-        duration = min(duration, last_t + 1.0 / fps, max_seconds)
-        n_slots = max(1, math.ceil(duration - 0.1))  # timestamps jitter by a frame in some containers
+        fps_source = float(stream.average_rate) if stream.average_rate else 30.0
+        duration = container.duration / 1e6 if container.duration else last_t + 1.0 / fps_source
+        duration = min(duration, last_t + 1.0 / fps_source, max_seconds)
+        n_slots = max(1, math.ceil(duration * fps - 0.1))  # timestamps jitter by a frame in some containers
         frames: list[Frame] = []
         for i in range(n_slots):
             if i in picked:
@@ -202,7 +232,7 @@ def _decode_video(path: Path, max_seconds: float, max_side: int) -> tuple[list[F
             else:
                 prev = frames[-1] if frames else picked[min(picked)]
                 frames.append(Frame(i, prev.time_s, prev.image))
-    return frames, aspect, truncated
+    return frames, aspect, truncated, fps_source
 
 
 def _video_frame(vf, index: int, t: float, max_side: int) -> Frame:

@@ -103,3 +103,15 @@ class TextMatcher(Protocol):
         """For each generic audio label ('Animal', 'Vehicle'), the vocabulary entries it covers, with a
         strength in [0, 1]; empty for a specific label."""
         ...
+
+
+@runtime_checkable
+class Propagator(Protocol):
+    """Carries masks of accepted sources through a clip's frames (SAM2's video predictor in full)."""
+
+    name: str
+
+    def propagate(self, frames: list[Frame], pivot: int, masks: np.ndarray) -> np.ndarray:
+        """masks: (n_obj, H, W) bool on ``frames[pivot]`` -> (T, n_obj, H, W) bool on every frame,
+        forward and backward from the pivot; object identity kept (index = object)."""
+        ...

@@ -99,6 +99,9 @@ class MediaSettings(Section):
     aspect: float | None = Field(
         None, description="display aspect (w/h) of squashed frames, e.g. 1.7778 for AVSBench"
     )
+    fps: float = Field(
+        1.0, gt=0, le=30, description="frames analysed per second (1: AVSBench's convention; --fps)"
+    )
 
 
 class ToolConfig(Section):

@@ -258,6 +258,9 @@ class Answer:
     stats: dict[str, Any] = field(default_factory=dict)
     evidence: list[dict[str, Any]] = field(default_factory=list)
     """Per frame: ``candidates`` [[phrase, audio evidence], ...] and ``visible`` [phrase, ...]."""
+    object_masks: list[dict[str, np.ndarray]] = field(default_factory=list)
+    """Per frame, each sounding object's own (H, W) bool mask (their union is ``masks``); empty when
+    the producer keeps only the union (the evals' strategies)."""
 
     def __post_init__(self) -> None:
         if len(self.masks) != len(self.frames):

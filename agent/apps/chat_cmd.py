@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from agent.apps.options import ConfigOpt, ProfileOpt, SetOpt, settings_from
+from agent.apps.options import ConfigOpt, FpsOpt, ProfileOpt, SetOpt, settings_from
 from tools.errors import UserError
 
 if TYPE_CHECKING:
@@ -44,7 +44,11 @@ def describe_reply(reply: Reply) -> list[str]:
     if reply.masks and reply.kind != "followup":
         lines.append(f"  masks:    {Path(reply.masks[0]).parent}/ (0/255 PNG per frame)")
     if reply.out_dir and reply.kind in ("analysis", "resegment"):
-        lines.append(f"  answer:   {Path(reply.out_dir) / 'answer.json'}")
+        folder = Path(reply.out_dir)
+        if (folder / "overlay.mp4").is_file():
+            lines.append(f"  video:    {folder / 'overlay.mp4'} (the masks over the video, with its sound)")
+            lines.append(f"  timeline: {folder / 'timeline.png'}  masks.json: COCO RLE per frame and object")
+        lines.append(f"  answer:   {folder / 'answer.json'}")
     return lines
 
 
@@ -202,11 +206,12 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         profile: ProfileOpt = None,
+        fps: FpsOpt = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
         """Talk about a video in the terminal: ask what makes the sound, then follow up. /help inside lists the commands."""
-        settings = settings_from(profile, config, set_)
+        settings = settings_from(profile, config, set_, fps)
         session = ChatSession(
             settings, thread, out, echo=typer.echo, status=lambda msg: err.status(msg, spinner="dots")
         )
@@ -250,6 +255,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         profile: ProfileOpt = None,
+        fps: FpsOpt = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
@@ -262,5 +268,5 @@ def register(app: typer.Typer) -> None:
             raise UserError(
                 f"--host {host} exposes the page beyond this machine: give --auth USER:PASSWORD (or --insecure-no-auth)"
             )
-        settings = settings_from(profile, config, set_)
+        settings = settings_from(profile, config, set_, fps)
         launch(settings, host=host, port=port, auth=credentials, out_root=out)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from agent.apps import chat_cmd, models_cmd, serve_cmd
-from agent.apps.options import ConfigOpt, ProfileOpt, SetOpt, settings_from
+from agent.apps.options import ConfigOpt, FpsOpt, ProfileOpt, SetOpt, settings_from
 from agent.state import DEFAULT_QUESTION
 from evals import cli as eval_commands
 from tools.errors import UserError
@@ -37,8 +37,13 @@ def ask(
     question: Annotated[str, typer.Option("--question", "-q", help="what to ask")] = DEFAULT_QUESTION,
     profile: ProfileOpt = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="write answer.json, masks/ and overlays/ here")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="write answer.json, masks/, overlays/, masks.json, overlay.mp4 and timeline.png here",
+        ),
     ] = None,
+    fps: FpsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON on stdout")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -47,7 +52,7 @@ def ask(
     from agent.apps.output import answer_json, write_outputs
     from agent.run import run_media
 
-    settings = settings_from(profile, config, set_)
+    settings = settings_from(profile, config, set_, fps)
     with err.status("starting", spinner="dots") as status:
         answer, clip = run_media(
             media, settings, audio=audio, question=question, progress=lambda m: status.update(m)
@@ -63,7 +68,7 @@ def ask(
             f"  frame {fr.index + 1} ({fr.time_s:.1f} s): {what}  mask {fr.mask_area * 100:.1f}% of the frame"
         )
     if out:
-        typer.echo(f"masks, overlays and answer.json written to {out}")
+        typer.echo(f"masks, overlays, masks.json, overlay.mp4, timeline.png and answer.json written to {out}")
 
 
 @app.command()

@@ -17,14 +17,27 @@ ProfileOpt = Annotated[
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML file of settings (over the profile's)")
 ]
+FpsOpt = Annotated[
+    float | None,
+    typer.Option("--fps", help="frames analysed per second (default 1, AVSBench's convention; at most 30)"),
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="override any setting, key=value: --set llm.backend=openai (repeatable)"),
 ]
 
 
-def settings_from(profile: str | None, config: Path | None, overrides: list[str] | None):
-    """Settings with the precedence of agent.settings: profile yaml < --config < env < --set/--profile."""
+def settings_from(
+    profile: str | None, config: Path | None, overrides: list[str] | None, fps: float | None = None
+):
+    """Settings with the precedence of agent.settings: profile yaml < --config < env < --set/--profile
+    (--fps is ``--set media.fps=N``)."""
     from agent.settings import load_settings
+    from tools.errors import ConfigError
 
-    return load_settings(profile=profile, config_file=config, overrides=tuple(overrides or ()))
+    pairs = list(overrides or ())
+    if fps is not None:
+        if not 0 < fps <= 30:
+            raise ConfigError(f"--fps must be above 0 and at most 30, got {fps:g}")
+        pairs.append(f"media.fps={fps}")
+    return load_settings(profile=profile, config_file=config, overrides=tuple(pairs))

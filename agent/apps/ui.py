@@ -122,6 +122,7 @@ class ChatPage:
             )
             out |= {
                 "gallery": gallery_items(reply, record),
+                **result_media(folder),
                 "answer": answer_markdown(reply, record),
                 "trace": trace_markdown(record),
             }
@@ -146,6 +147,7 @@ class ChatPage:
         if reply.out_dir and reply.kind in ("analysis", "resegment"):
             record = _read_answer(Path(reply.out_dir))
             out["gallery"] = gallery_items(reply, record)
+            out |= result_media(Path(reply.out_dir))
             out["answer"] = answer_markdown(reply, record)
             out["trace"] = trace_markdown(record)
         return out
@@ -188,6 +190,15 @@ def _read_answer(out_dir: Path) -> dict[str, Any]:
         return json.loads((out_dir / "answer.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def result_media(out_dir: Path) -> dict[str, str | None]:
+    """The answer's video (overlay.mp4: masks over the video, with its sound) and timeline.png."""
+    video, timeline = out_dir / "overlay.mp4", out_dir / "timeline.png"
+    return {
+        "video": str(video) if video.is_file() else None,
+        "timeline": str(timeline) if timeline.is_file() else None,
+    }
 
 
 def gallery_items(reply, record: dict[str, Any]) -> list[tuple[str, str]]:
@@ -241,15 +252,17 @@ def build_app(settings: Settings, out_root: Path | None = None):
 
     page = ChatPage(settings, out_root)
 
+    skip_media = (gr.skip(),) * 7
+
     def on_video(video, thread):
         if not video:
-            return thread, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return thread, *skip_media
         new_thread, status = page.open_media(video, None)
-        return new_thread, status, [], [], "", ""
+        return new_thread, status, [], [], "", "", None, None
 
     def on_image(image, audio, thread):
         if not image:
-            return thread, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return thread, *skip_media
         new_thread, status = page.open_media(image, audio)
         if (
             new_thread is None
@@ -257,12 +270,12 @@ def build_app(settings: Settings, out_root: Path | None = None):
             and Path(image).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
         ):
             status = f"Now add the audio of **{Path(image).name}**."
-        return new_thread, status, [], [], "", ""
+        return new_thread, status, [], [], "", "", None, None
 
     def on_load(thread):
         shown = page.resume(thread)
         if shown is None:
-            return None, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return None, *skip_media
         return (
             thread,
             shown["status"],
@@ -270,6 +283,8 @@ def build_app(settings: Settings, out_root: Path | None = None):
             shown.get("gallery", []),
             shown.get("answer", ""),
             shown.get("trace", ""),
+            shown.get("video"),
+            shown.get("timeline"),
         )
 
     def on_submit(text, history):
@@ -280,7 +295,7 @@ def build_app(settings: Settings, out_root: Path | None = None):
 
     def on_ask(history, thread, progress=gr.Progress()):  # noqa: B008 (gradio injects progress this way)
         if not history or history[-1]["role"] != "user":
-            return history, gr.skip(), gr.skip(), gr.skip()
+            return history, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         progress(0.0, desc="thinking")
         try:
             result = page.ask(message_text(history[-1]["content"]), thread, progress=progress_steps(progress))
@@ -291,8 +306,15 @@ def build_app(settings: Settings, out_root: Path | None = None):
             }
         history = [*history, {"role": "assistant", "content": result["text"]}]
         if "gallery" not in result:
-            return history, gr.skip(), gr.skip(), gr.skip()
-        return history, result["gallery"], result["answer"], result["trace"]
+            return history, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (
+            history,
+            result["gallery"],
+            result["answer"],
+            result["trace"],
+            result.get("video"),
+            result.get("timeline"),
+        )
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         # the conversation's id, kept in the browser so a reload goes on with the same conversation
@@ -330,17 +352,29 @@ def build_app(settings: Settings, out_root: Path | None = None):
                     height="auto",
                 )
             with gr.Column(scale=2):
+                result_video = gr.Video(
+                    label="The answer as video: masks over the frames, with the sound",
+                    elem_id="overlay-video",
+                    interactive=False,
+                    height=240,
+                )
+                timeline = gr.Image(
+                    label="Which seconds: audio tags and where each object sounds",
+                    elem_id="timeline",
+                    type="filepath",
+                    interactive=False,
+                )
                 answer = gr.Markdown(elem_id="answer")
                 with gr.Accordion("Trace: how the answer was reached", open=False, elem_id="trace-box"):
                     trace = gr.Markdown(elem_id="trace")
 
-        media_outputs = [thread, status, chat, gallery, answer, trace]
+        media_outputs = [thread, status, chat, gallery, answer, trace, result_video, timeline]
         private = {"api_visibility": "private"}  # a page for people: no API endpoints beside it
         demo.load(on_load, [thread], media_outputs, **private)
         video.change(on_video, [video, thread], media_outputs, **private)
         image.change(on_image, [image, audio, thread], media_outputs, **private)
         audio.change(on_image, [image, audio, thread], media_outputs, **private)
-        ask_outputs = [chat, gallery, answer, trace]
+        ask_outputs = [chat, gallery, answer, trace, result_video, timeline]
         for trigger in (box.submit, send.click):
             trigger(on_submit, [box, chat], [box, chat], queue=False, **private).then(
                 on_ask, [chat, thread], ask_outputs, **private

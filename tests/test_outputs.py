@@ -1,0 +1,99 @@
+"""What ask, the chat and the page write besides the PNGs: overlay.mp4 (H.264 + audio), masks.json
+(COCO RLE that decodes to exactly the PNG masks) and timeline.png; and frames at --fps N."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from media_factory import write_video
+from PIL import Image
+
+from tests.conftest import dev_clip_paths
+from tools.media import load_clip
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "agent.apps.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _streams(path):
+    import av
+
+    with av.open(str(path)) as c:
+        return {s.type: s.codec_context.name for s in c.streams}, c.duration / 1e6, c.streams.video[0].frames
+
+
+def test_ask_on_a_10s_video_at_2fps_writes_video_masks_json_and_timeline(tmp_path):
+    video = write_video(tmp_path / "ten.mp4", seconds=10.0, fps=25, size=(96, 64))
+    out = tmp_path / "out"
+    proc = _cli("ask", str(video), "--fps", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads((out / "answer.json").read_text())
+    assert len(answer["frames"]) == 20
+    # each frame is the source frame nearest its slot's middle (25 fps: within one frame's 0.04 s)
+    assert all(abs(f["time_s"] - (i + 0.5) / 2) <= 0.04 for i, f in enumerate(answer["frames"]))
+    codecs, duration, n = _streams(out / "overlay.mp4")
+    assert codecs == {"video": "h264", "audio": "aac"} and abs(duration - 10.0) < 0.3 and n >= 240
+    masks = json.loads((out / "masks.json").read_text())
+    assert len(masks["frames"]) == 20 and [f["time_s"] for f in masks["frames"]] == [
+        f["time_s"] for f in answer["frames"]
+    ]
+    assert Image.open(out / "timeline.png").size[0] > 400
+    assert answer["files"] == {"masks_json": "masks.json", "video": "overlay.mp4", "timeline": "timeline.png"}
+    assert "Traceback" not in proc.stderr and not proc.stderr.strip()
+
+
+def test_masks_json_decodes_to_the_png_masks(tmp_path, dev_set):
+    """On a real dev clip with a found source: each frame's RLE objects, OR-ed, are its PNG mask."""
+    from pycocotools import mask as rle
+
+    from agent.apps.output import write_outputs
+    from agent.run import run_media
+    from agent.settings import load_settings
+
+    frames, wav, _ = dev_clip_paths("pets_great_pyrenees_176_bark_01")
+    answer, clip = run_media(frames, load_settings("lite"), audio=wav)
+    write_outputs(answer, clip, tmp_path)
+    data = json.loads((tmp_path / "masks.json").read_text())
+    assert data["labels"] == answer.labels == ["dog"]
+    for f in data["frames"]:
+        png = np.asarray(Image.open(tmp_path / "masks" / f"frame_{f['index'] + 1:04d}.png")) > 0
+        union = np.zeros_like(png)
+        for obj in f["objects"]:
+            seg = obj["segmentation"]
+            m = rle.decode({"size": seg["size"], "counts": seg["counts"].encode()}).astype(bool)
+            assert obj["label"] == "dog" and obj["area"] == int(m.sum()) and 0 < obj["score"] <= 1
+            union |= m
+        assert png.any() and (union == png).all()
+    # a folder of frames has no video of its own: the overlay holds each analysed frame for its second
+    codecs, duration, _ = _streams(tmp_path / "overlay.mp4")
+    assert codecs == {"video": "h264", "audio": "aac"} and abs(duration - 5.0) < 0.3
+
+
+@pytest.mark.parametrize("fps", ["0", "1000", "-1"])
+def test_bad_fps_is_one_line_and_exit_2(tmp_path, fps):
+    video = write_video(tmp_path / "v.mp4", seconds=1.0)
+    proc = _cli("ask", str(video), "--fps", fps, timeout=60)
+    assert proc.returncode == 2 and "--fps" in proc.stderr and "Traceback" not in proc.stderr
+    assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1
+
+
+def test_frames_and_audio_windows_at_n_fps(tmp_path):
+    clip = load_clip(write_video(tmp_path / "v.mp4", seconds=5.0, fps=10), fps=2)
+    assert len(clip.frames) == len(clip.segments) == 10
+    times = [f.time_s for f in clip.frames]
+    assert all(abs(t - (i + 0.5) / 2) <= 0.1 for i, t in enumerate(times))  # within one source frame
+    reds = [int(f.image[0, 0, 0]) for f in clip.frames]
+    assert reds == sorted(reds) and len(set(reds)) == 10  # ten distinct frames, in order
+    # each frame hears the second around it (a tagger needs about a second), inside the clip
+    assert all(0 <= s.start_s < s.end_s <= clip.duration_s + 1e-6 for s in clip.segments)
+    assert all(s.end_s - s.start_s == pytest.approx(1.0, abs=0.01) for s in clip.segments[:-1])
+    assert clip.segments[3].start_s == pytest.approx(1.25, abs=0.01)
+    one = load_clip(write_video(tmp_path / "w.mp4", seconds=3.0, fps=10))
+    assert [(s.start_s, s.end_s) for s in one.segments] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
