@@ -154,6 +154,24 @@ def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
         # every overlay image the page shows loads (served by the page, not a broken link)
         sizes = page.eval_on_selector_all("#overlays img", "els => els.map(e => e.naturalWidth)")
         assert len(sizes) >= 5 and all(w > 0 for w in sizes), sizes
+        # the answer's video plays in the page: Chromium decodes overlay.mp4 (H.264 + AAC) and knows
+        # its length, about the clip's 5 s; the timeline image loads too
+        page.wait_for_selector("#overlay-video video", timeout=20_000)
+        page.wait_for_function(
+            "(() => { const v = document.querySelector('#overlay-video video'); return v && v.readyState >= 1 && v.duration > 0; })()",
+            timeout=20_000,
+        )
+        duration = page.eval_on_selector("#overlay-video video", "v => v.duration")
+        assert 4.5 <= duration <= 5.5, duration
+        played = page.eval_on_selector(
+            "#overlay-video video",
+            "v => { v.muted = true; return v.play().then(() => new Promise(r => setTimeout(() => r(v.currentTime), 700))); }",
+        )
+        assert played > 0, played
+        page.wait_for_function(
+            "(() => { const i = document.querySelector('#timeline img'); return i && i.naturalWidth > 0; })()",
+            timeout=10_000,
+        )
         # the mask behind those overlays is on the car
         (thread_dir,) = [p for p in out_root.iterdir() if p.is_dir()]
         masks = thread_dir / "turn_001" / "masks"
