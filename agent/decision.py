@@ -426,3 +426,104 @@ def decide_frame(
             return mask_of(found, passed, p, shape), passed
         tried += [c.phrase for c in chosen]
     return np.zeros(shape, bool), []
+
+
+# ----------------------------------------------------------------------------------- through time
+def kept_index(seg: Segments | None, p: DecisionSettings) -> np.ndarray:
+    """Indices (into ``seg``) of the instances ``kept`` selects: above the floor, salient enough."""
+    if seg is None or not len(seg):
+        return np.zeros(0, int)
+    above = np.flatnonzero(seg.confidence >= p.detection_floor)
+    if len(above) <= 1:
+        return above
+    weight = instance_weight(seg[above])
+    top = int(np.argmax(weight))
+    return above[np.union1d(np.flatnonzero(weight >= p.instance_share * weight[top]), [top])]
+
+
+def pivot_frame(table: list[FrameEvidence], accepted: list[list[str]], phrase: str) -> int | None:
+    """The frame where ``phrase`` is most certain: of the frames that accepted it, the one where its
+    candidate scores highest (AL-Ref-SAM2's pivot frame)."""
+    best, where = -1.0, None
+    for t, (row, phrases) in enumerate(zip(table, accepted, strict=True)):
+        if phrase in phrases:
+            score = next((c.score for c in row.candidates if c.phrase == phrase), 0.0)
+            if score > best:
+                best, where = score, t
+    return where
+
+
+def on_tracks(
+    found: list[dict[str, Segments]], tracks: list[np.ndarray], phrase: str, pivot: int, p: DecisionSettings
+) -> list[Segments | None]:
+    """Per frame, the instances of ``phrase`` on the tracks of its kept instances in the pivot frame
+    (``tracks``: per frame, the track id of each instance of ``found[t][phrase]``, -1 unlinked)."""
+    ids = tracks[pivot][kept_index(found[pivot].get(phrase), p)]
+    ids = ids[ids >= 0]
+    out: list[Segments | None] = []
+    for t, f in enumerate(found):
+        seg = f.get(phrase)
+        on = np.isin(tracks[t], ids) if seg is not None and len(ids) else np.zeros(0, bool)
+        out.append(seg[np.flatnonzero(on)] if on.any() else None)
+    return out
+
+
+def through_time(
+    accepted: list[list[str]],
+    found: list[dict[str, Segments]],
+    linked: dict[str, list[Segments | None]],
+    p: DecisionSettings,
+    config: AgentSettings,
+) -> tuple[list[dict[str, Segments]], list[list[str]]]:
+    """Each frame's objects once the accepted sources are followed through time: where a frame accepted
+    a source, the instance on the source's track (the same one in every frame; the frame's own pick
+    when the track is not there); with ``config.hold``, a frame that accepted nothing takes the tracked
+    instance too (AVSBench masks the source in every frame of its clip), when its mask passes the check.
+    Returns (per frame phrase -> instances, per frame the frames' held phrases)."""
+    objects: list[dict[str, Segments]] = []
+    held: list[list[str]] = []
+    for t, phrases in enumerate(accepted):
+        here: dict[str, Segments] = {}
+        extra: list[str] = []
+        own = kept(found[t], phrases, p)
+        for ph in phrases:
+            seg = linked.get(ph, [None] * len(accepted))[t]
+            if seg is not None:
+                here[ph] = seg
+            elif ph in own:
+                here[ph] = own[ph]
+        if not phrases and config.hold:
+            for ph, per_frame in linked.items():
+                seg = per_frame[t]
+                if seg is not None and check_mask(seg.union(), config)[0]:
+                    here[ph] = seg
+                    extra.append(ph)
+        objects.append(here)
+        held.append(extra)
+    return objects, held
+
+
+def decide_clip(
+    table: list[FrameEvidence],
+    found: list[dict[str, Segments]],
+    p: DecisionSettings,
+    config: AgentSettings,
+    shape,
+    tracks: dict[str, list[np.ndarray]] | None = None,
+) -> np.ndarray:
+    """The whole clip without a model call: ``decide_frame`` per frame, then (when ``tracks`` are given
+    and ``config.propagate``) the accepted sources followed along their tracks. (T, H, W) bool."""
+    accepted = [decide_frame(row, found[t], p, config, shape)[1] for t, row in enumerate(table)]
+    if not (tracks and config.propagate):
+        return np.stack([mask_of(found[t], ph, p, shape) for t, ph in enumerate(accepted)])
+    linked = {}
+    for ph in dict.fromkeys(x for a in accepted for x in a):
+        pivot = pivot_frame(table, accepted, ph)
+        if pivot is not None and ph in tracks:
+            linked[ph] = on_tracks(found, tracks[ph], ph, pivot, p)
+    objects, _ = through_time(accepted, found, linked, p, config)
+    out = np.zeros((len(table), *shape), bool)
+    for t, objs in enumerate(objects):
+        for seg in objs.values():
+            out[t] |= seg.union()
+    return out

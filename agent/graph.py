@@ -1,4 +1,5 @@
-"""Wiring only: load -> perceive -> propose -> verify -> segment -> check -> (retry -> segment | answer)."""
+"""Wiring only: load -> perceive -> propose -> verify -> segment -> check -> (retry -> segment |
+propagate -> answer)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def build_graph(checkpointer=None):
     builder.add_node("segment", nodes.segment)
     builder.add_node("check", nodes.check)
     builder.add_node("retry", nodes.retry)
+    builder.add_node("propagate", nodes.propagate)
     builder.add_node("answer", nodes.answer)
     builder.add_edge(START, "load")
     builder.add_edge("load", "perceive")
@@ -27,6 +29,7 @@ def build_graph(checkpointer=None):
     builder.add_edge("segment", "check")
     builder.add_conditional_edges("check", nodes.route_after_check)
     builder.add_conditional_edges("retry", nodes.route_after_retry)
+    builder.add_edge("propagate", "answer")
     builder.add_edge("answer", END)
     return builder.compile(checkpointer=checkpointer, name="avs-agent")
 

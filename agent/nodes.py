@@ -16,7 +16,8 @@ from agent.rules import Decision, Reasoner
 from agent.settings import Settings
 from agent.state import AgentState, Choice
 from tools.media import open_clip
-from tools.types import Answer, FrameResult, TraceStep
+from tools.ops import box_from_mask
+from tools.types import Answer, FrameResult, Segments, TraceStep
 from tools.wiring import Toolset
 
 
@@ -299,8 +300,8 @@ def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     return {"choices": choices, "masks": masks, "table": table, "trace": steps}
 
 
-def route_after_check(state: AgentState) -> Literal["retry", "answer"]:
-    return "retry" if any(c.status == "retry" for c in state["choices"]) else "answer"
+def route_after_check(state: AgentState) -> Literal["retry", "propagate"]:
+    return "retry" if any(c.status == "retry" for c in state["choices"]) else "propagate"
 
 
 # ---------------------------------------------------------------------------------------------- retry
@@ -343,8 +344,69 @@ def retry(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     return {"choices": choices, "masks": masks, "trace": steps, "llm_stats": decided.stats}
 
 
-def route_after_retry(state: AgentState) -> Literal["segment", "answer"]:
-    return "segment" if any(c.status == "pending" for c in state["choices"]) else "answer"
+def route_after_retry(state: AgentState) -> Literal["segment", "propagate"]:
+    return "segment" if any(c.status == "pending" for c in state["choices"]) else "propagate"
+
+
+# ---------------------------------------------------------------------------------------------- propagate
+def propagate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    """Follow each accepted source through the clip from the frame where it is most certain: SAM2's
+    video predictor carries its mask (full), or ByteTrack links its instances (lite); every frame then
+    shows that same object, and with ``agent.hold`` frames that accepted nothing take it too."""
+    ctx = runtime.context
+    cfg, clip = ctx.settings.agent, state["clip"]
+    p = cfg.decision
+    accepted = [c.phrases if c.status == "ok" else [] for c in state["choices"]]
+    phrases = list(dict.fromkeys(ph for a in accepted for ph in a))
+    tools = ctx.toolset
+    if not (cfg.propagate and phrases and len(clip.frames) > 1) or (
+        tools.propagator is None and tools.tracker is None
+    ):
+        return {}
+    t0 = time.perf_counter()
+    ctx.progress("following the source through the clip")
+    found = state["groundings"]
+    linked: dict[str, list[Segments | None]] = {}
+    steps = []
+    for ph in phrases:
+        pivot = D.pivot_frame(state["table"], accepted, ph)
+        if pivot is None:
+            continue
+        if tools.propagator is not None:
+            start = D.kept(found[pivot], [ph], p)[ph]
+            carried = tools.propagator.propagate(clip.frames, pivot, start.union()[None])[:, 0]
+            score = float(start.confidence.max())
+            linked[ph] = [
+                Segments(xyxy=[box_from_mask(m)], mask=m[None], confidence=[score], labels=[ph])
+                if m.any()
+                else None
+                for m in carried
+            ]
+            how = tools.propagator.name
+        else:
+            linked[ph] = D.on_tracks(found, tools.tracker.link([f.get(ph) for f in found]), ph, pivot, p)
+            how = tools.tracker.name
+        on = [t + 1 for t, seg in enumerate(linked[ph]) if seg is not None]
+        steps.append(
+            _step("propagate", f"{ph}: followed from frame {pivot + 1} ({how}), on frames {on or 'none'}", t0)
+        )
+    objects, held = D.through_time(accepted, found, linked, p, cfg)
+    choices, masks = list(state["choices"]), list(state["masks"])
+    for t, objs in enumerate(objects):
+        mask = np.zeros((clip.frames[t].height, clip.frames[t].width), bool)
+        for seg in objs.values():
+            mask |= seg.union()
+        masks[t] = mask
+        if held[t]:
+            choices[t] = choices[t].model_copy(
+                update={
+                    "status": "ok",
+                    "phrases": held[t],
+                    "reason": f"held: {', '.join(held[t])} followed through the clip",
+                }
+            )
+            steps.append(TraceStep(node="propagate", frame=t, message=choices[t].reason))
+    return {"tracked": objects, "masks": masks, "choices": choices, "trace": steps}
 
 
 # ---------------------------------------------------------------------------------------------- answer
@@ -359,8 +421,10 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         choice = state["choices"][i]
         labels, boxes, scores = [], [], []
         objects.append({})
+        tracked = state.get("tracked")
         if choice.status == "ok":
-            for ph, seg in D.kept(state["groundings"][i], choice.phrases, dp).items():
+            chosen = tracked[i] if tracked else D.kept(state["groundings"][i], choice.phrases, dp)
+            for ph, seg in chosen.items():
                 objects[i][ph] = seg.union() & masks[i]
                 labels.append(ph)
                 boxes += [[round(float(v), 1) for v in b] for b in seg.xyxy]

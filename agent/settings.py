@@ -91,6 +91,14 @@ class AgentSettings(Section):
         0.5,
         description="baseline strategies (vcap-acls, segment-all): a second object is kept when its audio score is at least this share of the first's",
     )
+    propagate: bool = Field(
+        True,
+        description="follow each accepted source through the clip (SAM2's video predictor in full, ByteTrack in lite)",
+    )
+    hold: bool = Field(
+        True,
+        description="with propagate: frames that accepted no source take the followed one (AVSBench masks the source in every frame)",
+    )
     decision: DecisionSettings = DecisionSettings()
 
 

@@ -58,6 +58,8 @@ class AgentState(TypedDict, total=False):
     """Per frame, what is segmented now and whether it passed the check."""
     masks: list[Any]
     """Per frame, (H, W) bool mask of the chosen sources."""
+    tracked: list[dict[str, Segments]]
+    """Per frame, each accepted source's instances once followed through the clip (propagate)."""
     trace: Annotated[list[TraceStep], operator.add]
     """Every decision, appended by each node."""
     llm_reasoning: str

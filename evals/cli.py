@@ -68,7 +68,7 @@ def eval_cmd(
         str,
         typer.Option(
             "--strategy",
-            help="audio-cls, audio-caption, vcap-acls, acap-vcls, openavs, segment-all, agent, oracle-label",
+            help="audio-cls, audio-caption, vcap-acls, acap-vcls, openavs, segment-all, agent, agent-per-frame, oracle-label",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="run folder to write")],

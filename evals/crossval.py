@@ -61,6 +61,8 @@ class ClipData:
     frame_tags: list[Any]
     clip_tags: Any
     silent: list[bool]
+    tracks: dict[str, list[np.ndarray]]
+    """Per phrase, per frame, the track id of each of its instances (the lite tracker's links)."""
 
 
 def groups(cases_csv: Path) -> dict[str, int]:
@@ -113,6 +115,11 @@ def precompute(root: Path, settings: Any, toolset: Any) -> list[ClipData]:
             seg = toolset.grounder.ground(frame, phrases, box_threshold=FLOOR) if phrases else None
             found.append(D.split_by_phrase(seg, phrases))
         silent = [clip.audio.rms < cfg.silence_rms] * len(clip.frames)
+        tracks = (
+            {ph: toolset.tracker.link([f.get(ph) for f in found]) for ph in phrases}
+            if toolset.tracker
+            else {}
+        )
         out.append(
             ClipData(
                 s.labels.name,
@@ -125,6 +132,7 @@ def precompute(root: Path, settings: Any, toolset: Any) -> list[ClipData]:
                 tags[:-1],
                 tags[-1],
                 silent,
+                tracks,
             )
         )
     return out
@@ -135,11 +143,7 @@ def run_decisions(c: ClipData, p: DecisionSettings, toolset: Any, settings: Any)
     vocab = list(toolset.vocabulary)
     off = D.offscreen_rows(c.frame_tags, c.clip_tags, c.found, vocab, toolset.matcher, settings.agent, p)
     table = D.build_table(c.frame_terms, c.clip_terms, c.found, off, c.silent, p)
-    masks = []
-    for t, row in enumerate(table):
-        mask, _ = D.decide_frame(row, c.found[t], p, settings.agent, c.gt.shape[1:])
-        masks.append(mask)
-    return np.stack(masks)
+    return D.decide_clip(table, c.found, p, settings.agent, c.gt.shape[1:], c.tracks)
 
 
 def clip_value(c: ClipData, masks: np.ndarray) -> float:
@@ -239,6 +243,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/crossval.json"))
     ap.add_argument("--set", action="append", default=[], help="settings override key=value")
+    ap.add_argument(
+        "--designs",
+        default="per-frame,propagated",
+        help="which designs to cross-validate: per-frame (agent.propagate off), propagated (on), or both",
+    )
     args = ap.parse_args(argv)
     from tools.errors import UserError
     from tools.wiring import get_toolset
@@ -253,20 +262,33 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         _fail(str(exc))
     pre = time.perf_counter() - t0
-    result = crossval(data, draws(args.samples, args.seed, settings.agent.decision), toolset, settings)
+    designs = {}
+    for name in [d.strip() for d in args.designs.split(",") if d.strip()]:
+        if name not in ("per-frame", "propagated"):
+            _fail(f"unknown design '{name}' (use per-frame, propagated)")
+        agent = settings.agent.model_copy(update={"propagate": name == "propagated"})
+        designed = settings.model_copy(update={"agent": agent})
+        designs[name] = crossval(data, draws(args.samples, args.seed, agent.decision), toolset, designed)
+        print(f"## {name}\n{table(designs[name])}\nfitted: {json.dumps(designs[name]['fitted'])}", flush=True)
+    default = "propagated" if settings.agent.propagate else "per-frame"
+    result = dict(designs.get(default) or next(iter(designs.values())))
     result.update(
         {
+            "design": default if default in designs else next(iter(designs)),
+            "designs": {
+                k: {kk: v[kk] for kk in ("cross_validated", "in_sample", "defaults", "fitted")}
+                for k, v in designs.items()
+            },
             "dataset": str(args.root),
             "groups": len({c.group for c in data}),
             "seconds_tools": round(pre, 1),
             "settings_overrides": args.set,
         }
     )
-    print(table(result))
-    print("fitted:", json.dumps(result["fitted"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    (args.out.with_suffix(".md")).write_text(table(result) + "\n")
+    md = "\n\n".join(f"### {k}\n\n{table(v)}" for k, v in designs.items())
+    (args.out.with_suffix(".md")).write_text(md + "\n")
 
 
 if __name__ == "__main__":

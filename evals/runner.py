@@ -113,6 +113,7 @@ def make_config(
         "on_missing": on_missing,
         "settings": settings.model_dump(mode="json"),
         "settings_fingerprint": settings_fingerprint(settings.tool_config()),
+        "agent": settings.agent.model_dump(mode="json"),
         "llm": {
             "backend": settings.llm.backend,
             "model": settings.llm.model if settings.llm.backend != "rules" else None,
@@ -125,7 +126,9 @@ def make_config(
     }
 
 
-SAME_RUN_KEYS = ("dataset", "root", "split", "strategy", "limit", "settings_fingerprint", "llm")
+SAME_RUN_KEYS = ("dataset", "root", "split", "strategy", "limit", "settings_fingerprint", "agent", "llm")
+"""What a resumed run must share with the run it continues (the agent's decision settings included:
+a resume never mixes clips decided under different parameters)."""
 
 
 # ----------------------------------------------------------------------------- one clip

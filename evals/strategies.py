@@ -29,7 +29,10 @@ openavs            OpenAVS-style translation: audio descriptions (captions under
                    ollama an LLM translates (``prompts/openavs_translate.md``).
 segment-all        segment everything, then associate: every object ``detect_all`` finds,
                    scored against the second's audio; the ones the audio supports are kept.
-agent              ``agent.run.run_clip`` (the full agent: propose, verify, segment, retry).
+agent              ``agent.run.run_clip`` (the full agent: propose, verify, segment, retry,
+                   propagate).
+agent-per-frame    the agent with ``agent.propagate`` off: each frame decided alone (the
+                   comparison for propagation).
 oracle-label       the clip's category label (e.g. ``dog_barking``) as the audio description,
                    then grounded: an upper bound on the perception, NOT a zero-shot result.
 =================  ==========================================================================
@@ -363,6 +366,13 @@ def agent(clip: Clip, toolset: Any, settings: Any) -> Answer:
     return run_clip(clip, settings, toolset)
 
 
+def agent_per_frame(clip: Clip, toolset: Any, settings: Any) -> Answer:
+    from agent.run import run_clip
+
+    off = settings.model_copy(update={"agent": settings.agent.model_copy(update={"propagate": False})})
+    return run_clip(clip, off, toolset)
+
+
 def oracle_label(clip: Clip, toolset: Any, settings: Any, label: str = "") -> Answer:
     run = _Run("oracle-label", clip)
     words = label.replace("_", " ").strip()
@@ -386,6 +396,7 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("openavs", openavs, "OpenAVS-style translation with prompt and frame consistency"),
         Strategy("segment-all", segment_all, "segment everything, then associate with the audio"),
         Strategy("agent", agent, "the agent (agent.run.run_clip)"),
+        Strategy("agent-per-frame", agent_per_frame, "the agent with agent.propagate off (each frame alone)"),
         Strategy(
             "oracle-label", oracle_label, "ORACLE: the category label as the description", needs_label=True
         ),

@@ -1,5 +1,6 @@
 """Scenario suite: the agent's decisions (rules and LLM) over scripted tool outputs."""
 
+import numpy as np
 import pytest
 
 from agent.run import run_clip
@@ -277,3 +278,43 @@ def test_tool_outputs_reach_the_llm_inside_data_delimiters(matcher):
     start, end = user.index("<data>"), user.index("</data>")
     assert start < user.index(injected) < end
     assert ans.labels == ["dog"]
+
+
+def test_the_source_is_followed_through_the_clip(matcher):
+    """One dog walks right. In the middle frame a second, smaller dog is detected more surely (the frame
+    alone would pick it) and in the last frame the walking dog is detected only faintly (below the
+    detection floor: the frame alone finds nothing). Followed along its ByteTrack track from the frame
+    where it is most certain, the walking dog is the answer in every frame; without propagation the
+    frames decide alone."""
+    from dataclasses import replace
+
+    from tests.scripted_tools import H, W
+    from tools.lite.tracker import InstanceTracker
+    from tools.types import Segments
+
+    def dogs(*items):
+        return Segments.concat([box_segment("dog", box, conf) for box, conf in items], H, W)
+
+    walking = [(4, 4, 24, 24), (7, 4, 27, 24), (10, 4, 30, 24)]
+    other = (44, 44, 61, 61)
+    found = {
+        "dog": [dogs((walking[0], 0.9)), dogs((walking[1], 0.5), (other, 0.95)), dogs((walking[2], 0.08))]
+    }
+    tools = replace(
+        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), tracker=InstanceTracker()
+    )
+    followed = run_clip(clip(3), load_settings(), tools)
+    for t, box in enumerate(walking):
+        x0, y0, x1, y1 = box
+        expect = np.zeros((H, W), bool)
+        expect[y0:y1, x0:x1] = True
+        assert (followed.masks[t] == expect).all(), t
+    assert [f.labels for f in followed.frames] == [["dog"]] * 3
+    steps = [s.message for s in followed.trace if s.node == "propagate"]
+    assert any("followed from frame 1 (bytetrack)" in m for m in steps) and any("held" in m for m in steps)
+
+    tools = replace(
+        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), tracker=InstanceTracker()
+    )
+    alone = run_clip(clip(3), load_settings(overrides=["agent.propagate=false"]), tools)
+    assert alone.masks[1][50, 50] and not alone.masks[1][10, 10] and not alone.masks[2].any()

@@ -196,6 +196,28 @@ def test_existing_run_needs_resume_and_same_config(s4, settings, tmp_path):
             limit=1,
             resume=True,
         )
+    # changed decision parameters are another run: a resume never mixes the two
+    changed = settings.model_copy(
+        update={
+            "agent": settings.agent.model_copy(
+                update={"decision": settings.agent.decision.model_copy(update={"none_bias": 0.9})}
+            )
+        }
+    )
+    with pytest.raises(R.RunError, match="agent"):
+        R.run_eval(
+            "avsbench-s4",
+            s4,
+            "test",
+            "segment-all",
+            out,
+            changed,
+            toolset=fake_toolset(),
+            cache_dir=None,
+            progress=False,
+            limit=1,
+            resume=True,
+        )
 
 
 def test_unreadable_dataset_leaves_no_run_behind(s4, settings, tmp_path):

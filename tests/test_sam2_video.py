@@ -9,7 +9,6 @@ result (SAM2 uses a mask prompt as the pivot's output as it is).
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "Sam2VideoModel"):
     pytest.skip("transformers has no Sam2Video classes", allow_module_level=True)
 
+from tests.tiny_models import build_sam2_video as build_tiny_sam2_video  # noqa: E402
 from tools.errors import ModelNotFoundError  # noqa: E402
 from tools.full import hf  # noqa: E402
 from tools.full.sam2_video import Sam2VideoPropagator  # noqa: E402
@@ -29,85 +29,7 @@ from tools.types import Frame  # noqa: E402
 pytestmark = pytest.mark.full
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-SIZE = 64  # the tiny model's square input, pixels
 H, W, T = 48, 64, 4
-
-
-def build_tiny_sam2_video(folder: Path) -> Path:
-    """A random ~1M-parameter ``Sam2VideoModel`` (64 px input) plus its processor's config files.
-
-    Constraints of transformers' implementation: the memory attention's image cross-attention has
-    ``kv_in_dim`` fixed at 64, so ``memory_encoder_output_channels`` (mem_dim) must be 64, and object
-    pointers are only split correctly when mem_dim < the hidden size, hence hidden size 128.
-    """
-    from transformers import Sam2VideoConfig, Sam2VideoModel
-
-    folder = Path(folder)
-    hidden = 128
-    config = Sam2VideoConfig(
-        vision_config=dict(
-            model_type="sam2_vision_model",
-            backbone_config=dict(
-                model_type="sam2_hiera_det_model",
-                hidden_size=8,
-                num_attention_heads=1,
-                blocks_per_stage=[1, 2, 1, 1],
-                embed_dim_per_stage=[8, 16, 32, 64],
-                num_attention_heads_per_stage=[1, 1, 1, 1],
-                window_size_per_stage=[2, 2, 2, 2],
-                global_attention_blocks=[2],
-                image_size=[SIZE, SIZE],
-                window_positional_embedding_background_size=[2, 2],
-            ),
-            backbone_channel_list=[64, 32, 16, 8],
-            fpn_hidden_size=hidden,
-            backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
-        ),
-        prompt_encoder_config=dict(hidden_size=hidden, image_size=SIZE, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=dict(
-            hidden_size=hidden, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=16
-        ),
-        image_size=SIZE,
-        num_maskmem=3,
-        memory_attention_hidden_size=hidden,
-        memory_attention_num_layers=1,
-        memory_attention_num_attention_heads=1,
-        memory_attention_feed_forward_hidden_size=64,
-        memory_attention_rope_feat_sizes=[4, 4],
-        memory_encoder_hidden_size=hidden,
-        memory_encoder_output_channels=64,
-        mask_downsampler_embed_dim=hidden,
-        memory_fuser_embed_dim=hidden,
-        memory_fuser_intermediate_dim=64,
-        memory_fuser_num_layers=1,
-    )
-    Sam2VideoModel(config).save_pretrained(folder)
-    prep = {
-        "size": {"height": SIZE, "width": SIZE},
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225],
-        "rescale_factor": 1 / 255,
-        "do_resize": True,
-        "do_rescale": True,
-        "do_normalize": True,
-    }
-    if HAS_TORCHVISION:  # pragma: no cover - the CPU install has no torchvision
-        from transformers import Sam2ImageProcessor, Sam2VideoProcessor, Sam2VideoVideoProcessor
-
-        Sam2VideoProcessor(
-            image_processor=Sam2ImageProcessor(**prep), video_processor=Sam2VideoVideoProcessor(**prep)
-        ).save_pretrained(folder)
-    else:  # the files save_pretrained writes, by hand (the processor cannot be built without torchvision)
-        (folder / "processor_config.json").write_text(
-            json.dumps({"processor_class": "Sam2VideoProcessor", "target_size": SIZE, "point_pad_value": -10})
-        )
-        (folder / "preprocessor_config.json").write_text(
-            json.dumps({"image_processor_type": "Sam2ImageProcessor", **prep})
-        )
-        (folder / "video_preprocessor_config.json").write_text(
-            json.dumps({"video_processor_type": "Sam2VideoVideoProcessor", **prep})
-        )
-    return folder
 
 
 @pytest.fixture(scope="module")

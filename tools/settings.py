@@ -91,6 +91,8 @@ class ToolsSettings(Section):
     image_captioner: OptionalToolSettings = OptionalToolSettings()
     audio_text_scorer: OptionalToolSettings = OptionalToolSettings()
     clip_check: OptionalToolSettings = OptionalToolSettings()
+    propagator: OptionalToolSettings = OptionalToolSettings()
+    """SAM2's video predictor (full); with 'none' the lite ByteTrack linking follows the source."""
 
 
 class MediaSettings(Section):

@@ -21,8 +21,10 @@ from tools.full.clap import ClapScorer, LaionClapScorer
 from tools.full.clip_check import ClipCropChecker
 from tools.full.grounded_sam import GroundedSam
 from tools.full.grounded_sam_original import GroundedSamOriginal
+from tools.full.sam2_video import Sam2VideoPropagator
 from tools.lite.grounder import LiteGrounder
 from tools.lite.tag_scorer import TagEmbeddingScorer
+from tools.lite.tracker import InstanceTracker
 from tools.lite.yamnet import YamnetTagger
 from tools.protocols import (
     AudioCaptioner,
@@ -31,6 +33,7 @@ from tools.protocols import (
     CropChecker,
     Grounder,
     ImageCaptioner,
+    Propagator,
     TextMatcher,
 )
 from tools.settings import ModelSpec, ToolConfig
@@ -55,6 +58,10 @@ class Toolset:
     independent_scorer: bool = False
     """The scorer is a model of its own (CLAP), not the audio tags read through the text matcher: its
     scores then enter the decision as the 'clap' term (agent/decision.py)."""
+    propagator: Propagator | None = None
+    """Carries an accepted source's mask through the clip (SAM2's video predictor, full)."""
+    tracker: InstanceTracker | None = None
+    """Links a source's instances across frames when there is no propagator (ByteTrack, lite)."""
 
 
 def build_toolset(config: ToolConfig) -> Toolset:
@@ -86,6 +93,8 @@ def build_toolset(config: ToolConfig) -> Toolset:
         image_captioner=captioner,
         crop_checker=_crop_checker(config) if t.clip_check.impl != "none" else None,
         independent_scorer=independent,
+        propagator=_propagator(config) if t.propagator.impl != "none" else None,
+        tracker=InstanceTracker(fps=config.media.fps) if t.propagator.impl == "none" else None,
     )
 
 
@@ -179,6 +188,13 @@ def _image_captioner(config: ToolConfig) -> BlipCaptioner:
     if s.impl != "blip":
         raise ConfigError(f"tools.image_captioner.impl '{s.impl}' is unknown (use blip or none)")
     return BlipCaptioner(_loc(config, "tools.image_captioner.model", s.model), options=dict(s.options))
+
+
+def _propagator(config: ToolConfig) -> Propagator:
+    s = config.tools.propagator
+    if s.impl != "sam2_video":
+        raise ConfigError(f"tools.propagator.impl '{s.impl}' is unknown (use sam2_video or none)")
+    return Sam2VideoPropagator(_loc(config, "tools.propagator.model", s.model), options=dict(s.options))
 
 
 def _crop_checker(config: ToolConfig) -> CropChecker:

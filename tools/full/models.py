@@ -41,6 +41,7 @@ _CLASSES = {
     ("audio_captioner", "qwen2_audio"): ("Qwen2AudioForConditionalGeneration + AutoProcessor", "config.json"),
     ("image_captioner", "blip"): ("BlipForConditionalGeneration + BlipProcessor", "config.json"),
     ("clip_check", "clip"): ("CLIPModel + CLIPProcessor", "config.json"),
+    ("propagator", "sam2_video"): ("Sam2VideoModel (+ Sam2VideoProcessor where torchvision is)", "config.json"),
 }
 
 
@@ -54,7 +55,7 @@ def model_entries(settings: ToolConfig) -> list[ModelEntry]:
     if t.grounder.impl in ("transformers", "original"):
         wanted.append(("grounder.detector", t.grounder.impl, t.grounder.detector))
         wanted.append(("grounder.segmenter", t.grounder.impl, t.grounder.segmenter))
-    for name in ("audio_text_scorer", "audio_captioner", "image_captioner", "clip_check"):
+    for name in ("audio_text_scorer", "audio_captioner", "image_captioner", "clip_check", "propagator"):
         section = getattr(t, name)
         impl = {"transformers": "clap", "qwen2-audio": "qwen2_audio"}.get(section.impl, section.impl)
         if (name, impl) in _CLASSES:

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from tools.errors import ConfigError, UserError
+from tools.lite.tracker import InstanceTracker
 from tools.server import wire
 from tools.server.settings import TOKEN_ENV
 from tools.settings import ToolConfig
@@ -236,4 +237,5 @@ def build_remote_toolset(settings: ToolConfig) -> Any:
         image_captioner=tools.get("image_captioner"),
         crop_checker=tools.get("crop_checker"),
         independent_scorer=served.get("scorer") != "tag-embedding",
+        tracker=InstanceTracker(fps=settings.media.fps),  # links the served detections here (no model)
     )
