@@ -42,35 +42,35 @@ from tools.settings import (
 
 class DecisionSettings(Section):
     """The decision model's parameters (agent/decision.py says how each enters the score). The defaults
-    are fitted on the dev set by ``python -m evals.crossval`` (leave-one-sequence-out; the fit and
-    its cross-validated numbers are in benchmarks/results/crossval.json). Ten in all; w_crop needs the
+    are fitted on the dev set by ``python -m evals.crossval`` with propagation on (leave-one-group-out;
+    the fit and its cross-validated numbers are in benchmarks/results/crossval.json). Ten in all; w_crop needs the
     full profile's crop check and is set, not fitted."""
 
     clip_weight: float = Field(
-        0.324, description="share of the whole clip's audio evidence each second inherits"
+        0.706, description="share of the whole clip's audio evidence each second inherits"
     )
     generic_share: float = Field(
-        0.118, description="share of a generic tag's unexplained score lent to the visible objects it covers"
+        0.272, description="share of a generic tag's unexplained score lent to the visible objects it covers"
     )
-    w_detector: float = Field(0.628, description="weight of the detection score in the candidate's prior")
-    w_salience: float = Field(3.493, description="weight of the mask's share of the frame in the prior")
-    w_support: float = Field(1.308, description="weight of the mean detection score over the clip's frames")
+    w_detector: float = Field(0.901, description="weight of the detection score in the candidate's prior")
+    w_salience: float = Field(2.213, description="weight of the mask's share of the frame in the prior")
+    w_support: float = Field(1.602, description="weight of the mean detection score over the clip's frames")
     w_crop: float = Field(2.0, description="weight of the crop check's probability (full profile)")
     none_bias: float = Field(
-        0.207, description="score of 'none of the visible objects' with no other evidence"
+        0.46, description="score of 'none of the visible objects' with no other evidence"
     )
     none_offscreen: float = Field(
-        0.694, description="weight of the strongest tag whose source is named but not visible, for 'none'"
+        1.211, description="weight of the strongest tag whose source is named but not visible, for 'none'"
     )
     second_source_ratio: float = Field(
-        1.16,
+        0.808,
         description="a second visible source is kept when its score is at least this share of the first's",
     )
     instance_share: float = Field(
-        0.933,
+        0.795,
         description="of a phrase's instances, those at least this share as salient as the top one are kept",
     )
-    detection_floor: float = Field(0.123, description="detections below this score are not evidence")
+    detection_floor: float = Field(0.278, description="detections below this score are not evidence")
 
 
 class AgentSettings(Section):
@@ -120,6 +120,14 @@ class LLMSettings(Section):
     )
 
 
+class OutputSettings(Section):
+    """What ask, the chat and the page write beside answer.json (agent/apps/output.py)."""
+
+    analysed_only: bool = Field(
+        False, description="overlay.mp4 holds the analysed frames only (not every frame of the source video)"
+    )
+
+
 class ChatSettings(Section):
     checkpoint_path: str = Field(
         "~/.cache/avs-agent/chat.sqlite", description="SQLite file of the chat checkpointer"
@@ -154,6 +162,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     media: MediaSettings = MediaSettings()
     chat: ChatSettings = ChatSettings()
+    output: OutputSettings = OutputSettings()
     serve: ServeSettings = ServeSettings()
 
     @classmethod

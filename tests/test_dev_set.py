@@ -7,7 +7,9 @@ test-time flip and rider masks, and generic audio tags carrying the specific one
 (a pause does not stop the source): 0.547 (18 clips), 12/12. With one sound read as two objects no
 longer taken for two sources, and DeepLab regions split into objects (2026-11-26): 0.5497 (18 clips),
 12/12. The decision model of agent/decision.py with its cross-validated fit, the rider reach gone
-(2026-12-01): 0.526 in sample (0.526 cross-validated, evals/crossval.py), 12/12. The floors below
+(2026-12-01): 0.526 in sample (0.513 cross-validated, evals/crossval.py), 12/12. With each accepted
+source followed through the clip (ByteTrack, agent.propagate) and the parameters refitted for it
+(2026-12-01): 0.557 here (0.551 cross-validated; 0.529 with propagation off), 12/12. The floors below
 leave a small margin.
 """
 
@@ -48,5 +50,5 @@ def test_dev_set_floor(dev_set):
     assert offscreen == 12 and len(visible) == 28
     assert offscreen_empty >= 12  # 12/12 on 2026-12-01
     assert (
-        np.mean(visible) >= 0.51
-    )  # 0.526 on 2026-12-01 (0.574 with the clip-by-clip rules, which did not transfer)
+        np.mean(visible) >= 0.54
+    )  # 0.557 on 2026-12-01 (0.574 with the clip-by-clip rules, which did not transfer)

@@ -85,6 +85,9 @@ def test_ask_full_profile_end_to_end(tmp_path, tiny_sets):
     assert verify and all("clap" in m for m in verify)
     assert all("crop check" in s["message"] for s in data["trace"] if s["node"] == "check")
     assert any(s["node"] == "perceive" and "image caption" in s["message"] for s in data["trace"])
+    # the accepted source is carried through the clip by SAM2's video predictor (the tiny checkpoint)
+    propagated = [s["message"] for s in data["trace"] if s["node"] == "propagate"]
+    assert any("(sam2-video)" in m for m in propagated), propagated
 
 
 def test_ask_full_profile_missing_weights_is_one_line(tmp_path):

@@ -57,7 +57,7 @@ def ask(
         answer, clip = run_media(
             media, settings, audio=audio, question=question, progress=lambda m: status.update(m)
         )
-    files = write_outputs(answer, clip, out) if out else None
+    files = write_outputs(answer, clip, out, settings.output.analysed_only) if out else None
     if as_json:
         typer.echo(json.dumps(answer_json(answer, files), indent=2))
         return

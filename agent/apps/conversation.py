@@ -128,7 +128,7 @@ def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
             progress=ctx.progress,
             force_phrases=[obj] if obj else None,
         )
-        files = write_outputs(answer, clip, out)
+        files = write_outputs(answer, clip, out, ctx.settings.output.analysed_only)
         record = answer.to_dict(files["masks"], files["overlays"]) | {"out_dir": str(out)}
         if intent == "resegment":
             found = [i for i, fr in enumerate(answer.frames) if fr.labels]
