@@ -115,10 +115,10 @@ def test_every_retry_fails_and_the_answer_says_so(matcher):
 def test_a_faint_view_of_a_source_seen_in_other_frames_is_kept(matcher):
     """Frame consistency through support: a dog seen clearly in frames 0 and 1 and only faintly in frame
     2 is still the answer there (every frame is grounded at the detection floor)."""
-    dog = box_segment("dog", (10, 10, 40, 40))
-    faint = box_segment("dog", (5, 5, 9, 9), conf=0.2)
-    tools = scripted_toolset(matcher, {"Bark": 0.9}, {"dog": [dog, dog, faint]}, {"dog": 0.9}, VOCAB)
     settings = load_settings()
+    dog = box_segment("dog", (10, 10, 40, 40))
+    faint = box_segment("dog", (5, 5, 9, 9), conf=settings.agent.decision.detection_floor + 0.05)
+    tools = scripted_toolset(matcher, {"Bark": 0.9}, {"dog": [dog, dog, faint]}, {"dog": 0.9}, VOCAB)
     ans = run_clip(clip(3), settings, tools)
     assert ans.labels == ["dog"] and (ans.masks[2] == faint.mask[0]).all()
     assert {c[2] for c in tools.grounder.calls} == {settings.agent.decision.detection_floor}

@@ -18,6 +18,8 @@ from tools.media import load_clip
 from tools.wiring import get_toolset
 
 CLIP = "pets_great_pyrenees_177_bark_01"  # a barking dog, two people and a car behind it, a helicopter heard
+FLOOR = "agent.decision.detection_floor=0.12"
+"""A detection floor low enough that the car behind the dog is a candidate of every frame's table."""
 PEOPLE = {  # the car: a candidate of every frame's evidence table that the rules do not choose
     "frames": [{"frame": i, "sounding": ["car"], "not_visible": []} for i in range(5)],
     "reasoning": "scripted: the car",
@@ -32,12 +34,18 @@ def loaded(dev_set):
 
 @pytest.fixture(scope="module")
 def rules_answer(loaded):
-    s = load_settings()
+    s = load_settings(overrides=[FLOOR])
     return run_clip(loaded, s, get_toolset(s.tool_config()))
 
 
 def _settings(srv, **extra):
-    over = [f"llm.backend={srv.protocol}", f"llm.base_url={srv.url}", "llm.model=fake", "llm.timeout_s=5"]
+    over = [
+        f"llm.backend={srv.protocol}",
+        f"llm.base_url={srv.url}",
+        "llm.model=fake",
+        "llm.timeout_s=5",
+        FLOOR,
+    ]
     return load_settings(overrides=over + [f"{k}={v}" for k, v in extra.items()])
 
 
@@ -108,6 +116,7 @@ def test_server_down_falls_back(loaded, rules_answer):
             "llm.base_url=http://127.0.0.1:9/v1",
             "llm.max_retries=0",
             "llm.timeout_s=2",
+            FLOOR,
         ]
     )
     ans = run_clip(loaded, s, get_toolset(s.tool_config()))
@@ -130,6 +139,8 @@ def test_cli_ask_uses_the_server(tmp_path, dev_set):
                 "llm.backend=openai",
                 "--set",
                 f"llm.base_url={srv.url}",
+                "--set",
+                FLOOR,
             ],
         )
     assert res.exit_code == 0, res.output
