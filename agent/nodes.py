@@ -151,6 +151,12 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     }
 
 
+def grounding_floor(ctx: RunContext) -> float:
+    """Detections are grounded down to ``agent.track_floor`` (what propagation may link), never above
+    the decision's own floor; the decision counts only those at or above ``detection_floor``."""
+    return min(ctx.settings.agent.track_floor, ctx.settings.agent.decision.detection_floor)
+
+
 # ---------------------------------------------------------------------------------------------- verify
 def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     """Ground every candidate in every frame, build the evidence table, let the reasoner decide."""
@@ -170,7 +176,9 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             dict.fromkeys([*audio_side, *(captions[i] if i < len(captions) else []), *shown, *forced])
         )
         seg = (
-            ctx.toolset.grounder.ground(frame, phrases, box_threshold=p.detection_floor) if phrases else None
+            ctx.toolset.grounder.ground(frame, phrases, box_threshold=grounding_floor(ctx))
+            if phrases
+            else None
         )
         groundings.append(D.split_by_phrase(seg, phrases))
         steps.append(_step("verify", f"found: {', '.join(groundings[-1]) or 'nothing'}", t0, frame=i))
@@ -244,7 +252,7 @@ def segment(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         t0 = time.perf_counter()
         missing = [ph for ph in choice.phrases if ph not in groundings[i]]
         if missing:  # a phrase the verify step did not ground (proposed by an LLM retry)
-            seg = ctx.toolset.grounder.ground(frame, missing, box_threshold=p.detection_floor)
+            seg = ctx.toolset.grounder.ground(frame, missing, box_threshold=grounding_floor(ctx))
             groundings[i].update(D.split_by_phrase(seg, missing))
         masks[i] = D.mask_of(groundings[i], choice.phrases, p, (frame.height, frame.width))
         steps.append(

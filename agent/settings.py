@@ -91,6 +91,10 @@ class AgentSettings(Section):
         0.5,
         description="baseline strategies (vcap-acls, segment-all): a second object is kept when its audio score is at least this share of the first's",
     )
+    track_floor: float = Field(
+        0.1,
+        description="detections down to this score are grounded and linked through time (the decision's own detection_floor decides what is evidence)",
+    )
     propagate: bool = Field(
         True,
         description="follow each accepted source through the clip (SAM2's video predictor in full, ByteTrack in lite)",

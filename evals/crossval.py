@@ -46,7 +46,8 @@ SPACE: dict[str, tuple[float, float]] = {
 }
 """The fitted parameters and the ranges they are drawn from (w_crop needs the full profile)."""
 FLOOR = 0.1
-"""Grounding threshold of the precomputed detections: the lowest detection_floor drawn."""
+"""Grounding threshold of the precomputed detections: the lowest detection_floor drawn, and the
+agent's default ``agent.track_floor`` (what the graph grounds at, so the tracker links the same)."""
 
 
 @dataclass

@@ -121,7 +121,7 @@ def test_a_faint_view_of_a_source_seen_in_other_frames_is_kept(matcher):
     tools = scripted_toolset(matcher, {"Bark": 0.9}, {"dog": [dog, dog, faint]}, {"dog": 0.9}, VOCAB)
     ans = run_clip(clip(3), settings, tools)
     assert ans.labels == ["dog"] and (ans.masks[2] == faint.mask[0]).all()
-    assert {c[2] for c in tools.grounder.calls} == {settings.agent.decision.detection_floor}
+    assert {c[2] for c in tools.grounder.calls} == {settings.agent.track_floor}  # below the decision's floor
 
 
 def test_a_visible_object_the_tagger_only_names_generically_is_found(matcher):
