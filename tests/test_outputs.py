@@ -97,3 +97,26 @@ def test_frames_and_audio_windows_at_n_fps(tmp_path):
     assert clip.segments[3].start_s == pytest.approx(1.25, abs=0.01)
     one = load_clip(write_video(tmp_path / "w.mp4", seconds=3.0, fps=10))
     assert [(s.start_s, s.end_s) for s in one.segments] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
+
+
+def test_a_video_without_a_frame_is_one_line_and_exit_2(tmp_path):
+    """A video file whose stream holds no frame at all (shorter than one frame) is bad input."""
+    import av
+
+    path = tmp_path / "no_frames.mp4"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = out.add_stream("aac", rate=16000)
+        sound.layout = "mono"
+        wave = (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32)
+        for k in range(0, len(wave), 1024):
+            frame = av.AudioFrame.from_ndarray(wave[None, k : k + 1024], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 16000, k
+            for packet in sound.encode(frame):
+                out.mux(packet)
+        for packet in sound.encode():
+            out.mux(packet)
+    proc = _cli("ask", str(path), timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1
