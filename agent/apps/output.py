@@ -99,14 +99,7 @@ def masks_json(answer: Answer, clip: Clip) -> dict[str, Any]:
                 "objects": [
                     {
                         "label": label,
-                        "score": max(
-                            (
-                                s
-                                for lab, s in zip(result.labels, _label_scores(result), strict=False)
-                                if lab == label
-                            ),
-                            default=None,
-                        ),
+                        "score": _object_score(m, result),
                         "area": int(m.sum()),
                         "segmentation": encode(m),
                     }
@@ -121,13 +114,18 @@ def masks_json(answer: Answer, clip: Clip) -> dict[str, Any]:
     }
 
 
-def _label_scores(result: FrameResult) -> list[float]:
-    """The best detection score per label of a frame (its boxes are in label order)."""
-    n = len(result.labels)
-    if not n or not result.scores:
-        return [0.0] * n
-    per = max(1, len(result.scores) // n)
-    return [max(result.scores[k * per : (k + 1) * per], default=0.0) for k in range(n)]
+def _object_score(mask: np.ndarray, result: FrameResult) -> float | None:
+    """The best detection score among the frame's boxes whose centre lies on this object's mask (or,
+    for a mask that misses every centre, the boxes it overlaps)."""
+    centre, overlap = None, None
+    for box, score in zip(result.boxes, result.scores, strict=False):
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+        if 0 <= cy < mask.shape[0] and 0 <= cx < mask.shape[1] and mask[cy, cx]:
+            centre = score if centre is None else max(centre, score)
+        if mask[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)].any():
+            overlap = score if overlap is None else max(overlap, score)
+    return centre if centre is not None else overlap
 
 
 # ------------------------------------------------------------------------------ overlay.mp4
