@@ -80,6 +80,7 @@ def make_chat_model(llm: LLMSettings):
             temperature=llm.temperature,
             timeout=llm.timeout_s,
             max_retries=llm.max_retries,  # the openai client retries 408/409/429/5xx and timeouts with backoff
+            max_tokens=llm.max_tokens,
         )
     if llm.backend == "ollama":
         from langchain_ollama import ChatOllama
@@ -88,6 +89,7 @@ def make_chat_model(llm: LLMSettings):
             model=llm.model,
             base_url=llm.base_url or "http://127.0.0.1:11434",
             temperature=llm.temperature,
+            num_predict=llm.max_tokens,
             client_kwargs={"timeout": llm.timeout_s},
         )
     raise ConfigError(f"llm.backend={llm.backend} has no chat model")
@@ -112,6 +114,8 @@ class LLMReasoner(RulesReasoner):
         self.llm = llm
         self.model = model if model is not None else make_chat_model(llm)
         self.name = f"{llm.backend}:{llm.model}"
+        self.spent_s = 0.0
+        """Seconds of LLM calls so far (one reasoner per clip: ``llm.clip_budget_s`` bounds them)."""
 
     # ------------------------------------------------------------------ calls
     def _invoke(
@@ -138,6 +142,12 @@ class LLMReasoner(RulesReasoner):
         stats: list[dict] = []
         error = ""
         for attempt in range(2):
+            if self.spent_s >= self.llm.clip_budget_s:
+                return (
+                    None,
+                    stats,
+                    f"the clip's LLM time budget is spent ({self.spent_s:.0f} s of {self.llm.clip_budget_s:g})",
+                )
             t0 = time.perf_counter()
             try:
                 out = runnable.invoke(messages)
@@ -145,6 +155,7 @@ class LLMReasoner(RulesReasoner):
                 Exception
             ) as exc:  # network, timeout, HTTP status after retries, or an answer the client could not parse
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+                self.spent_s += time.perf_counter() - t0
                 if not _is_parse_error(exc):
                     stats.append(
                         {
@@ -156,6 +167,8 @@ class LLMReasoner(RulesReasoner):
                     )
                     return None, stats, reason
                 out = {"raw": None, "parsed": None, "parsing_error": reason}
+            else:
+                self.spent_s += time.perf_counter() - t0
             raw = out.get("raw")
             usage = getattr(raw, "usage_metadata", None) or {}
             parsed = out.get("parsed")

@@ -115,6 +115,12 @@ class LLMSettings(Section):
     )
     temperature: float = 0.0
     timeout_s: float = Field(60.0, description="seconds before one LLM request is abandoned")
+    max_tokens: int | None = Field(
+        512, description="output tokens per call (a cap: small local models otherwise run to the timeout)"
+    )
+    clip_budget_s: float = Field(
+        120.0, description="seconds of LLM calls per clip; once spent, the rules decide what is left"
+    )
     max_retries: int = Field(
         2, description="retries with backoff on timeouts, 429 and 5xx before the rules decide"
     )

@@ -190,3 +190,32 @@ def test_llm_calls_per_clip_over_the_dev_set(dev_set):
             calls += ans.stats["llm_calls"]
     assert calls == len(srv.requests)
     assert calls / len(rows) <= 1.2
+
+
+@pytest.mark.parametrize("protocol", ["openai", "ollama"])
+def test_each_call_caps_its_output_tokens(loaded, protocol):
+    """Small local models run to the timeout without a cap: every request carries llm.max_tokens."""
+    with FakeLLMServer(protocol, [{"json": PEOPLE}]) as srv:
+        s = _settings(srv, **{"llm.max_tokens": 200})
+        run_clip(loaded, s, get_toolset(s.tool_config()))
+    body = srv.requests[0]["body"]
+    cap = (
+        body.get("max_tokens", body.get("max_completion_tokens"))
+        if protocol == "openai"
+        else body["options"]["num_predict"]
+    )
+    assert cap == 200
+
+
+def test_the_clip_time_budget_hands_the_rest_to_the_rules(loaded, rules_answer):
+    """A slow garbage answer spends the clip's budget: no repair call, the rules decide, the trace says why;
+    a budget of zero makes no call at all."""
+    with FakeLLMServer("openai", [{"sleep": 1.2}, {"content": "not json"}]) as srv:
+        s = _settings(srv, **{"llm.clip_budget_s": 1.0})
+        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+    assert len(srv.requests) == 1 and ans.labels == rules_answer.labels
+    assert any("time budget is spent" in t.message for t in ans.trace if t.node == "verify")
+    with FakeLLMServer("openai", [{"json": PEOPLE}]) as srv:
+        s = _settings(srv, **{"llm.clip_budget_s": 0})
+        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+    assert srv.requests == [] and ans.labels == rules_answer.labels
