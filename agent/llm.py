@@ -31,6 +31,15 @@ from tools.types import TraceStep
 MAX_REASONING_CHARS = 300
 """The LLM's reasoning is quoted in the answer up to this length (it is the model's words, not a fact)."""
 
+AUTO_METHODS = {
+    "openai": ("json_schema", "json_object_schema", "function_calling"),
+    "ollama": ("json_schema", "function_calling"),
+}
+"""What ``structured_method: auto`` tries, in order, until the server accepts one: OpenAI and vLLM take
+a JSON schema; llama.cpp's server takes only ``json_object`` with a ``schema``; most take tool calls."""
+_FOUND: dict[tuple, str] = {}
+"""(backend, base_url, model) -> the structured-output method that server accepted (this process)."""
+
 
 class FrameProposal(BaseModel):
     frame: int = Field(description="frame index, 0-based")
@@ -95,6 +104,16 @@ def make_chat_model(llm: LLMSettings):
     raise ConfigError(f"llm.backend={llm.backend} has no chat model")
 
 
+def _is_refusal(exc: BaseException) -> bool:
+    """The server rejected the request's form (400, 422 or llama.cpp's 500 on an unknown
+    response_format), as opposed to a timeout, a 429 or an answer that does not parse."""
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    text = str(exc).lower()
+    return status in (400, 422, 500) and any(
+        w in text for w in ("response_format", "format", "tool", "schema")
+    )
+
+
 def _is_parse_error(exc: BaseException) -> bool:
     """The server answered, but not with the requested structure (worth one repair attempt)."""
     return type(exc).__name__ in {
@@ -116,6 +135,57 @@ class LLMReasoner(RulesReasoner):
         self.name = f"{llm.backend}:{llm.model}"
         self.spent_s = 0.0
         """Seconds of LLM calls so far (one reasoner per clip: ``llm.clip_budget_s`` bounds them)."""
+        self.probes: list[str] = []
+        """What ``structured_method: auto`` tried and the server refused, for the trace."""
+
+    def _key(self) -> tuple:
+        return (self.llm.backend, self.llm.base_url, self.llm.model)
+
+    def _methods(self) -> list[str]:
+        """The structured-output methods to try: the configured one, or (auto) the one this server
+        accepted before in this process, else each candidate in turn."""
+        if self.llm.structured_method != "auto":
+            return [self.llm.structured_method]
+        if self._key() in _FOUND:
+            return [_FOUND[self._key()]]
+        return list(AUTO_METHODS.get(self.llm.backend, ("json_schema",)))
+
+    def _found(self, method: str) -> None:
+        if self.llm.structured_method == "auto" and self._key() not in _FOUND:
+            _FOUND[self._key()] = method
+            self.probes.append(f"structured output: {method} (found by trying)")
+
+    def _structured(self, schema: type[BaseModel], method: str) -> Any:
+        """A runnable returning {"raw", "parsed", "parsing_error"} for ``method``."""
+        if method == "json_object_schema":
+            from langchain_core.runnables import RunnableLambda
+
+            bound = self.model.bind(
+                response_format={"type": "json_object", "schema": schema.model_json_schema()}
+            )
+
+            def parse(msg: Any) -> dict:
+                try:
+                    return {
+                        "raw": msg,
+                        "parsed": schema.model_validate_json(str(msg.content)),
+                        "parsing_error": None,
+                    }
+                except ValueError as exc:
+                    return {"raw": msg, "parsed": None, "parsing_error": f"{type(exc).__name__}: {exc}"[:300]}
+
+            runnable = bound | RunnableLambda(parse)
+        else:
+            runnable = self.model.with_structured_output(schema, method=method, include_raw=True)
+        if (
+            self.llm.backend == "ollama"
+        ):  # ChatOpenAI retries inside the openai client; Ollama's client does not
+            runnable = runnable.with_retry(
+                retry_if_exception_type=(Exception,),
+                wait_exponential_jitter=True,
+                stop_after_attempt=self.llm.max_retries + 1,
+            )
+        return runnable
 
     # ------------------------------------------------------------------ calls
     def _invoke(
@@ -128,17 +198,9 @@ class LLMReasoner(RulesReasoner):
 
         system = load_prompt("system")
         messages: list = [SystemMessage(system.text), HumanMessage(user)]
-        runnable = self.model.with_structured_output(
-            schema, method=self.llm.structured_method, include_raw=True
-        )
-        if (
-            self.llm.backend == "ollama"
-        ):  # ChatOpenAI retries inside the openai client; Ollama's client does not
-            runnable = runnable.with_retry(
-                retry_if_exception_type=(Exception,),
-                wait_exponential_jitter=True,
-                stop_after_attempt=self.llm.max_retries + 1,
-            )
+        methods = self._methods()
+        method = methods[0]
+        runnable = self._structured(schema, method)
         stats: list[dict] = []
         error = ""
         for attempt in range(2):
@@ -156,6 +218,12 @@ class LLMReasoner(RulesReasoner):
             ) as exc:  # network, timeout, HTTP status after retries, or an answer the client could not parse
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 self.spent_s += time.perf_counter() - t0
+                if _is_refusal(exc) and len(methods) > 1:  # auto: this server does not take that method
+                    self.probes.append(f"{method}: refused ({reason[:120]})")
+                    methods = methods[1:]
+                    method = methods[0]
+                    runnable = self._structured(schema, method)
+                    continue
                 if not _is_parse_error(exc):
                     stats.append(
                         {
@@ -169,6 +237,7 @@ class LLMReasoner(RulesReasoner):
                 out = {"raw": None, "parsed": None, "parsing_error": reason}
             else:
                 self.spent_s += time.perf_counter() - t0
+            self._found(method)
             raw = out.get("raw")
             usage = getattr(raw, "usage_metadata", None) or {}
             parsed = out.get("parsed")
@@ -179,6 +248,7 @@ class LLMReasoner(RulesReasoner):
                     "tokens": int(usage.get("total_tokens", 0)),
                     "seconds": round(time.perf_counter() - t0, 3),
                     "ok": ok,
+                    "method": method,
                 }
             )
             if ok:
@@ -201,7 +271,13 @@ class LLMReasoner(RulesReasoner):
         step = TraceStep(
             node=node, message=f"LLM {what} failed ({error}); the rules decided", data={"llm": self.name}
         )
-        return Decision(rules.phrases, [step], stats)
+        return Decision(rules.phrases, [*self._probe_steps(node), step], stats)
+
+    def _probe_steps(self, node: str) -> list[TraceStep]:
+        """What ``structured_method: auto`` found out in this call, as trace steps (then forgotten)."""
+        steps = [TraceStep(node=node, message=f"LLM {m}", data={"llm": self.name}) for m in self.probes]
+        self.probes = []
+        return steps
 
     # ------------------------------------------------------------------ decisions
     def decide(self, table: list[D.FrameEvidence], data: dict[str, str]) -> Decision:
@@ -241,7 +317,7 @@ class LLMReasoner(RulesReasoner):
             },
         )
         reasoning = " ".join(str(parsed.reasoning).split())[:MAX_REASONING_CHARS]
-        return Decision(per_frame, [step], stats, reasoning)
+        return Decision(per_frame, [*self._probe_steps("verify"), step], stats, reasoning)
 
     def retry(
         self, failing: list[int], choices: list[Choice], table: list[D.FrameEvidence], data: dict[str, str]
@@ -277,7 +353,7 @@ class LLMReasoner(RulesReasoner):
             message=f"LLM ({self.name}) retry phrases: { {i: out[i] for i in failing} }",
             data={"llm": self.name},
         )
-        return Decision(out, [step], stats)
+        return Decision(out, [*self._probe_steps("retry"), step], stats)
 
 
 def _clean(phrase: str | None) -> str:

@@ -124,9 +124,11 @@ class LLMSettings(Section):
     max_retries: int = Field(
         2, description="retries with backoff on timeouts, 429 and 5xx before the rules decide"
     )
-    structured_method: Literal["json_schema", "function_calling", "json_mode"] = Field(
-        "json_schema",
-        description="how structured output is requested (response_format schema or a tool call)",
+    structured_method: Literal[
+        "auto", "json_schema", "json_object_schema", "function_calling", "json_mode"
+    ] = Field(
+        "auto",
+        description="how structured output is requested: a response_format JSON schema, json_object with a schema (llama.cpp's server), a tool call, plain JSON mode; auto finds what the server takes, once per process",
     )
 
 

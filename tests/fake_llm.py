@@ -18,9 +18,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeLLMServer:
-    def __init__(self, protocol: str, script: list[dict]):
+    def __init__(self, protocol: str, script: list[dict], refuse: tuple[str, ...] = ()):
+        """``refuse``: response_format types answered with HTTP 500 as llama.cpp's server does for
+        'json_schema' (without using a script item)."""
         assert protocol in ("openai", "ollama")
         self.protocol = protocol
+        self.refuse = refuse
         self.script = list(script)
         self.requests: list[dict] = []
         self._i = 0
@@ -33,6 +36,26 @@ class FakeLLMServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                kind = (body.get("response_format") or {}).get("type")
+                if kind in server.refuse:
+                    with server._lock:
+                        server.requests.append(
+                            {"path": self.path, "body": body, "headers": dict(self.headers), "refused": True}
+                        )
+                    payload = json.dumps(
+                        {
+                            "error": {
+                                "message": "response_format type must be one of 'text', 'json_object'",
+                                "type": "server_error",
+                            }
+                        }
+                    ).encode()
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 with server._lock:
                     server.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
                     item = server._next()

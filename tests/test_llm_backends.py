@@ -219,3 +219,24 @@ def test_the_clip_time_budget_hands_the_rest_to_the_rules(loaded, rules_answer):
         s = _settings(srv, **{"llm.clip_budget_s": 0})
         ans = run_clip(loaded, s, get_toolset(s.tool_config()))
     assert srv.requests == [] and ans.labels == rules_answer.labels
+
+
+def test_auto_finds_what_a_llama_cpp_like_server_takes(loaded):
+    """llama.cpp's server refuses a json_schema response_format (HTTP 500) but takes json_object with a
+    schema: auto tries, says so in the trace, and the LLM decides; the next clip asks the found way."""
+    from agent import llm as L
+
+    L._FOUND.clear()
+    with FakeLLMServer("openai", [{"json": PEOPLE}], refuse=("json_schema",)) as srv:
+        s = _settings(srv, **{"llm.max_retries": 0})
+        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+        again = run_clip(loaded, s, get_toolset(s.tool_config()))
+    kinds = [(r["body"].get("response_format") or {}).get("type") for r in srv.requests]
+    assert kinds == ["json_schema", "json_object", "json_object"]
+    assert srv.requests[1]["body"]["response_format"]["schema"]["title"] == "Proposal"
+    assert ans.labels == again.labels == ["car"]
+    steps = [t.message for t in ans.trace if t.node == "verify"]
+    assert any("json_schema: refused" in m for m in steps) and any(
+        "json_object_schema (found" in m for m in steps
+    )
+    L._FOUND.clear()
