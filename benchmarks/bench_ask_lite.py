@@ -79,6 +79,7 @@ def main() -> None:
             "median": round(statistics.median(per_clip), 3),
             "max": round(max(per_clip), 3),
         },
+        "per_clip": {r["name"]: round(t, 3) for r, t in zip(rows, per_clip, strict=True)},
         "media_load_s_mean": round(statistics.mean(load_media), 4),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "rss_before_models_mb": round(rss0, 1),
