@@ -23,12 +23,34 @@ from tools.wiring import Toolset
 
 @dataclass
 class RunContext:
-    """What a run needs besides its state: settings, tools and the reasoner (per-run, not persisted)."""
+    """What a run needs besides its state: settings, tools and the reasoner (per run, not persisted).
 
-    settings: Settings
-    toolset: Toolset
-    reasoner: Reasoner
+    A LangGraph server builds it from the run's JSON ``context`` (or none): plain configuration,
+    ``profile``, ``config_file`` and ``overrides`` (``--set`` pairs), from which the settings, the
+    toolset (kept per process, ``tools.wiring.get_toolset``) and the reasoner are built here. In-process
+    callers (ask, chat, the evals) hand over the built objects instead (``agent.run.make_context``)."""
+
+    profile: str | None = None
+    config_file: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    settings: Settings | None = None
+    toolset: Toolset | None = None
+    reasoner: Reasoner | None = None
     progress: Callable[[str], None] = field(default=lambda msg: None)
+
+    def __post_init__(self) -> None:
+        if self.settings is None:
+            from agent.settings import load_settings
+
+            self.settings = load_settings(self.profile, self.config_file, tuple(self.overrides))
+        if self.toolset is None:
+            from tools.wiring import get_toolset
+
+            self.toolset = get_toolset(self.settings.tool_config())
+        if self.reasoner is None:
+            from agent.llm import make_reasoner
+
+            self.reasoner = make_reasoner(self.settings.agent, self.settings.llm)
 
 
 def _step(node: str, message: str, t0: float, frame: int | None = None, **data) -> TraceStep:

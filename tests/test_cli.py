@@ -171,3 +171,29 @@ def test_graph_prints_mermaid():
 def test_config_shows_cli_override():
     res = runner.invoke(app, ["config", "--set", "agent.max_attempts=9"])
     assert json.loads(res.stdout)["agent"]["max_attempts"] == 9
+
+
+def test_the_graph_runs_from_plain_configuration(dev_set):
+    """What a LangGraph server does with langgraph.json: build the run context from JSON (here the
+    profile and one override, or nothing at all) and invoke the graph with the media path as input; the
+    answer equals `ask`'s."""
+    from agent.graph import graph
+    from agent.nodes import RunContext
+    from agent.run import run_media
+    from agent.settings import load_settings
+
+    frames, wav, _ = dev_clip_paths("pets_great_pyrenees_176_bark_01")
+    expected, _ = run_media(frames, load_settings(), audio=wav)
+    for context in ({"profile": "lite", "overrides": ["agent.max_attempts=3"]}, {}):
+        out = graph.invoke(
+            {
+                "media": str(frames),
+                "audio_path": str(wav),
+                "question": "what is making the sound?",
+                "trace": [],
+            },
+            context=RunContext(**context),
+        )
+        answer = out["answer"]
+        assert answer.labels == expected.labels == ["dog"]
+        assert all((a == b).all() for a, b in zip(answer.masks, expected.masks, strict=True))
