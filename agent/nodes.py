@@ -4,7 +4,6 @@ with its trace steps. Routing functions are pure and typed with the nodes they l
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,7 +35,6 @@ class RunContext:
     settings: Settings | None = None
     toolset: Toolset | None = None
     reasoner: Reasoner | None = None
-    progress: Callable[[str], None] = field(default=lambda msg: None)
 
     def __post_init__(self) -> None:
         if self.settings is None:
@@ -53,6 +51,12 @@ class RunContext:
             self.reasoner = make_reasoner(self.settings.agent, self.settings.llm)
 
 
+def _progress(runtime: Runtime[RunContext], message: str) -> None:
+    """A progress event on LangGraph's custom stream (``stream_mode="custom"``): ask's spinner, the chat
+    and the page show it as it happens, and so does a LangGraph server's client."""
+    runtime.stream_writer({"progress": message})
+
+
 def _step(node: str, message: str, t0: float, frame: int | None = None, **data) -> TraceStep:
     return TraceStep(
         node=node, message=message, frame=frame, data=data, seconds=round(time.perf_counter() - t0, 4)
@@ -65,7 +69,7 @@ def load(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     if "clip" in state and state["clip"] is not None:
         clip = state["clip"]
     else:
-        runtime.context.progress("loading media")
+        _progress(runtime, "loading media")
         clip = open_clip(state["media"], state.get("audio_path"), runtime.context.settings.media)
     msg = (
         f"{len(clip.frames)} frame(s) at {clip.meta.get('fps', 1.0):g} fps, {clip.duration_s:.2f} s of audio"
@@ -85,7 +89,7 @@ def perceive(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     clip = state["clip"]
     t0 = time.perf_counter()
-    ctx.progress("tagging audio")
+    _progress(runtime, "tagging audio")
     tags = ctx.toolset.tagger.tag([*clip.segments, clip.audio])
     frame_tags, clip_tags = tags[:-1], tags[-1]
     steps = [
@@ -96,13 +100,13 @@ def perceive(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     update: dict = {"frame_tags": frame_tags, "clip_tags": clip_tags}
     if ctx.toolset.audio_captioner is not None:
         t1 = time.perf_counter()
-        ctx.progress("captioning the audio")
+        _progress(runtime, "captioning the audio")
         update["audio_captions"] = ctx.toolset.audio_captioner.caption([clip.audio])
         cap = update["audio_captions"][0]
         steps.append(_step("perceive", f"audio captions: {cap.texts} nouns {cap.noun_phrases}", t1))
     if ctx.toolset.image_captioner is not None:
         t1 = time.perf_counter()
-        ctx.progress("captioning the frames")
+        _progress(runtime, "captioning the frames")
         update["image_captions"] = ctx.toolset.image_captioner.caption(clip.frames)
         for i, cap in enumerate(update["image_captions"]):
             steps.append(
@@ -185,7 +189,7 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     clip = state["clip"]
     p = ctx.settings.agent.decision
-    ctx.progress("finding candidates in the frames")
+    _progress(runtime, "finding candidates in the frames")
     frame_terms, clip_terms = state["frame_terms"], state["clip_terms"]
     forced = state.get("force_phrases") or []
     audio_side = D.audio_phrases([*frame_terms, clip_terms])
@@ -394,7 +398,7 @@ def propagate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     ):
         return {}
     t0 = time.perf_counter()
-    ctx.progress("following the source through the clip")
+    _progress(runtime, "following the source through the clip")
     found = state["groundings"]
     linked: dict[str, list[Segments | None]] = {}
     steps = []

@@ -13,16 +13,36 @@ from agent.state import DEFAULT_QUESTION
 from tools.types import Answer, Clip
 from tools.wiring import Toolset, get_toolset
 
+STEP_CHARS = 120
+"""A trace step shown as progress is cut to this length (the evidence rows are long)."""
 
-def make_context(
-    settings: Settings, toolset: Toolset | None = None, progress: Callable[[str], None] | None = None
-) -> RunContext:
+
+def make_context(settings: Settings, toolset: Toolset | None = None) -> RunContext:
     return RunContext(
         settings=settings,
         toolset=toolset or get_toolset(settings.tool_config()),
         reasoner=make_reasoner(settings.agent, settings.llm),
-        progress=progress or (lambda msg: None),
     )
+
+
+def _run(inputs: dict, context: RunContext, progress: Callable[[str], None] | None) -> dict:
+    """Run the graph through LangGraph's streaming: progress events (``custom``) and each node's new
+    trace steps (``updates``) reach ``progress`` as they happen; returns the nodes' last updates."""
+    last: dict = {}
+    for mode, chunk in graph.stream(inputs, context=context, stream_mode=["updates", "custom"]):
+        if mode == "custom":
+            if progress and isinstance(chunk, dict) and "progress" in chunk:
+                progress(str(chunk["progress"]))
+            continue
+        for node, update in (chunk or {}).items():
+            if not update:
+                continue
+            last.update({k: v for k, v in update.items() if k != "trace"})
+            if progress:
+                for step in update.get("trace", []):
+                    where = f" (frame {step.frame + 1})" if step.frame is not None else ""
+                    progress(f"{node}{where}: {step.message}"[:STEP_CHARS])
+    return last
 
 
 def run_clip(
@@ -33,9 +53,7 @@ def run_clip(
     progress: Callable[[str], None] | None = None,
 ) -> Answer:
     """Answer ``question`` about a loaded clip."""
-    state = graph.invoke(
-        {"question": question, "clip": clip, "trace": []}, context=make_context(settings, toolset, progress)
-    )
+    state = _run({"question": question, "clip": clip, "trace": []}, make_context(settings, toolset), progress)
     return state["answer"]
 
 
@@ -50,7 +68,7 @@ def run_media(
 ) -> tuple[Answer, Clip]:
     """Load media and answer; returns the answer and the loaded clip (for overlays). ``force_phrases``
     replaces the proposal with objects the person named ("segment the car instead")."""
-    state = graph.invoke(
+    state = _run(
         {
             "question": question,
             "media": str(media),
@@ -58,6 +76,7 @@ def run_media(
             "trace": [],
             "force_phrases": force_phrases or [],
         },
-        context=make_context(settings, toolset, progress),
+        make_context(settings, toolset),
+        progress,
     )
     return state["answer"], state["clip"]

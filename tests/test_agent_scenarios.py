@@ -318,3 +318,19 @@ def test_the_source_is_followed_through_the_clip(matcher):
     )
     alone = run_clip(clip(3), load_settings(overrides=["agent.propagate=false"]), tools)
     assert alone.masks[1][50, 50] and not alone.masks[1][10, 10] and not alone.masks[2].any()
+
+
+def test_progress_streams_the_steps_as_they_happen(matcher):
+    """run_clip runs the graph through LangGraph's streaming: the nodes' progress events (custom stream)
+    and each node's trace steps (updates) reach the callback in graph order, before the answer."""
+    events: list[str] = []
+    dog = box_segment("dog", (10, 10, 40, 40))
+    tools = scripted_toolset(matcher, {"Bark": 0.9}, {"dog": dog}, {"dog": 0.9}, VOCAB)
+    ans = run_clip(clip(), load_settings(), tools, progress=events.append)
+    assert ans.labels == ["dog"]
+    first = {
+        name: next(i for i, e in enumerate(events) if e.startswith(name))
+        for name in ("tagging audio", "perceive", "verify", "segment", "check", "answer")
+    }
+    assert list(first.values()) == sorted(first.values()), events
+    assert any(e.startswith("verify (frame 1): evidence: dog") for e in events)
