@@ -83,7 +83,11 @@ def test_ask_full_profile_end_to_end(tmp_path, tiny_sets):
         s["message"] for s in data["trace"] if s["node"] == "verify" and s["message"].startswith("evidence")
     ]
     assert verify and all("clap" in m for m in verify)
-    assert all("crop check" in s["message"] for s in data["trace"] if s["node"] == "check")
+    # every mask that passed the area check got the crop check's verdict (a mask too small for it
+    # fails before the crop check runs)
+    checks = [s["message"] for s in data["trace"] if s["node"] == "check"]
+    assert any("crop check" in m for m in checks), checks
+    assert all("crop check" in m for m in checks if "mask covers" in m), checks
     assert any(s["node"] == "perceive" and "image caption" in s["message"] for s in data["trace"])
     # the accepted source is carried through the clip by SAM2's video predictor (the tiny checkpoint)
     propagated = [s["message"] for s in data["trace"] if s["node"] == "propagate"]
