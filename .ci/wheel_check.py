@@ -70,10 +70,16 @@ def must(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="avs-wheel-"))
     try:
+        # built from a clean copy: a build/ folder left in the checkout by an earlier build would
+        # otherwise carry stale modules into the wheel
+        src = work / "src"
+        shutil.copytree(
+            ROOT,
+            src,
+            ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__"),
+        )
         must(
-            run(
-                [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(ROOT)]
-            )
+            run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(src)])
         )
         wheel = next((work / "dist").glob("avs_agent-*.whl"))
         must(run([sys.executable, "-m", "venv", str(work / "venv")]))

@@ -487,7 +487,7 @@ def through_time(
         extra: list[str] = []
         own = kept(found[t], phrases, p)
         for ph in phrases:
-            seg = linked.get(ph, [None] * len(accepted))[t]
+            seg = linked[ph][t] if ph in linked else None
             if seg is not None:
                 here[ph] = seg
             elif ph in own:
@@ -513,9 +513,10 @@ def decide_clip(
 ) -> np.ndarray:
     """The whole clip without a model call: ``decide_frame`` per frame, then (when ``tracks`` are given
     and ``config.propagate``) the accepted sources followed along their tracks. (T, H, W) bool."""
-    accepted = [decide_frame(row, found[t], p, config, shape)[1] for t, row in enumerate(table)]
+    decided = [decide_frame(row, found[t], p, config, shape) for t, row in enumerate(table)]
     if not (tracks and config.propagate):
-        return np.stack([mask_of(found[t], ph, p, shape) for t, ph in enumerate(accepted)])
+        return np.stack([mask for mask, _ in decided])
+    accepted = [phrases for _, phrases in decided]
     linked = {}
     for ph in dict.fromkeys(x for a in accepted for x in a):
         pivot = pivot_frame(table, accepted, ph)

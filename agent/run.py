@@ -6,23 +6,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.graph import graph
-from agent.llm import make_reasoner
 from agent.nodes import RunContext
 from agent.settings import Settings
 from agent.state import DEFAULT_QUESTION
 from tools.types import Answer, Clip
-from tools.wiring import Toolset, get_toolset
+from tools.wiring import Toolset
 
 STEP_CHARS = 120
 """A trace step shown as progress is cut to this length (the evidence rows are long)."""
 
 
 def make_context(settings: Settings, toolset: Toolset | None = None) -> RunContext:
-    return RunContext(
-        settings=settings,
-        toolset=toolset or get_toolset(settings.tool_config()),
-        reasoner=make_reasoner(settings.agent, settings.llm),
-    )
+    """The run context of in-process callers (RunContext builds the toolset and reasoner it is not given)."""
+    return RunContext(settings=settings, toolset=toolset)
 
 
 def _run(inputs: dict, context: RunContext, progress: Callable[[str], None] | None) -> dict:

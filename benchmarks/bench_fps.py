@@ -34,7 +34,7 @@ def make_video(path: Path, noise: bool = False) -> Path:
     import numpy as np
     from PIL import Image
 
-    from tools.media import decode_audio
+    from tools.media import decode_audio, write_audio
 
     cat, name = CLIP
     base = SHARED / "data/davis_av_dev/s4_data"
@@ -60,13 +60,7 @@ def make_video(path: Path, noise: bool = False) -> Path:
                 out.mux(p)
         for p in vs.encode():
             out.mux(p)
-        for k in range(0, len(wave), 1024):
-            af = av.AudioFrame.from_ndarray(wave[None, k : k + 1024], format="flt", layout="mono")
-            af.sample_rate, af.pts = 16000, k
-            for p in aus.encode(af):
-                out.mux(p)
-        for p in aus.encode():
-            out.mux(p)
+        write_audio(out, aus, wave)
     return path
 
 

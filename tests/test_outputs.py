@@ -13,7 +13,7 @@ from media_factory import write_video
 from PIL import Image
 
 from tests.conftest import dev_clip_paths
-from tools.media import load_clip
+from tools.media import load_clip, write_audio
 
 
 def _cli(*args, timeout=300):
@@ -109,14 +109,7 @@ def test_a_video_without_a_frame_is_one_line_and_exit_2(tmp_path):
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         sound = out.add_stream("aac", rate=16000)
         sound.layout = "mono"
-        wave = (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32)
-        for k in range(0, len(wave), 1024):
-            frame = av.AudioFrame.from_ndarray(wave[None, k : k + 1024], format="flt", layout="mono")
-            frame.sample_rate, frame.pts = 16000, k
-            for packet in sound.encode(frame):
-                out.mux(packet)
-        for packet in sound.encode():
-            out.mux(packet)
+        write_audio(out, sound, (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32))
     proc = _cli("ask", str(path), timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1

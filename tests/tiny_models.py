@@ -154,6 +154,27 @@ def build_sam(folder: Path) -> Path:
     return folder
 
 
+def _sam2_vision(fpn_hidden_size: int, image_size: int = 64) -> dict:
+    """The tiny SAM2 Hiera vision config both tiny SAM2 checkpoints (image and video) use."""
+    return dict(
+        backbone_config=dict(
+            model_type="sam2_hiera_det_model",
+            hidden_size=8,
+            num_attention_heads=1,
+            blocks_per_stage=[1, 2, 1, 1],
+            embed_dim_per_stage=[8, 16, 32, 64],
+            num_attention_heads_per_stage=[1, 1, 1, 1],
+            window_size_per_stage=[2, 2, 2, 2],
+            global_attention_blocks=[2],
+            image_size=[image_size, image_size],
+            window_positional_embedding_background_size=[2, 2],
+        ),
+        backbone_channel_list=[64, 32, 16, 8],
+        fpn_hidden_size=fpn_hidden_size,
+        backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
+    )
+
+
 def build_sam2(folder: Path) -> Path:
     """A tiny SAM2 with a ``preprocessor_config.json`` (transformers' Sam2 image processor needs
     torchvision, so the grounder preprocesses SAM2 input itself from these values)."""
@@ -161,23 +182,7 @@ def build_sam2(folder: Path) -> Path:
 
     folder = Path(folder)
     config = Sam2Config(
-        vision_config=dict(
-            backbone_config=dict(
-                model_type="sam2_hiera_det_model",
-                hidden_size=8,
-                num_attention_heads=1,
-                blocks_per_stage=[1, 2, 1, 1],
-                embed_dim_per_stage=[8, 16, 32, 64],
-                num_attention_heads_per_stage=[1, 1, 1, 1],
-                window_size_per_stage=[2, 2, 2, 2],
-                global_attention_blocks=[2],
-                image_size=[64, 64],
-                window_positional_embedding_background_size=[2, 2],
-            ),
-            backbone_channel_list=[64, 32, 16, 8],
-            fpn_hidden_size=32,
-            backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
-        ),
+        vision_config=_sam2_vision(fpn_hidden_size=32),
         prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=16, mask_input_channels=4),
         mask_decoder_config=dict(
             hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32
@@ -419,24 +424,10 @@ def build_sam2_video(folder: Path) -> Path:
     folder = Path(folder)
     hidden = 128
     config = Sam2VideoConfig(
-        vision_config=dict(
-            model_type="sam2_vision_model",
-            backbone_config=dict(
-                model_type="sam2_hiera_det_model",
-                hidden_size=8,
-                num_attention_heads=1,
-                blocks_per_stage=[1, 2, 1, 1],
-                embed_dim_per_stage=[8, 16, 32, 64],
-                num_attention_heads_per_stage=[1, 1, 1, 1],
-                window_size_per_stage=[2, 2, 2, 2],
-                global_attention_blocks=[2],
-                image_size=[SAM2_VIDEO_SIZE, SAM2_VIDEO_SIZE],
-                window_positional_embedding_background_size=[2, 2],
-            ),
-            backbone_channel_list=[64, 32, 16, 8],
-            fpn_hidden_size=hidden,
-            backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
-        ),
+        vision_config={
+            "model_type": "sam2_vision_model",
+            **_sam2_vision(fpn_hidden_size=hidden, image_size=SAM2_VIDEO_SIZE),
+        },
         prompt_encoder_config=dict(
             hidden_size=hidden, image_size=SAM2_VIDEO_SIZE, patch_size=16, mask_input_channels=4
         ),

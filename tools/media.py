@@ -17,13 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from tools.errors import MediaError
-from tools.settings import MediaSettings
+from tools.settings import MAX_FPS, MediaSettings
 from tools.types import SAMPLE_RATE, AudioSegment, Clip, Frame
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-MAX_FPS = 30.0
-"""The most frames per second analysed (each frame costs a detection and a segmentation)."""
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus", ".wma"}
 
 
@@ -277,3 +275,18 @@ def decode_audio(path: Path, max_seconds: float = math.inf) -> np.ndarray:
         raise MediaError(f"the audio of {path} is empty")
     np.clip(wave, -1.0, 1.0, out=wave)
     return np.ascontiguousarray(wave)
+
+
+def write_audio(container, stream, wave: np.ndarray, rate: int = SAMPLE_RATE) -> None:
+    """Encode a mono float waveform into ``stream`` (an audio stream of the PyAV output ``container``,
+    e.g. ``add_stream("aac", rate=rate)`` with layout mono) and flush it."""
+    import av
+
+    wave = np.ascontiguousarray(wave, dtype=np.float32)
+    for k in range(0, len(wave), 1024):
+        frame = av.AudioFrame.from_ndarray(wave[None, k : k + 1024], format="flt", layout="mono")
+        frame.sample_rate, frame.pts = rate, k
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)

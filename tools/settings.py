@@ -27,6 +27,9 @@ def default_models_dir() -> Path:
 
 Profile = Literal["lite", "full"]
 
+MAX_FPS = 30.0
+"""The most frames per second analysed (each frame costs a detection and a segmentation)."""
+
 
 class Section(BaseModel):
     """A settings section: unknown keys are errors."""
@@ -102,7 +105,7 @@ class MediaSettings(Section):
         None, description="display aspect (w/h) of squashed frames, e.g. 1.7778 for AVSBench"
     )
     fps: float = Field(
-        1.0, gt=0, le=30, description="frames analysed per second (1: AVSBench's convention; --fps)"
+        1.0, gt=0, le=MAX_FPS, description="frames analysed per second (1: AVSBench's convention; --fps)"
     )
 
 

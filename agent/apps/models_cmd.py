@@ -106,7 +106,6 @@ def register(app: typer.Typer) -> None:
             for e in model_entries(settings.tool_config())
             if not e.local and e.source
         ]
-        hub = [m for m in hub if not m[0].startswith("spacy")]
         for line in dl.fetch_hub_models(hub, dest):
             err.print(line, highlight=False, soft_wrap=True)
         err.print(

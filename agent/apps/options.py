@@ -34,10 +34,11 @@ def settings_from(
     (--fps is ``--set media.fps=N``)."""
     from agent.settings import load_settings
     from tools.errors import ConfigError
+    from tools.settings import MAX_FPS
 
     pairs = list(overrides or ())
     if fps is not None:
-        if not 0 < fps <= 30:
-            raise ConfigError(f"--fps must be above 0 and at most 30, got {fps:g}")
+        if not 0 < fps <= MAX_FPS:
+            raise ConfigError(f"--fps must be above 0 and at most {MAX_FPS:g}, got {fps:g}")
         pairs.append(f"media.fps={fps}")
     return load_settings(profile=profile, config_file=config, overrides=tuple(pairs))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.media import VIDEO_SUFFIXES
+from tools.media import VIDEO_SUFFIXES, write_audio
 from tools.types import SAMPLE_RATE, Answer, Clip, Frame, FrameResult
 
 MASK_COLOUR = np.array([255, 40, 40], np.float32)
@@ -161,16 +161,7 @@ def write_overlay_video(answer: Answer, clip: Clip, path: Path, analysed_only: b
                 out.mux(packet)
         for packet in vs.encode():
             out.mux(packet)
-        wave = clip.audio.waveform.astype(np.float32)
-        step = 1024
-        for k in range(0, len(wave), step):
-            af = av.AudioFrame.from_ndarray(wave[None, k : k + step], format="flt", layout="mono")
-            af.sample_rate = SAMPLE_RATE
-            af.pts = k
-            for packet in aud.encode(af):
-                out.mux(packet)
-        for packet in aud.encode():
-            out.mux(packet)
+        write_audio(out, aud, clip.audio.waveform)
     os.replace(tmp, path)
     return path
 

@@ -41,7 +41,10 @@ _CLASSES = {
     ("audio_captioner", "qwen2_audio"): ("Qwen2AudioForConditionalGeneration + AutoProcessor", "config.json"),
     ("image_captioner", "blip"): ("BlipForConditionalGeneration + BlipProcessor", "config.json"),
     ("clip_check", "clip"): ("CLIPModel + CLIPProcessor", "config.json"),
-    ("propagator", "sam2_video"): ("Sam2VideoModel (+ Sam2VideoProcessor where torchvision is)", "config.json"),
+    ("propagator", "sam2_video"): (
+        "Sam2VideoModel (+ Sam2VideoProcessor where torchvision is)",
+        "config.json",
+    ),
 }
 
 
