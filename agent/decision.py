@@ -282,6 +282,23 @@ def choose(row: FrameEvidence, p: DecisionSettings, tried: list[str] | None = No
     return out
 
 
+def close_call(table: list[FrameEvidence], margin: float) -> tuple[str, str] | None:
+    """Two visible candidates the evidence can hardly tell apart, best first, or None. A phrase's clip
+    score is its mean score over the frames (0 where it is not above none); the second is a close
+    call when its clip score is within ``margin`` (a share) of the first's. The person is asked to
+    choose (``agent.ask_person``) where the rules would take the stronger one or the union."""
+    if not table:
+        return None
+    totals: dict[str, float] = {}
+    for row in table:
+        for c in row.above_none:
+            totals[c.phrase] = totals.get(c.phrase, 0.0) + c.score / len(table)
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    if len(ranked) < 2 or ranked[1][1] < (1.0 - margin) * ranked[0][1]:
+        return None
+    return ranked[0][0], ranked[1][0]
+
+
 def visible_phrases(found: dict[str, Segments], p: DecisionSettings) -> set[str]:
     """The phrases found in a frame at or above the detection floor."""
     return {ph for ph, seg in found.items() if detection(seg, p.detection_floor) is not None}

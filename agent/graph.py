@@ -1,5 +1,5 @@
-"""Wiring only: load -> perceive -> propose -> verify -> segment -> check -> (retry -> segment |
-propagate -> answer)."""
+"""Wiring only: load -> perceive -> propose -> verify -> [confirm: ask the person on a close call] ->
+segment -> check -> (retry -> segment | propagate -> answer)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def build_graph(checkpointer=None):
     builder.add_node("perceive", nodes.perceive)
     builder.add_node("propose", nodes.propose)
     builder.add_node("verify", nodes.verify)
+    builder.add_node("confirm", nodes.confirm)
     builder.add_node("segment", nodes.segment)
     builder.add_node("check", nodes.check)
     builder.add_node("retry", nodes.retry)
@@ -25,7 +26,8 @@ def build_graph(checkpointer=None):
     builder.add_edge("load", "perceive")
     builder.add_edge("perceive", "propose")
     builder.add_edge("propose", "verify")
-    builder.add_edge("verify", "segment")
+    builder.add_conditional_edges("verify", nodes.route_after_verify)
+    builder.add_edge("confirm", "segment")
     builder.add_edge("segment", "check")
     builder.add_conditional_edges("check", nodes.route_after_check)
     builder.add_conditional_edges("retry", nodes.route_after_retry)

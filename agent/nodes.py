@@ -233,14 +233,98 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         )
         for i, phrases in enumerate(decided.phrases)
     ]
+    close = D.close_call(table, ctx.settings.agent.ask_margin) if ctx.settings.agent.ask_person else None
     return {
         "groundings": groundings,
         "table": table,
         "choices": choices,
+        "close_call": list(close) if close and not forced else None,
         "trace": steps,
         "llm_stats": decided.stats,
         "llm_reasoning": decided.reasoning,
     }
+
+
+def route_after_verify(state: AgentState) -> Literal["confirm", "segment"]:
+    return "confirm" if state.get("close_call") else "segment"
+
+
+# ---------------------------------------------------------------------------------------------- confirm
+def confirm(state: AgentState, runtime: Runtime[RunContext]) -> dict:
+    """A close call between two visible candidates (``agent.ask_person``): the graph pauses with a
+    LangGraph interrupt that shows both as numbered boxes on the frame where they are surest, and
+    resumes with the person's choice (``Command(resume=...)``: "1", "2", "both" or a phrase), which the
+    checkpointer keeps. Every frame then segments what the person chose where it is found."""
+    from langgraph.types import interrupt
+
+    from agent.vision import numbered_frame
+
+    ctx = runtime.context
+    p = ctx.settings.agent.decision
+    first, second = state["close_call"]
+    table, found = state["table"], state["groundings"]
+
+    def score(t: int, ph: str) -> float:
+        return next((c.score for c in table[t].candidates if c.phrase == ph), 0.0)
+
+    t = max(
+        range(len(table)),
+        key=lambda i: (score(i, first) > 0 and score(i, second) > 0, score(i, first) + score(i, second)),
+    )
+    kept = D.kept(found[t], [first, second], p)
+    boxes = [
+        (n, [[float(v) for v in b] for b in kept[ph].xyxy])
+        for n, ph in ((1, first), (2, second))
+        if ph in kept
+    ]
+    options = {"1": [first], "2": [second], "both": [first, second]}
+    reply = interrupt(
+        {
+            "question": f"Two visible objects could be making the sound: 1 = {first}, 2 = {second}. "
+            "Which one is it? (1, 2 or both)",
+            "options": options,
+            "frame": t,
+            "image": numbered_frame(state["clip"].frames[t], boxes, ctx.settings.llm.vision_max_side),
+        }
+    )
+    chosen = person_choice(reply, options)
+    if chosen is None:
+        step = TraceStep(
+            node="confirm", message=f"the person's answer {reply!r} names neither; the rules decided"
+        )
+        return {"trace": [step]}
+    choices = []
+    for row in found:
+        here = [ph for ph in chosen if ph in D.kept(row, chosen, p)]
+        choices.append(
+            Choice(
+                phrases=here,
+                tried=[ph for ph in (first, second) if ph not in chosen],  # a retry never takes it back
+                status="pending" if here else "none",
+                reason=f"the person chose {' and '.join(chosen)}"
+                + ("" if here else "; not found in this frame"),
+            )
+        )
+    step = TraceStep(
+        node="confirm", message=f"asked the person ({first} or {second}): they chose {' and '.join(chosen)}"
+    )
+    return {"choices": choices, "trace": [step]}
+
+
+def person_choice(reply: object, options: dict[str, list[str]]) -> list[str] | None:
+    """The phrases a person's answer picks: an option's key ("1", "2", "both"), a phrase of the options,
+    or a list of phrases; None when it names none of them."""
+    names = list(dict.fromkeys(ph for v in options.values() for ph in v))
+    if isinstance(reply, list | tuple):
+        picked = [ph for ph in names if ph in {str(x).strip().lower() for x in reply}]
+        return picked or None
+    text = str(reply).strip().lower().strip(".!")
+    if text in options:
+        return options[text]
+    if text in ("1 and 2", "1, 2", "1,2", "1+2", "all", "3"):
+        return options["both"]
+    picked = [ph for ph in names if ph in text]
+    return picked or None
 
 
 def _prompt_data(
@@ -495,6 +579,9 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     text = ctx.reasoner.explain(
         found, frames_with, len(clip.frames), state["clip_tags"].top(5), rejected, silent, failed
     )
+    asked = next((s for s in state.get("trace", []) if s.node == "confirm"), None)
+    if asked is not None:
+        text += f" (I {asked.message}.)"
     if state.get("llm_reasoning") and not state.get("force_phrases"):
         # the facts above come from the trace; the LLM adds its reading of the clip (no extra call)
         text += f" The LLM ({ctx.reasoner.name}) reasoned: {state['llm_reasoning']}"

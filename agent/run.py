@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.graph import graph
 from agent.nodes import RunContext
@@ -21,24 +22,25 @@ def make_context(settings: Settings, toolset: Toolset | None = None) -> RunConte
     return RunContext(settings=settings, toolset=toolset)
 
 
-def _run(inputs: dict, context: RunContext, progress: Callable[[str], None] | None) -> dict:
+def _run(inputs: Any, context: RunContext, progress: Callable[[str], None] | None) -> dict:
     """Run the graph through LangGraph's streaming: progress events (``custom``) and each node's new
-    trace steps (``updates``) reach ``progress`` as they happen; returns the nodes' last updates."""
-    last: dict = {}
-    for mode, chunk in graph.stream(inputs, context=context, stream_mode=["updates", "custom"]):
-        if mode == "custom":
+    trace steps (``updates``) reach ``progress`` as they happen; returns the final state (``values``:
+    also right when a paused run resumed from its checkpoint and ran only the nodes after the pause)."""
+    final: dict = {}
+    for mode, chunk in graph.stream(inputs, context=context, stream_mode=["updates", "custom", "values"]):
+        if mode == "values":
+            final = chunk
+        elif mode == "custom":
             if progress and isinstance(chunk, dict) and "progress" in chunk:
                 progress(str(chunk["progress"]))
-            continue
-        for node, update in (chunk or {}).items():
-            if not update:
-                continue
-            last.update({k: v for k, v in update.items() if k != "trace"})
-            if progress:
+        elif progress:
+            for node, update in (chunk or {}).items():
+                if not update or node == "__interrupt__":  # a pause (confirm): the caller's run holds it
+                    continue
                 for step in update.get("trace", []):
                     where = f" (frame {step.frame + 1})" if step.frame is not None else ""
                     progress(f"{node}{where}: {step.message}"[:STEP_CHARS])
-    return last
+    return final
 
 
 def run_clip(
@@ -48,7 +50,11 @@ def run_clip(
     question: str = DEFAULT_QUESTION,
     progress: Callable[[str], None] | None = None,
 ) -> Answer:
-    """Answer ``question`` about a loaded clip."""
+    """Answer ``question`` about a loaded clip (never pauses to ask the person)."""
+    if settings.agent.ask_person:
+        settings = settings.model_copy(
+            update={"agent": settings.agent.model_copy(update={"ask_person": False})}
+        )
     state = _run({"question": question, "clip": clip, "trace": []}, make_context(settings, toolset), progress)
     return state["answer"]
 
@@ -61,9 +67,16 @@ def run_media(
     toolset: Toolset | None = None,
     progress: Callable[[str], None] | None = None,
     force_phrases: list[str] | None = None,
+    ask_person: bool = False,
 ) -> tuple[Answer, Clip]:
     """Load media and answer; returns the answer and the loaded clip (for overlays). ``force_phrases``
-    replaces the proposal with objects the person named ("segment the car instead")."""
+    replaces the proposal with objects the person named ("segment the car instead"). With
+    ``ask_person`` (the chat, under its checkpointer) a close call pauses the graph with a LangGraph
+    interrupt, which reaches the caller as ``langgraph.errors.GraphInterrupt``; otherwise it never asks."""
+    if settings.agent.ask_person != ask_person:
+        settings = settings.model_copy(
+            update={"agent": settings.agent.model_copy(update={"ask_person": ask_person})}
+        )
     state = _run(
         {
             "question": question,

@@ -103,6 +103,16 @@ class AgentSettings(Section):
         True,
         description="with propagate: frames that accepted no source take the followed one (AVSBench masks the source in every frame)",
     )
+    ask_person: bool = Field(
+        False,
+        description="pause with a LangGraph interrupt and ask the person when two visible candidates are a close call; needs a checkpointer: the chat and the page set it from chat.ask_person, a LangGraph server run through its context; ask and eval never ask",
+    )
+    ask_margin: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="a close call: the second candidate's clip score within this share of the first's (agent/decision.py close_call)",
+    )
     decision: DecisionSettings = DecisionSettings()
 
 
@@ -160,6 +170,10 @@ class OutputSettings(Section):
 class ChatSettings(Section):
     checkpoint_path: str = Field(
         "~/.cache/avs-agent/chat.sqlite", description="SQLite file of the chat checkpointer"
+    )
+    ask_person: bool = Field(
+        True,
+        description="the chat and the page ask the person to choose on a close call between two visible candidates (agent.ask_margin)",
     )
 
 

@@ -54,6 +54,8 @@ class AgentState(TypedDict, total=False):
     """Per frame, phrase -> its instances as grounded at the detection floor."""
     table: list[FrameEvidence]
     """The evidence table: per frame, the visible candidates scored and the none option."""
+    close_call: list[str] | None
+    """Two visible candidates the person is asked to choose between (``agent.ask_person``), or None."""
     choices: list[Choice]
     """Per frame, what is segmented now and whether it passed the check."""
     masks: list[Any]
@@ -67,3 +69,22 @@ class AgentState(TypedDict, total=False):
     llm_stats: Annotated[list[dict], operator.add]
     """One entry per LLM call: node, tokens, seconds."""
     answer: Answer
+
+
+CHECKPOINT_TYPES = [
+    ("tools.types", "Clip"),
+    ("tools.types", "Frame"),
+    ("tools.types", "AudioSegment"),
+    ("tools.types", "AudioTags"),
+    ("tools.types", "Captions"),
+    ("tools.types", "Segments"),
+    ("tools.types", "TraceStep"),
+    ("tools.types", "Answer"),
+    ("tools.types", "FrameResult"),
+    ("agent.decision", "AudioTerms"),
+    ("agent.decision", "Candidate"),
+    ("agent.decision", "FrameEvidence"),
+    ("agent.state", "Choice"),
+]
+"""The types of the state's values, for a checkpointer's msgpack allowlist (a run paused on a close
+call is checkpointed with its clip, groundings and table)."""

@@ -99,31 +99,62 @@ def build_view(
             if seg is None:
                 continue
             number += 1
-            colour = COLOURS[(number - 1) % len(COLOURS)]
             xyxy = [[float(v) for v in b] for b in seg.xyxy]
             view.boxes.append(Box(number, t, cand.phrase, xyxy))
-            for x0, y0, x1, y1 in xyxy:
-                r = [ox + x0 * sx, oy + y0 * sy, ox + x1 * sx, oy + y1 * sy]
-                draw.rectangle(r, outline=colour, width=max(2, size // 5))
-                tag, th = str(number), size + 4
-                tw = draw.textlength(tag, font=font)
-                # the number above the box; below it when there is no room above and the box is small
-                # (a tag inside a small box would hide it); else inside its top left corner
-                if r[1] - th >= oy:
-                    ty = r[1] - th
-                elif r[3] - r[1] < 2 * th and r[3] + th <= oy + ch:
-                    ty = r[3]
-                else:
-                    ty = r[1]
-                draw.rectangle([r[0], ty, r[0] + tw + 6, ty + th], fill=colour)
-                draw.text((r[0] + 3, ty + 1), tag, fill=(0, 0, 0), font=font)
+            _draw_numbered(draw, font, number, xyxy, (ox, oy, sx, sy), ch)
         label = f"frame {t}"
         draw.rectangle(
             [ox, oy + ch - size - 6, ox + draw.textlength(label, font=font) + 8, oy + ch], fill=(0, 0, 0)
         )
         draw.text((ox + 4, oy + ch - size - 4), label, fill=(255, 255, 255), font=font)
-    buf = io.BytesIO()
-    canvas.save(buf, format="JPEG", quality=85)
-    view.images.append("data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode())
+    view.images.append(data_url(canvas))
     view.sizes.append(canvas.size)
     return view
+
+
+def numbered_frame(frame: Frame, boxes: list[tuple[int, list[list[float]]]], max_side: int) -> str:
+    """One frame at its display aspect with the given numbered boxes (number, its instances' boxes), as
+    a JPEG data URL: what the person is shown when asked to choose (agent.ask_person)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = stretch_to_aspect(frame)[0]
+    scale = max_side / max(img.shape[:2])
+    w, h = max(1, int(img.shape[1] * scale)), max(1, int(img.shape[0] * scale))
+    canvas = Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR)
+    font = ImageFont.load_default(size=max(10, h // 14))
+    draw = ImageDraw.Draw(canvas)
+    for number, xyxy in boxes:
+        _draw_numbered(
+            draw, font, number, xyxy, (0, 0, w / frame.image.shape[1], h / frame.image.shape[0]), h
+        )
+    return data_url(canvas)
+
+
+def data_url(image) -> str:
+    """A PIL image as a base64 JPEG data URL (what OpenAI's image_url parts and Ollama's images take)."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _draw_numbered(draw, font, number: int, xyxy: list[list[float]], at: tuple, ch: int) -> None:
+    """Each box of one number, in its colour, with the number on a filled tag. ``at``: (x offset,
+    y offset, x scale, y scale) from frame pixels to the canvas; ``ch``: the cell's height."""
+    ox, oy, sx, sy = at
+    size = font.size
+    colour = COLOURS[(number - 1) % len(COLOURS)]
+    for x0, y0, x1, y1 in xyxy:
+        r = [ox + x0 * sx, oy + y0 * sy, ox + x1 * sx, oy + y1 * sy]
+        draw.rectangle(r, outline=colour, width=max(2, size // 5))
+        tag, th = str(number), size + 4
+        tw = draw.textlength(tag, font=font)
+        # the number above the box; below it when there is no room above and the box is small
+        # (a tag inside a small box would hide it); else inside its top left corner
+        if r[1] - th >= oy:
+            ty = r[1] - th
+        elif r[3] - r[1] < 2 * th and r[3] + th <= oy + ch:
+            ty = r[3]
+        else:
+            ty = r[1]
+        draw.rectangle([r[0], ty, r[0] + tw + 6, ty + th], fill=colour)
+        draw.text((r[0] + 3, ty + 1), tag, fill=(0, 0, 0), font=font)

@@ -34,3 +34,56 @@ def test_conversation_follow_ups_and_resume(tmp_path, dev_set):
     assert resumed.media == str(frames)
     assert "dog" in resumed.ask("which seconds?").text  # answered from the stored state of the first analysis
     assert len(resumed.turns()) >= 10
+
+
+CLOSE = "davis_car_shadow_engine_02"
+"""A car and, the lite grounder says, a truck, an engine heard: the truck's clip score is 0.59 of the
+car's, a close call at ask_margin 0.5 (none at the default 0.15); the rules take both."""
+
+
+def test_a_close_call_asks_the_person_and_resumes_with_their_choice(tmp_path, dev_set):
+    """The run pauses with a LangGraph interrupt (car or truck?), the question survives a restart in
+    the SQLite checkpointer, and the answer segments what the person chose without redoing the
+    perception (the run resumes from its checkpoint). Without ask_person the rules take both."""
+    frames, wav, _ = dev_clip_paths(CLOSE)
+    over = [f"chat.checkpoint_path={tmp_path / 'chat.sqlite'}", "agent.ask_margin=0.5"]
+    conv = Conversation(load_settings(overrides=over), out_root=tmp_path / "threads")
+    conv.open(frames, wav)
+    asked = conv.ask("What is making the sound?")
+    assert asked.kind == "question" and "1 = car, 2 = truck" in asked.text
+    from PIL import Image
+
+    assert Image.open(asked.overlays[0]).size[0] > 224  # the frame with both boxes numbered
+    assert conv.pending["options"] == {"1": ["car"], "2": ["truck"], "both": ["car", "truck"]}
+
+    resumed = Conversation(
+        load_settings(overrides=over), thread_id=conv.thread_id, out_root=tmp_path / "threads"
+    )
+    assert resumed.pending is not None
+    steps: list[str] = []
+    chosen = resumed.ask("1", progress=steps.append)
+    assert chosen.kind == "analysis" and chosen.labels == ["car"] and resumed.pending is None
+    assert "they chose car" in chosen.text
+    assert not any(s.startswith(("tagging audio", "finding candidates")) for s in steps)  # not redone
+    assert [s.message for s in resumed.trace() if s.node == "confirm"] == [
+        "asked the person (car or truck): they chose car"
+    ]
+    assert resumed.ask("which seconds?").kind == "followup"
+
+    rules = Conversation(
+        load_settings(overrides=[*over, "chat.ask_person=false"]), out_root=tmp_path / "threads"
+    )
+    rules.open(frames, wav)
+    assert rules.ask("What is making the sound?").labels == ["car", "truck"]
+
+
+def test_person_choice():
+    from agent.nodes import person_choice
+
+    options = {"1": ["car"], "2": ["truck"], "both": ["car", "truck"]}
+    assert person_choice("1", options) == ["car"]
+    assert person_choice(" 2. ", options) == ["truck"]
+    assert person_choice("both", options) == ["car", "truck"]
+    assert person_choice("the truck", options) == ["truck"]
+    assert person_choice(["car"], options) == ["car"]
+    assert person_choice("the dog", options) is None

@@ -121,7 +121,7 @@ def test_server_down_falls_back(loaded, rules_answer):
     )
     ans = run_clip(loaded, s, get_toolset(s.tool_config()))
     assert ans.labels == rules_answer.labels
-    assert any("LLM propose failed" in s.message for s in ans.trace)
+    assert any("LLM vision propose failed" in s.message for s in ans.trace)  # gpt-4o: shown the frames
 
 
 def test_cli_ask_uses_the_server(tmp_path, dev_set):

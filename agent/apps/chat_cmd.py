@@ -36,6 +36,8 @@ PROMPT = "you> "
 def describe_reply(reply: Reply) -> list[str]:
     """The lines printed for a reply: its text, then where the masks and overlays are."""
     lines = [reply.text]
+    if reply.kind == "question":  # a close call: the next message is the person's choice
+        return [*lines, f"  the two, numbered: {reply.overlays[0]}"]
     if reply.overlays and reply.kind != "followup":
         folder = Path(reply.overlays[0]).parent
         lines.append(

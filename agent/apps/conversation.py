@@ -43,7 +43,7 @@ class Reply(BaseModel):
     overlays: list[str] = Field(default_factory=list)
     masks: list[str] = Field(default_factory=list)
     out_dir: str | None = None
-    kind: str = "analysis"  # analysis | followup | resegment | error
+    kind: str = "analysis"  # analysis | followup | resegment | question (a close call) | error
 
 
 class ChatState(TypedDict, total=False):
@@ -127,6 +127,7 @@ def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
             question=text,
             progress=ctx.progress,
             force_phrases=[obj] if obj else None,
+            ask_person=ctx.settings.chat.ask_person,  # a close call pauses here (Conversation.ask)
         )
         files = write_outputs(answer, clip, out, ctx.settings.output.analysed_only)
         record = answer.to_dict(files["masks"], files["overlays"]) | {"out_dir": str(out)}
@@ -271,7 +272,10 @@ def _checkpointer(path: str):
 
     file = Path(path).expanduser()
     file.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteSaver(sqlite3.connect(str(file), check_same_thread=False), serde=JsonPlusSerializer())
+    from agent.state import CHECKPOINT_TYPES
+
+    serde = JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES)
+    return SqliteSaver(sqlite3.connect(str(file), check_same_thread=False), serde=serde)
 
 
 class Conversation:
@@ -308,10 +312,39 @@ class Conversation:
             as_node="respond",
         )
 
+    @property
+    def pending(self) -> dict[str, Any] | None:
+        """The question the agent is waiting on (a close call, ``chat.ask_person``), or None."""
+        interrupts = self._graph.get_state(self._config).interrupts
+        return interrupts[0].value if interrupts else None
+
     def ask(self, text: str, progress: Callable[[str], None] | None = None) -> Reply:
+        """Answer one message. While the agent waits on a close call, the message is the person's
+        choice: the paused run resumes with it (``Command(resume=...)``) from the checkpoint, without
+        redoing what it had done."""
+        from langgraph.types import Command
+
         ctx = ChatContext(self.settings, self.out_root, self.thread_id, progress or (lambda m: None))
-        state = self._graph.invoke({"turns": [{"role": "user", "text": text}]}, self._config, context=ctx)
+        if self.pending is not None:
+            inputs: Any = Command(resume=text)
+        else:
+            inputs = {"turns": [{"role": "user", "text": text}]}
+        # durability "exit": the agent's run inside is checkpointed when it pauses or ends, not after
+        # every node (its state holds the frames and masks)
+        state = self._graph.invoke(inputs, self._config, context=ctx, durability="exit")
+        if state.get("__interrupt__"):
+            return self._question(state["__interrupt__"][0].value)
         return Reply(**state["reply"])
+
+    def _question(self, value: dict[str, Any]) -> Reply:
+        """The agent's question as a reply: its text and the frame with the numbered boxes (a JPEG)."""
+        import base64
+
+        folder = self.out_root / self.thread_id
+        folder.mkdir(parents=True, exist_ok=True)
+        image = folder / f"question_frame{value['frame'] + 1}.jpg"
+        image.write_bytes(base64.b64decode(value["image"].split(",", 1)[1]))
+        return Reply(text=value["question"], overlays=[str(image)], kind="question")
 
     def trace(self) -> list[TraceStep]:
         result = self.state.get("result") or {}

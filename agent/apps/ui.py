@@ -144,6 +144,14 @@ class ChatPage:
         except UserError as exc:
             return {"text": f"Error: {exc}"}
         out: dict[str, Any] = {"text": reply.text, "kind": reply.kind}
+        if reply.kind == "question":  # a close call: the frame with both numbered; the answer is typed
+            out |= {
+                "gallery": [(reply.overlays[0], "which one is making the sound? answer 1, 2 or both")],
+                "answer": f"### Which one?\n{reply.text}",
+                "trace": "",
+                "video": None,
+                "timeline": None,
+            }
         if reply.out_dir and reply.kind in ("analysis", "resegment"):
             record = _read_answer(Path(reply.out_dir))
             out["gallery"] = gallery_items(reply, record)
