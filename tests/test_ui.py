@@ -348,3 +348,22 @@ def test_page_handlers_without_a_browser(tmp_path):
     assert page.ask("  ", "abc")["text"].startswith("Type a question")
     thread, status = page.open_media(str(tmp_path / "missing.mp4"), None)
     assert thread is None and status.startswith("**Cannot use this upload:** media not found: missing.mp4")
+
+
+def test_page_asks_on_a_close_call_and_segments_the_choice(tmp_path, dev_set):
+    """The page's handlers on a close call: the question with the numbered frame in the gallery, then
+    the typed choice resumes the paused run and the gallery shows what the person chose."""
+    from agent.apps.ui import ChatPage
+    from agent.settings import load_settings
+    from tests.conftest import dev_clip_paths
+
+    frames, wav, _ = dev_clip_paths("davis_car_shadow_engine_02")
+    page = ChatPage(load_settings(overrides=["agent.ask_margin=0.5"]), tmp_path)
+    thread, _ = page.open_media(str(frames), str(wav))
+    asked = page.ask("what is making the sound?", thread)
+    assert asked["kind"] == "question" and "1 = car, 2 = truck" in asked["text"]
+    ((image, caption),) = asked["gallery"]
+    assert image.endswith(".jpg") and "1, 2 or both" in caption and asked["video"] is None
+    chosen = page.ask("2", thread)
+    assert chosen["kind"] == "analysis" and "they chose truck" in chosen["text"]
+    assert chosen["gallery"] and all("truck" in cap or "no visible" in cap for _, cap in chosen["gallery"])
