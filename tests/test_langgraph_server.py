@@ -79,6 +79,25 @@ def test_langgraph_dev_server_answers_like_ask(dev_set, tmp_path):
             },
             timeout=240,
         )
+        # a close call on a thread: the run pauses with the interrupt, and resuming it with the
+        # person's choice ({"command": {"resume": ...}}) segments what they chose
+        close, close_wav, _ = dev_clip_paths("davis_car_shadow_engine_02")
+        thread = _post(f"{base}/threads", {}, 30)["thread_id"]
+        context = {"overrides": ["agent.ask_person=true", "agent.ask_margin=0.5"]}
+        paused = _post(
+            f"{base}/threads/{thread}/runs/wait",
+            {
+                "assistant_id": "avs-agent",
+                "input": {"media": str(close), "audio_path": str(close_wav)},
+                "context": context,
+            },
+            timeout=240,
+        )
+        resumed = _post(
+            f"{base}/threads/{thread}/runs/wait",
+            {"assistant_id": "avs-agent", "command": {"resume": "1"}, "context": context},
+            timeout=240,
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -88,3 +107,7 @@ def test_langgraph_dev_server_answers_like_ask(dev_set, tmp_path):
     masks = [np.asarray(m, bool) for m in answer["masks"]]
     assert len(masks) == len(expected.masks)
     assert all((a == b).all() for a, b in zip(masks, expected.masks, strict=True))
+    (asked,) = paused["__interrupt__"]
+    assert "1 = car, 2 = truck" in asked["value"]["question"] and "answer" not in paused
+    assert resumed["answer"]["labels"] == ["car"]
+
