@@ -365,17 +365,21 @@ class LLMReasoner(RulesReasoner):
             msg += "; the rules decided the others" + (
                 f" (not candidates: {', '.join(sorted(set(unknown)))})" if unknown else ""
             )
-        step = TraceStep(
-            node="verify",
-            message=msg,
-            data={
-                "llm": self.name,
-                "tokens": sum(x["tokens"] for x in stats),
-                "seconds": round(time.perf_counter() - t0, 3),
-            },
-        )
-        reasoning = " ".join(str(parsed.reasoning).split())[:MAX_REASONING_CHARS]
-        return Decision(per_frame, [*self._probe_steps("verify"), step], stats, reasoning)
+        return self._proposed(per_frame, msg, stats, t0, parsed.reasoning)
+
+    def _proposed(
+        self, per_frame: list[list[str]], msg: str, stats: list[dict], t0: float, reasoning: str, **data
+    ) -> Decision:
+        """The LLM's proposal as a Decision: its trace step (calls, tokens, seconds) and its reasoning."""
+        data = {
+            "llm": self.name,
+            **data,
+            "tokens": sum(x["tokens"] for x in stats),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        step = TraceStep(node="verify", message=msg, data=data)
+        said = " ".join(str(reasoning).split())[:MAX_REASONING_CHARS]
+        return Decision(per_frame, [*self._probe_steps("verify"), step], stats, said)
 
     def _decide_vision(self, table: list[D.FrameEvidence], data: Evidence, rules: Decision) -> Decision:
         """The frames tiled with numbered boxes and the evidence table, one call; the chosen boxes'
@@ -439,19 +443,15 @@ class LLMReasoner(RulesReasoner):
             msg += "; the rules decided the others" + (
                 f" (not a box of that frame: {', '.join(wrong)})" if wrong else ""
             )
-        step = TraceStep(
-            node="verify",
-            message=msg,
-            data={
-                "llm": self.name,
-                "images": [list(sz) for sz in view.sizes],
-                "boxes": {b.number: [b.frame, b.phrase] for b in view.boxes},
-                "tokens": sum(x["tokens"] for x in stats),
-                "seconds": round(time.perf_counter() - t0, 3),
-            },
+        return self._proposed(
+            per_frame,
+            msg,
+            stats,
+            t0,
+            parsed.reasoning,
+            images=[list(sz) for sz in view.sizes],
+            boxes={b.number: [b.frame, b.phrase] for b in view.boxes},
         )
-        reasoning = " ".join(str(parsed.reasoning).split())[:MAX_REASONING_CHARS]
-        return Decision(per_frame, [*self._probe_steps("verify"), step], stats, reasoning)
 
     def retry(
         self, failing: list[int], choices: list[Choice], table: list[D.FrameEvidence], data: Evidence
