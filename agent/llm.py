@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -144,6 +145,9 @@ def make_chat_model(llm: LLMSettings):
             timeout=llm.timeout_s,
             max_retries=llm.max_retries,  # the openai client retries 408/409/429/5xx and timeouts with backoff
             max_tokens=llm.max_tokens,
+            # langchain-openai sends the cap as max_completion_tokens, which llama-cpp-python's server
+            # (0.3) ignores: a local server gets it as max_tokens too
+            extra_body={"max_tokens": llm.max_tokens} if llm.base_url and llm.max_tokens else None,
         )
     if llm.backend == "ollama":
         from langchain_ollama import ChatOllama
@@ -353,12 +357,12 @@ class LLMReasoner(RulesReasoner):
             if not 0 <= fp.frame < len(table):
                 continue
             names = {c.phrase for c in table[fp.frame].candidates}
-            picks = [_clean(p) for p in fp.sounding if _clean(p)][:2]
-            bad = [p for p in picks if p not in names]
-            if bad:
-                unknown += bad
-                continue  # a phrase the table does not hold: the rules decide this frame
-            per_frame[fp.frame] = picks
+            named = [_clean(p) for p in fp.sounding if _clean(p)][:2]
+            picks = [p for p in named if p in names]
+            unknown += [p for p in named if p not in names]
+            if named and not picks:
+                continue  # only phrases the table does not hold: the rules decide this frame
+            per_frame[fp.frame] = picks  # a named non-candidate beside a candidate is dropped
             answered.add(fp.frame)
         msg = f"LLM ({self.name}) decided frames {sorted(answered)}: {parsed.reasoning}"
         if len(answered) < len(table):
@@ -413,13 +417,13 @@ class LLMReasoner(RulesReasoner):
         for fp in parsed.frames:
             if fp.frame not in view.shown or fp.frame in answered:
                 continue
-            picked = [view.box(n) for n in fp.boxes[:2]]
-            bad = [n for n, b in zip(fp.boxes[:2], picked, strict=True) if b is None or b.frame != fp.frame]
-            if bad:
-                wrong += [f"box {n} on frame {fp.frame}" for n in bad]
-                continue
-            if picked:
-                answered[fp.frame] = list(dict.fromkeys(b.phrase for b in picked if b is not None))
+            boxes = [(n, view.box(n)) for n in fp.boxes[:2]]
+            picked = [b for _, b in boxes if b is not None and b.frame == fp.frame]
+            wrong += [f"box {n} on frame {fp.frame}" for n, b in boxes if b not in picked]
+            if boxes and not picked:
+                continue  # only numbers that are not boxes of this frame: the rules decide it
+            if picked:  # a wrong number beside a right one is dropped (as a non-candidate phrase is)
+                answered[fp.frame] = list(dict.fromkeys(b.phrase for b in picked))
             else:
                 answered[fp.frame] = [_clean(fp.phrase)] if _clean(fp.phrase) else []
         carried = []
@@ -440,9 +444,9 @@ class LLMReasoner(RulesReasoner):
         if carried:
             msg += f"; frames {carried} took the nearest shown frame's choice"
         if len(answered) < len(table):
-            msg += "; the rules decided the others" + (
-                f" (not a box of that frame: {', '.join(wrong)})" if wrong else ""
-            )
+            msg += "; the rules decided the others"
+        if wrong:
+            msg += f" (not a box of that frame: {', '.join(wrong)})"
         return self._proposed(
             per_frame,
             msg,
@@ -492,10 +496,15 @@ class LLMReasoner(RulesReasoner):
         return Decision(out, [*self._probe_steps("retry"), step], stats)
 
 
+_TABLE_TAIL = re.compile(r"(\s*\[.*|(\s+[-+]?\d+(\.\d+)?)+)$")
+"""What a small model copies from the evidence table after a phrase ("dog 3.946", "dog [audio 0.51 ...")."""
+
+
 def _clean(phrase: str | None) -> str:
     if not phrase:
         return ""
     p = " ".join(str(phrase).strip().strip(".").split()).lower()
+    p = _TABLE_TAIL.sub("", p).strip()
     for article in ("a ", "an ", "the "):
         if p.startswith(article):
             p = p[len(article) :]

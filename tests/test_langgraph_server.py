@@ -110,4 +110,3 @@ def test_langgraph_dev_server_answers_like_ask(dev_set, tmp_path):
     (asked,) = paused["__interrupt__"]
     assert "1 = car, 2 = truck" in asked["value"]["question"] and "answer" not in paused
     assert resumed["answer"]["labels"] == ["car"]
-

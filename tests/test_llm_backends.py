@@ -242,3 +242,12 @@ def test_auto_finds_what_a_llama_cpp_like_server_takes(loaded):
         "json_object_schema (found" in m for m in steps
     )
     L._FOUND.clear()
+
+
+def test_phrases_copied_with_their_table_scores_are_read_back():
+    """Small models copy the evidence table's entries ("dog 3.946 [audio ...]"): the phrase is kept."""
+    from agent.llm import _clean
+
+    assert _clean("The dog 3.946") == "dog"
+    assert _clean("electric shaver [audio 0.51: tag:Shaver 0.5]") == "electric shaver"
+    assert _clean("a car.") == "car" and _clean(None) == ""

@@ -6,9 +6,9 @@ a missing llama-cpp-python is a failure, never a silent skip."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +23,7 @@ from tests.conftest import PROJECT_ROOT, dev_clip_paths
 pytestmark = pytest.mark.slow
 
 CLIP = "pets_great_pyrenees_178_bark_01"
+MODEL_ALIAS = "gemma-3-270m"  # the id the server answers to (/v1/models) and llm.model names
 LLM_SECONDS_MAX = 60.0
 """The clip's LLM time (answer stats llm_seconds) on 2 CPU cores; measured 2026-12: see README."""
 
@@ -63,7 +64,9 @@ _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopba
 @pytest.fixture(scope="module")
 def gemma_server(tmp_path_factory):
     """llama-cpp-python's server on a free loopback port: (base_url, model id); stopped afterwards."""
-    if importlib.util.find_spec("llama_cpp") is None:
+    try:
+        import llama_cpp.server.app  # noqa: F401  (the [server] extra: fastapi, sse-starlette, ...)
+    except ImportError:
         _missing("llama-cpp-python[server]")
     model = _gguf()
     port = _free_port()
@@ -72,7 +75,7 @@ def gemma_server(tmp_path_factory):
     server = subprocess.Popen(
         [
             sys.executable, "-m", "llama_cpp.server",
-            "--model", str(model),
+            "--model", str(model), "--model_alias", MODEL_ALIAS,
             "--host", "127.0.0.1", "--port", str(port),
             "--n_ctx", "8192", "--n_threads", "2", "--chat_format", "gemma",
         ],
@@ -118,6 +121,7 @@ def test_gemma_decides_a_clip_through_llama_cpp_server(gemma_server, dev_set, tm
             str(Path(sys.executable).with_name("avs-agent")), "ask", str(frames), "--audio", str(wav),
             "--out", str(out), "--json",
             "--set", "llm.backend=openai", "--set", f"llm.base_url={base_url}", "--set", f"llm.model={model}",
+            "--set", "llm.vision=off",  # a text-only model: the evidence table, no frames
         ],
         cwd=PROJECT_ROOT,
         env=env,
@@ -129,19 +133,22 @@ def test_gemma_decides_a_clip_through_llama_cpp_server(gemma_server, dev_set, tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     answer = json.loads((out / "answer.json").read_text())
     assert answer["answer"] and len(answer["frames"]) == 5
+    assert json.loads(proc.stdout)["answer"] == answer["answer"]
     messages = [(s["node"], s["message"]) for s in answer["trace"]]
     name = f"openai:{model}"
     # auto found json_object_schema: llama.cpp's server refuses a json_schema response_format (HTTP 500)
     assert ("verify", "LLM structured output: json_object_schema (found by trying)") in messages, messages
     assert any(m.startswith("LLM json_schema: refused") for _, m in messages), messages
-    # the LLM decided the propose step: no fallback to the rules
-    assert not any(m.startswith("LLM propose failed") for _, m in messages), messages
-    assert any(n == "verify" and m.startswith(f"LLM ({name}) decided frames [") for n, m in messages), (
-        messages
-    )
+    # the LLM decided the propose step: its answer parsed, no fallback to the rules ('... failed (...);
+    # the rules decided'). A 270M base model often names phrases that are not candidates: the rules
+    # decide the frames that name only those (the message says so).
+    assert not any("propose failed" in m for _, m in messages), messages
+    # and it decided at least one frame (its table-copied "dog 3.946" is read back as "dog")
+    decided = rf"LLM \({re.escape(name)}\) decided frames \[\d"
+    assert any(n == "verify" and re.match(decided, m) for n, m in messages), messages
     stats = answer["stats"]
     assert stats["reasoner"] == name and stats["llm_calls"] >= 1
-    assert all(c.get("method") == "json_object_schema" for c in stats["llm"] if c["ok"]), stats["llm"]
+    assert {c.get("method") for c in stats["llm"] if c["ok"]} == {"json_object_schema"}, stats["llm"]
     assert stats["llm_seconds"] < LLM_SECONDS_MAX, stats
     print(
         f"\ngemma: llm_seconds={stats['llm_seconds']} llm_tokens={stats['llm_tokens']} "
