@@ -369,18 +369,28 @@ class LLMReasoner(RulesReasoner):
             msg += "; the rules decided the others" + (
                 f" (not candidates: {', '.join(sorted(set(unknown)))})" if unknown else ""
             )
-        return self._proposed(per_frame, msg, stats, t0, parsed.reasoning)
+        return self._proposed(per_frame, msg, stats, t0, parsed.reasoning, _unseen(parsed))
 
     def _proposed(
-        self, per_frame: list[list[str]], msg: str, stats: list[dict], t0: float, reasoning: str, **data
+        self,
+        per_frame: list[list[str]],
+        msg: str,
+        stats: list[dict],
+        t0: float,
+        reasoning: str,
+        unseen: list[str],
+        **data,
     ) -> Decision:
-        """The LLM's proposal as a Decision: its trace step (calls, tokens, seconds) and its reasoning."""
+        """The LLM's proposal as a Decision: its trace step (calls, tokens, seconds, what it said is not
+        visible) and its reasoning."""
         data = {
             "llm": self.name,
             **data,
             "tokens": sum(x["tokens"] for x in stats),
             "seconds": round(time.perf_counter() - t0, 3),
         }
+        if unseen:
+            msg += f"; not visible, it says: {', '.join(unseen)}"
         step = TraceStep(node="verify", message=msg, data=data)
         said = " ".join(str(reasoning).split())[:MAX_REASONING_CHARS]
         return Decision(per_frame, [*self._probe_steps("verify"), step], stats, said)
@@ -453,6 +463,7 @@ class LLMReasoner(RulesReasoner):
             stats,
             t0,
             parsed.reasoning,
+            _unseen(parsed),
             images=[list(sz) for sz in view.sizes],
             boxes={b.number: [b.frame, b.phrase] for b in view.boxes},
         )
@@ -498,6 +509,11 @@ class LLMReasoner(RulesReasoner):
 
 _TABLE_TAIL = re.compile(r"(\s*\[.*|(\s+[-+]?\d+(\.\d+)?)+)$")
 """What a small model copies from the evidence table after a phrase ("dog 3.946", "dog [audio 0.51 ...")."""
+
+
+def _unseen(parsed: Proposal | VisionProposal) -> list[str]:
+    """The sources the LLM says the audio points to but no frame shows (for the trace)."""
+    return list(dict.fromkeys(_clean(p) for fp in parsed.frames for p in fp.not_visible if _clean(p)))[:5]
 
 
 def _clean(phrase: str | None) -> str:

@@ -256,3 +256,15 @@ def test_a_vision_model_picking_the_rules_boxes_reproduces_the_rules_eval(dev_se
         assert not any("the rules decided" in m for m in steps), tr["key"]
     calls = [r["stats"]["llm_calls"] for r in R.read_jsonl(tmp_path / "vision" / "clips.jsonl")]
     assert sum(calls) == len(srv.requests) and max(calls) <= 2
+
+
+def test_what_the_model_says_is_not_visible_is_in_the_trace(loaded):
+    answer = {
+        "frames": [{"frame": t, "boxes": [2 * t + 1], "not_visible": ["the helicopter"]} for t in range(5)],
+        "reasoning": "a dog barks; a helicopter is heard but not seen",
+    }
+    with FakeLLMServer("ollama", [{"json": answer}]) as srv:
+        s = _settings(srv)
+        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+    msg = next(t.message for t in ans.trace if t.message.startswith("vision LLM"))
+    assert msg.endswith("; not visible, it says: helicopter") and ans.labels == ["dog"]
