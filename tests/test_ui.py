@@ -364,6 +364,8 @@ def test_page_asks_on_a_close_call_and_segments_the_choice(tmp_path, dev_set):
     assert asked["kind"] == "question" and "1 = car, 2 = truck" in asked["text"]
     ((image, caption),) = asked["gallery"]
     assert image.endswith(".jpg") and "1, 2 or both" in caption and asked["video"] is None
+    reloaded = ChatPage(load_settings(overrides=["agent.ask_margin=0.5"]), tmp_path).resume(thread)
+    assert reloaded["history"][-1]["content"] == asked["text"]  # a reload asks again
     chosen = page.ask("2", thread)
     assert chosen["kind"] == "analysis" and "they chose truck" in chosen["text"]
     assert chosen["gallery"] and all("truck" in cap or "no visible" in cap for _, cap in chosen["gallery"])

@@ -103,6 +103,9 @@ class ChatPage:
             "status": f"Resumed the conversation about **{opened}**.  \n"
             f"<small>conversation `{thread_id}` (terminal: `avs-agent chat --thread {thread_id}`)</small>",
         }
+        pending = conv.pending
+        if pending:  # a close call still waits for the person's choice: ask again
+            history.append({"role": "assistant", "content": pending["question"]})
         result = state.get("result")
         if result:
             from agent.apps.conversation import Reply
