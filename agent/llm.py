@@ -190,6 +190,7 @@ class LLMReasoner(RulesReasoner):
         super().__init__(config)
         self.llm = llm
         self.model = model if model is not None else make_chat_model(llm)
+        self._given = model is not None
         self.name = f"{llm.backend}:{llm.model}"
         self.spent_s = 0.0
         """Seconds of LLM calls so far (one reasoner per clip: ``llm.clip_budget_s`` bounds them)."""
@@ -214,14 +215,23 @@ class LLMReasoner(RulesReasoner):
             _FOUND[self._key()] = method
             self.probes.append(f"structured output: {method} (found by trying)")
 
-    def _structured(self, schema: type[BaseModel], method: str) -> Any:
+    def _within_budget(self) -> tuple[Any, int, bool]:
+        """(chat model, retries, capped) for the next call. As configured while the clip's remaining
+        LLM time covers the configured timeout and retries; after that a model whose timeout is what
+        remains, without retries, so a slow server cannot run a call past ``llm.clip_budget_s``. A
+        model handed in (tests) is used as it is."""
+        remaining = self.llm.clip_budget_s - self.spent_s
+        if self._given or remaining >= self.llm.timeout_s * (self.llm.max_retries + 1):
+            return self.model, self.llm.max_retries, False
+        capped = self.llm.model_copy(update={"timeout_s": max(0.5, remaining), "max_retries": 0})
+        return make_chat_model(capped), 0, True
+
+    def _structured(self, schema: type[BaseModel], method: str, model: Any, retries: int) -> Any:
         """A runnable returning {"raw", "parsed", "parsing_error"} for ``method``."""
         if method == "json_object_schema":
             from langchain_core.runnables import RunnableLambda
 
-            bound = self.model.bind(
-                response_format={"type": "json_object", "schema": schema.model_json_schema()}
-            )
+            bound = model.bind(response_format={"type": "json_object", "schema": schema.model_json_schema()})
 
             def parse(msg: Any) -> dict:
                 try:
@@ -235,14 +245,13 @@ class LLMReasoner(RulesReasoner):
 
             runnable = bound | RunnableLambda(parse)
         else:
-            runnable = self.model.with_structured_output(schema, method=method, include_raw=True)
-        if (
-            self.llm.backend == "ollama"
-        ):  # ChatOpenAI retries inside the openai client; Ollama's client does not
+            runnable = model.with_structured_output(schema, method=method, include_raw=True)
+        if self.llm.backend == "ollama" and retries:
+            # ChatOpenAI retries inside the openai client; Ollama's client does not
             runnable = runnable.with_retry(
                 retry_if_exception_type=(Exception,),
                 wait_exponential_jitter=True,
-                stop_after_attempt=self.llm.max_retries + 1,
+                stop_after_attempt=retries + 1,
             )
         return runnable
 
@@ -260,16 +269,14 @@ class LLMReasoner(RulesReasoner):
         messages: list = [SystemMessage(system.text), HumanMessage(user)]
         methods = self._methods()
         method = methods[0]
-        runnable = self._structured(schema, method)
         stats: list[dict] = []
         error = ""
+        spent = f"the clip's LLM time budget is spent (%.0f s of {self.llm.clip_budget_s:g})"
         for attempt in range(2):
             if self.spent_s >= self.llm.clip_budget_s:
-                return (
-                    None,
-                    stats,
-                    f"the clip's LLM time budget is spent ({self.spent_s:.0f} s of {self.llm.clip_budget_s:g})",
-                )
+                return None, stats, spent % self.spent_s
+            model, retries, capped = self._within_budget()
+            runnable = self._structured(schema, method, model, retries)
             t0 = time.perf_counter()
             try:
                 out = runnable.invoke(messages)
@@ -278,11 +285,12 @@ class LLMReasoner(RulesReasoner):
             ) as exc:  # network, timeout, HTTP status after retries, or an answer the client could not parse
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 self.spent_s += time.perf_counter() - t0
+                if capped and "timeout" in type(exc).__name__.lower():
+                    reason = spent % self.spent_s  # the call was cut at what the budget had left
                 if _is_refusal(exc) and len(methods) > 1:  # auto: this server does not take that method
                     self.probes.append(f"{method}: refused ({reason[:120]})")
                     methods = methods[1:]
                     method = methods[0]
-                    runnable = self._structured(schema, method)
                     continue
                 if not _is_parse_error(exc):
                     stats.append(

@@ -251,3 +251,14 @@ def test_phrases_copied_with_their_table_scores_are_read_back():
     assert _clean("The dog 3.946") == "dog"
     assert _clean("electric shaver [audio 0.51: tag:Shaver 0.5]") == "electric shaver"
     assert _clean("a car.") == "car" and _clean(None) == ""
+
+
+def test_a_slow_server_cannot_run_a_call_past_the_clip_budget(loaded, rules_answer):
+    """A local server that takes 10 s per answer, a 5 s timeout with 2 retries (15 s and more) but a
+    3 s clip budget: the call is cut at 3 s with no retry, and the rules decide."""
+    with FakeLLMServer("openai", [{"sleep": 10}, {"json": PEOPLE}]) as srv:
+        s = _settings(srv, **{"llm.clip_budget_s": 3, "llm.max_retries": 2})
+        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+        assert len(srv.requests) == 1
+    assert ans.labels == rules_answer.labels and ans.stats["llm_seconds"] < 5  # not 15 s and more
+    assert any("time budget is spent (3 s of 3)" in t.message for t in ans.trace if t.node == "verify")
