@@ -68,8 +68,10 @@ class ClipData:
     """The visual is a photo repeated (nothing moves): propagation must not lose there."""
 
 
-def groups(cases_csv: Path) -> dict[str, int]:
-    """Clip name -> group id: connected components of 'shares a visual source or a recording'."""
+def groups(cases_csv: Path, by: str = "visual+recording") -> dict[str, int]:
+    """Clip name -> group id: connected components of 'shares a visual source or a recording'
+    (``by="visual"``: a visual source only, for the widened set of evals/augment.py, where every
+    recording sits beside several visuals)."""
     rows = list(csv.DictReader(open(cases_csv)))
     parent = list(range(len(rows)))
 
@@ -83,10 +85,12 @@ def groups(cases_csv: Path) -> dict[str, int]:
     for i, r in enumerate(rows):
         visual = re.sub(r" frames .*| \(still.*", "", r["visual_source"]).strip()
         keys = [f"v:{visual}"]
-        keys += [f"a:{fid}" for fid in re.findall(r"Freesound id (\d+)", r["license_notes"])]
-        keys += [
-            f"a:{Path(f).name}" for f in re.findall(r"(?:US8K|ESC-10):[^/]*/([^ \[]+)", r["audio_sources"])
-        ]
+        if by != "visual":
+            keys += [f"a:{fid}" for fid in re.findall(r"Freesound id (\d+)", r["license_notes"])]
+            keys += [
+                f"a:{Path(f).name}"
+                for f in re.findall(r"(?:US8K|ESC-10):[^/]*/([^ \[]+)", r["audio_sources"])
+            ]
         for k in keys:
             if k in owner:
                 parent[find(i)] = find(owner[k])
@@ -97,7 +101,7 @@ def groups(cases_csv: Path) -> dict[str, int]:
     return {r["name"]: ids[find(i)] for i, r in enumerate(rows)}
 
 
-def precompute(root: Path, settings: Any, toolset: Any) -> list[ClipData]:
+def precompute(root: Path, settings: Any, toolset: Any, group_by: str = "visual+recording") -> list[ClipData]:
     """Run the tools once per clip: tags, tag terms, and every phrase with audio evidence grounded."""
     from evals.datasets import load_dataset
 
@@ -105,7 +109,7 @@ def precompute(root: Path, settings: Any, toolset: Any) -> list[ClipData]:
     rows = list(csv.DictReader(open(root / "cases.csv")))
     cases = {r["name"]: r["case_type"] for r in rows}
     stills = {r["name"] for r in rows if "still" in r["visual_source"]}
-    grp = groups(root / "cases.csv")
+    grp = groups(root / "cases.csv", group_by)
     cfg = settings.agent
     vocab = list(toolset.vocabulary)
     out = []
@@ -253,6 +257,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/crossval.json"))
     ap.add_argument("--set", action="append", default=[], help="settings override key=value")
     ap.add_argument(
+        "--group-by",
+        default="visual+recording",
+        choices=["visual+recording", "visual"],
+        help="what a fold keeps apart: visual sources and recordings (the dev set), or visual sources only (a widened set)",
+    )
+    ap.add_argument(
         "--designs",
         default="per-frame,propagated",
         help="which designs to cross-validate: per-frame (agent.propagate off), propagated (on), or both",
@@ -267,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings(overrides=args.set)
         toolset = get_toolset(settings.tool_config())
         t0 = time.perf_counter()
-        data = precompute(args.root, settings, toolset)
+        data = precompute(args.root, settings, toolset, args.group_by)
     except UserError as exc:
         _fail(str(exc))
     pre = time.perf_counter() - t0
@@ -287,7 +297,13 @@ def main(argv: list[str] | None = None) -> None:
             "designs": {
                 k: {
                     kk: v[kk]
-                    for kk in ("cross_validated", "in_sample", "defaults", "fitted", "per_clip_cross_validated")
+                    for kk in (
+                        "cross_validated",
+                        "in_sample",
+                        "defaults",
+                        "fitted",
+                        "per_clip_cross_validated",
+                    )
                 }
                 for k, v in designs.items()
             },
@@ -295,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
             "groups": len({c.group for c in data}),
             "seconds_tools": round(pre, 1),
             "settings_overrides": args.set,
+            "group_by": args.group_by,
         }
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

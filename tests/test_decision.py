@@ -171,3 +171,35 @@ def test_crossval_groups_keep_visuals_and_recordings_on_one_side(dev_set):
     assert g["davis_car_shadow_engine_02"] == g["davis_scooter_black_engine_01"]
     # photos of different pets with different recordings are different groups
     assert g["pets_great_pyrenees_174_bark_01"] != g["pets_great_pyrenees_175_bark_01"]
+
+
+def test_the_widened_set_pairs_dev_visuals_with_other_recordings(dev_set, tmp_path):
+    """evals/augment.py: the dev clips plus new pairings in the S4 layout (symlinks, empty masks for
+    off-screen), loadable as a dataset; a visual's new cases never reuse a recording it was heard with;
+    grouped by visual, each visual source is one fold."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from evals.augment import build
+    from evals.crossval import groups
+    from evals.datasets import load_dataset
+
+    new = build(dev_set, tmp_path / "w", per_visual=2, seed=0)
+    rows = list(csv.DictReader(open(tmp_path / "w" / "cases.csv")))
+    assert len(rows) == 40 + len(new) and {c["kind"] for c in new} == {"matched", "offscreen"}
+    ds = load_dataset("avsbench-s4", tmp_path / "w", "test")
+    assert len(ds.samples) == len(rows)
+    for s in ds.samples:
+        r = next(x for x in rows if x["name"] == s.labels.name)
+        if r["name"].startswith("widened") and r["case_type"] == "offscreen":
+            assert not np.asarray(Image.open(s.labels.gt_files[0])).any()
+        if r["name"].startswith("widened") and r["case_type"] == "matched":
+            assert r["audio_classes"] in {"dog_bark", "engine_idling", "car_horn", "children_playing"}
+    for c in new:
+        heard = {x["audio_sources"] for x in rows[:40] if x["visual_source"] == c["visual"]["visual_source"]}
+        assert c["audio"]["audio_sources"] not in heard
+    g = groups(tmp_path / "w" / "cases.csv", by="visual")
+    same = [r["name"] for r in rows if "libby" in r["visual_source"]]
+    assert len({g[n] for n in same}) == 1 and len(set(g.values())) < len(rows)
