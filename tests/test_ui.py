@@ -151,7 +151,11 @@ def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
         assert "car" in page.inner_text("#chat")
         captions = page.inner_text("#overlays")
         assert "frame 1" in captions and "car" in captions, captions
-        # every overlay image the page shows loads (served by the page, not a broken link)
+        # every overlay image the page shows loads (served by the page, not a broken link): wait for
+        # the browser to finish loading them (a broken one completes with width 0 and fails below)
+        page.wait_for_function(
+            "[...document.querySelectorAll('#overlays img')].every(e => e.complete)", timeout=20_000
+        )
         sizes = page.eval_on_selector_all("#overlays img", "els => els.map(e => e.naturalWidth)")
         assert len(sizes) >= 5 and all(w > 0 for w in sizes), sizes
         # the answer's video plays in the page: Chromium decodes overlay.mp4 (H.264 + AAC) and knows
