@@ -13,7 +13,9 @@ masks, recordings) plus all-zero masks for the new off-screen cases: nothing is 
   playing), with the visual's own human masks;
 * offscreen: a recording whose source is surely not in the visual (``absent``: animal, machine and
   nature sounds over visuals of other classes; human sounds only over the cat photos; vehicle sounds
-  only over visuals without vehicles or roads), with empty masks.
+  only over visuals without vehicles or roads), with empty masks;
+* mixed: a matched recording with an absent one added 6 dB below it (event RMS, as the dev set's
+  mixed clips), with the visual's masks; the only files written besides the empty masks.
 
 Only recordings of the dev set's matched and off-screen clips are used (its mixed clips' audio holds
 two sources). The pairing reads the metadata of cases.csv (visual class, audio class), never a tool
@@ -57,6 +59,44 @@ def absent(visual_class: str, audio_class: str, still: bool) -> bool:
     if audio_class == "dog_bark":
         return visual_class != "dog"
     return True  # rooster, chainsaw, helicopter, sea waves: no dev visual shows one
+
+
+DISTRACTOR_DB = -6.0
+"""The distractor's level against the target's (event RMS), as in the dev set's mixed clips."""
+
+
+def _read_wav(path: Path) -> tuple[np.ndarray, int]:
+    import wave
+
+    with wave.open(str(path)) as w:
+        x = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+        return x, w.getframerate()
+
+
+def _event_rms(x: np.ndarray, rate: int) -> float:
+    """RMS over the 50-ms windows louder than a tenth of the loudest (the sound's events, not its gaps)."""
+    n = max(1, rate // 20)
+    win = np.sqrt(np.mean(x[: len(x) // n * n].reshape(-1, n) ** 2, axis=1) + 1e-12)
+    return float(np.sqrt(np.mean(win[win >= 0.1 * win.max()] ** 2)))
+
+
+def mix(target: Path, distractor: Path, out: Path, db: float = DISTRACTOR_DB) -> None:
+    """target + distractor scaled to ``db`` below it (event RMS), as 16-bit PCM, clipped to [-1, 1]."""
+    import wave
+
+    a, rate = _read_wav(target)
+    b, rate_b = _read_wav(distractor)
+    if rate_b != rate:
+        raise ValueError(f"{distractor} is at {rate_b} Hz, {target} at {rate}")
+    b = np.resize(b, len(a))  # loop or cut to the target's length
+    b *= _event_rms(a, rate) / max(_event_rms(b, rate), 1e-9) * 10 ** (db / 20)
+    y = np.clip(a + b, -1, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((y * 32767).astype(np.int16).tobytes())
 
 
 def _visual_key(source: str) -> str:
@@ -104,6 +144,16 @@ def build(root: Path, out: Path, per_visual: int, seed: int) -> list[dict]:
         for kind, pool in (("matched", matched), ("offscreen", offscreen)):
             for ar in rng.sample(pool, min(per_visual, len(pool))):
                 new.append({"kind": kind, "visual": vr, "audio": ar})
+        if matched and offscreen:
+            for _ in range(per_visual):
+                new.append(
+                    {
+                        "kind": "mixed",
+                        "visual": vr,
+                        "audio": rng.choice(matched),
+                        "distractor": rng.choice(offscreen),
+                    }
+                )
 
     out_rows, out_meta = [], []
     for r in rows:  # the dev set's own clips, as they are
@@ -124,13 +174,22 @@ def build(root: Path, out: Path, per_visual: int, seed: int) -> list[dict]:
         for i, (f, m) in enumerate(zip(frames, masks, strict=True), 1):
             _link(f, out / "s4_data/visual_frames/test" / cat / name / f"{name}_{i}.png")
             target = out / "s4_data/gt_masks/test" / cat / name / f"{name}_{i}.png"
-            if case["kind"] == "matched":
+            if case["kind"] != "offscreen":
                 _link(m, target)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 size = Image.open(m).size
                 Image.fromarray(np.zeros((size[1], size[0]), np.uint8)).save(target)
-        _link(wav, out / "s4_data/audio_wav/test" / cat / f"{name}.wav")
+        audio_sources, audio_classes = ar["audio_sources"], ar["audio_classes"]
+        notes = f"widened from {vr['name']} (visual) and {ar['name']} (audio)"
+        if case["kind"] == "mixed":
+            dr = case["distractor"]
+            mix(wav, files(dr["name"])[2], out / "s4_data/audio_wav/test" / cat / f"{name}.wav")
+            audio_sources += f" [target] + {dr['audio_sources']} [distractor {DISTRACTOR_DB:g} dB event-RMS]"
+            audio_classes += f"+{dr['audio_classes']}"
+            notes += f" + {dr['name']} (distractor)"
+        else:
+            _link(wav, out / "s4_data/audio_wav/test" / cat / f"{name}.wav")
         out_rows.append(
             {
                 **{k: "" for k in rows[0]},
@@ -139,10 +198,10 @@ def build(root: Path, out: Path, per_visual: int, seed: int) -> list[dict]:
                 "case_type": case["kind"],
                 "visual_source": vr["visual_source"],
                 "visual_class": vr["visual_class"],
-                "audio_sources": ar["audio_sources"],
-                "audio_classes": ar["audio_classes"],
-                "gt_rule": "the visual's human masks" if case["kind"] == "matched" else "empty",
-                "license_notes": f"widened from {vr['name']} (visual) and {ar['name']} (audio)",
+                "audio_sources": audio_sources,
+                "audio_classes": audio_classes,
+                "gt_rule": "empty" if case["kind"] == "offscreen" else "the visual's human masks",
+                "license_notes": notes,
             }
         )
         out_meta.append({"name": name, "start": "0", "category": cat, "split": "test"})
@@ -163,10 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     new = build(args.root, args.out, args.per_visual, args.seed)
-    kinds = {k: sum(c["kind"] == k for c in new) for k in ("matched", "offscreen")}
-    print(
-        f"{args.out}: the dev set's clips + {len(new)} new ({kinds['matched']} matched, {kinds['offscreen']} offscreen)"
-    )
+    kinds = ", ".join(f"{sum(c['kind'] == k for c in new)} {k}" for k in ("matched", "mixed", "offscreen"))
+    print(f"{args.out}: the dev set's clips + {len(new)} new ({kinds})")
 
 
 if __name__ == "__main__":

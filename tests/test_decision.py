@@ -188,7 +188,7 @@ def test_the_widened_set_pairs_dev_visuals_with_other_recordings(dev_set, tmp_pa
 
     new = build(dev_set, tmp_path / "w", per_visual=2, seed=0)
     rows = list(csv.DictReader(open(tmp_path / "w" / "cases.csv")))
-    assert len(rows) == 40 + len(new) and {c["kind"] for c in new} == {"matched", "offscreen"}
+    assert len(rows) == 40 + len(new) and {c["kind"] for c in new} == {"matched", "mixed", "offscreen"}
     ds = load_dataset("avsbench-s4", tmp_path / "w", "test")
     assert len(ds.samples) == len(rows)
     for s in ds.samples:
@@ -197,6 +197,8 @@ def test_the_widened_set_pairs_dev_visuals_with_other_recordings(dev_set, tmp_pa
             assert not np.asarray(Image.open(s.labels.gt_files[0])).any()
         if r["name"].startswith("widened") and r["case_type"] == "matched":
             assert r["audio_classes"] in {"dog_bark", "engine_idling", "car_horn", "children_playing"}
+        if r["name"].startswith("widened") and r["case_type"] == "mixed":  # a written wav, 6 dB under
+            assert "+" in r["audio_classes"] and not s.inputs.audio.is_symlink()
     for c in new:
         heard = {x["audio_sources"] for x in rows[:40] if x["visual_source"] == c["visual"]["visual_source"]}
         assert c["audio"]["audio_sources"] not in heard
