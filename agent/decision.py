@@ -458,13 +458,18 @@ def kept_index(seg: Segments | None, p: DecisionSettings) -> np.ndarray:
     return above[np.union1d(np.flatnonzero(weight >= p.instance_share * weight[top]), [top])]
 
 
+def candidate_score(row: FrameEvidence, phrase: str) -> float:
+    """The score of ``phrase``'s candidate in one frame's row (0 where it is not a candidate)."""
+    return next((c.score for c in row.candidates if c.phrase == phrase), 0.0)
+
+
 def pivot_frame(table: list[FrameEvidence], accepted: list[list[str]], phrase: str) -> int | None:
     """The frame where ``phrase`` is most certain: of the frames that accepted it, the one where its
     candidate scores highest (AL-Ref-SAM2's pivot frame)."""
     best, where = -1.0, None
     for t, (row, phrases) in enumerate(zip(table, accepted, strict=True)):
         if phrase in phrases:
-            score = next((c.score for c in row.candidates if c.phrase == phrase), 0.0)
+            score = candidate_score(row, phrase)
             if score > best:
                 best, where = score, t
     return where

@@ -257,26 +257,20 @@ def confirm(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     checkpointer keeps. Every frame then segments what the person chose where it is found."""
     from langgraph.types import interrupt
 
-    from agent.vision import numbered_frame
+    from agent.vision import boxes_of, numbered_frame
 
     ctx = runtime.context
     p = ctx.settings.agent.decision
     first, second = state["close_call"]
     table, found = state["table"], state["groundings"]
 
-    def score(t: int, ph: str) -> float:
-        return next((c.score for c in table[t].candidates if c.phrase == ph), 0.0)
+    def surest(i: int) -> tuple[bool, float]:  # both candidates there, then their summed score
+        a, b = D.candidate_score(table[i], first), D.candidate_score(table[i], second)
+        return a > 0 and b > 0, a + b
 
-    t = max(
-        range(len(table)),
-        key=lambda i: (score(i, first) > 0 and score(i, second) > 0, score(i, first) + score(i, second)),
-    )
+    t = max(range(len(table)), key=surest)
     kept = D.kept(found[t], [first, second], p)
-    boxes = [
-        (n, [[float(v) for v in b] for b in kept[ph].xyxy])
-        for n, ph in ((1, first), (2, second))
-        if ph in kept
-    ]
+    boxes = [(n, boxes_of(kept[ph])) for n, ph in ((1, first), (2, second)) if ph in kept]
     options = {"1": [first], "2": [second], "both": [first, second]}
     reply = interrupt(
         {

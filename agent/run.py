@@ -43,6 +43,13 @@ def _run(inputs: Any, context: RunContext, progress: Callable[[str], None] | Non
     return final
 
 
+def _asking(settings: Settings, ask_person: bool) -> Settings:
+    """``settings`` with ``agent.ask_person`` as the caller allows it (only the chat asks)."""
+    if settings.agent.ask_person == ask_person:
+        return settings
+    return settings.model_copy(update={"agent": settings.agent.model_copy(update={"ask_person": ask_person})})
+
+
 def run_clip(
     clip: Clip,
     settings: Settings,
@@ -51,11 +58,11 @@ def run_clip(
     progress: Callable[[str], None] | None = None,
 ) -> Answer:
     """Answer ``question`` about a loaded clip (never pauses to ask the person)."""
-    if settings.agent.ask_person:
-        settings = settings.model_copy(
-            update={"agent": settings.agent.model_copy(update={"ask_person": False})}
-        )
-    state = _run({"question": question, "clip": clip, "trace": []}, make_context(settings, toolset), progress)
+    state = _run(
+        {"question": question, "clip": clip, "trace": []},
+        make_context(_asking(settings, False), toolset),
+        progress,
+    )
     return state["answer"]
 
 
@@ -73,10 +80,7 @@ def run_media(
     replaces the proposal with objects the person named ("segment the car instead"). With
     ``ask_person`` (the chat, under its checkpointer) a close call pauses the graph with a LangGraph
     interrupt, which reaches the caller as ``langgraph.errors.GraphInterrupt``; otherwise it never asks."""
-    if settings.agent.ask_person != ask_person:
-        settings = settings.model_copy(
-            update={"agent": settings.agent.model_copy(update={"ask_person": ask_person})}
-        )
+    settings = _asking(settings, ask_person)
     state = _run(
         {
             "question": question,

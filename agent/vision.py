@@ -99,7 +99,7 @@ def build_view(
             if seg is None:
                 continue
             number += 1
-            xyxy = [[float(v) for v in b] for b in seg.xyxy]
+            xyxy = boxes_of(seg)
             view.boxes.append(Box(number, t, cand.phrase, xyxy))
             _draw_numbered(draw, font, number, xyxy, (ox, oy, sx, sy), ch)
         label = f"frame {t}"
@@ -110,6 +110,11 @@ def build_view(
     view.images.append(data_url(canvas))
     view.sizes.append(canvas.size)
     return view
+
+
+def boxes_of(seg: Segments) -> list[list[float]]:
+    """A phrase's instances' boxes as plain floats (what is drawn, and what a trace or payload holds)."""
+    return [[float(v) for v in b] for b in seg.xyxy]
 
 
 def numbered_frame(frame: Frame, boxes: list[tuple[int, list[list[float]]]], max_side: int) -> str:

@@ -30,10 +30,11 @@ from __future__ import annotations
 import argparse
 import csv
 import random
-import re
 from pathlib import Path
 
 import numpy as np
+
+from evals.crossval import visual_key
 
 SOUNDS = {
     "dog": {"dog_bark"},
@@ -99,10 +100,6 @@ def mix(target: Path, distractor: Path, out: Path, db: float = DISTRACTOR_DB) ->
         w.writeframes((y * 32767).astype(np.int16).tobytes())
 
 
-def _visual_key(source: str) -> str:
-    return re.sub(r" frames .*| \(still.*", "", source).strip()
-
-
 def _link(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.is_symlink() or dst.exists():
@@ -125,7 +122,7 @@ def build(root: Path, out: Path, per_visual: int, seed: int) -> list[dict]:
 
     visuals: dict[str, dict] = {}  # visual key -> a clip showing it (with real masks when it has any)
     for r in rows:
-        v = _visual_key(r["visual_source"])
+        v = visual_key(r["visual_source"])
         if v not in visuals or (visuals[v]["case_type"] == "offscreen" and r["case_type"] != "offscreen"):
             visuals[v] = r
     recordings = [r for r in rows if r["case_type"] in ("matched", "offscreen")]
@@ -133,7 +130,7 @@ def build(root: Path, out: Path, per_visual: int, seed: int) -> list[dict]:
     new: list[dict] = []
     for v, vr in sorted(visuals.items()):
         still = "still" in vr["visual_source"]
-        heard = {r["audio_sources"] for r in rows if _visual_key(r["visual_source"]) == v}
+        heard = {r["audio_sources"] for r in rows if visual_key(r["visual_source"]) == v}
         others = [r for r in recordings if r["audio_sources"] not in heard]
         matched = [
             r

@@ -68,6 +68,11 @@ class ClipData:
     """The visual is a photo repeated (nothing moves): propagation must not lose there."""
 
 
+def visual_key(source: str) -> str:
+    """cases.csv's visual_source without its frame list: one DAVIS sequence or one photo."""
+    return re.sub(r" frames .*| \(still.*", "", source).strip()
+
+
 def groups(cases_csv: Path, by: str = "visual+recording") -> dict[str, int]:
     """Clip name -> group id: connected components of 'shares a visual source or a recording'
     (``by="visual"``: a visual source only, for the widened set of evals/augment.py, where every
@@ -83,8 +88,7 @@ def groups(cases_csv: Path, by: str = "visual+recording") -> dict[str, int]:
 
     owner: dict[str, int] = {}
     for i, r in enumerate(rows):
-        visual = re.sub(r" frames .*| \(still.*", "", r["visual_source"]).strip()
-        keys = [f"v:{visual}"]
+        keys = [f"v:{visual_key(r['visual_source'])}"]
         if by != "visual":
             keys += [f"a:{fid}" for fid in re.findall(r"Freesound id (\d+)", r["license_notes"])]
             keys += [
