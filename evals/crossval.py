@@ -1,6 +1,6 @@
 """Fit the decision model's parameters (``agent.decision``) by leave-one-group-out cross-validation.
 
-    python -m evals.crossval --root ../shared/data/davis_av_dev [--samples 1500] [--out FILE]
+    python -m evals.crossval --root ../shared/data/davis_av_dev [--samples 1500] [--seeds 3] [--out FILE]
 
 Folds are grouped so that no visual source and no recording sits on both sides: clips that share a
 visual (a DAVIS sequence, a photo) or an audio recording (a Freesound id, from ``cases.csv``) fall in
@@ -8,9 +8,12 @@ one group, and each fold leaves one group out. The tools run once per clip (thei
 evidence); every parameter draw then runs ``agent.decision`` -- the agent's own decision code, with the
 same check and bounded retry -- over those outputs. For each fold the draw that scores best on the
 other groups is applied to the held-out group; the table reports those held-out results (the
-cross-validated numbers) next to the in-sample result of the draw best on all clips, and the
-current defaults. Objective: J over clips whose source is visible + share of off-screen clips left
-empty.
+cross-validated numbers) next to the in-sample result of the draw best on all clips, the current
+defaults (in-sample too: they were fitted on these clips, so they are never in the draws) and the
+ceiling (each clip's best draw: what the decision could reach with these tools' outputs). The
+cross-validated numbers move with the random draws; ``--seeds`` repeats the whole procedure and
+reports the spread, which a design must beat another by before it counts. Objective: J over clips
+whose source is visible + share of off-screen clips left empty.
 
 Reads ``cases.csv`` only for groups and case types (matched / mixed / offscreen), never as input
 to a decision.
@@ -193,19 +196,40 @@ def objective(data: list[ClipData], values: np.ndarray, idx: np.ndarray) -> floa
 
 
 def draws(n: int, seed: int, base: DecisionSettings) -> list[DecisionSettings]:
+    """``n`` random draws of the fitted parameters (the others as in ``base``). The current defaults
+    are not among them: they were fitted on these very clips, and a pool holding them would let every
+    fold pick parameters that saw its held-out clips (a leak that made the cross-validated numbers
+    equal the in-sample ones)."""
     rng = np.random.default_rng(seed)
-    out = [base]
+    out = []
     for _ in range(n):
         vals = {k: round(float(rng.uniform(lo, hi)), 3) for k, (lo, hi) in SPACE.items()}
         out.append(base.model_copy(update=vals))
     return out
 
 
-def crossval(data: list[ClipData], candidates: list[DecisionSettings], toolset: Any, settings: Any) -> dict:
-    t0 = time.perf_counter()
-    values = np.asarray(
+def values_of(
+    data: list[ClipData], candidates: list[DecisionSettings], toolset: Any, settings: Any
+) -> np.ndarray:
+    """(draws, clips) values: each draw's decisions on each clip (``clip_value``)."""
+    return np.asarray(
         [[clip_value(c, run_decisions(c, p, toolset, settings)) for c in data] for p in candidates]
     )
+
+
+def crossval(
+    data: list[ClipData],
+    candidates: list[DecisionSettings],
+    toolset: Any,
+    settings: Any,
+    defaults: DecisionSettings | None = None,
+) -> dict:
+    """Leave-one-group-out over the draws ``candidates``: per fold, the draw best on the other groups
+    is applied to the held-out group. Also the in-sample best draw, ``defaults`` (in-sample: they were
+    fitted on these clips) and the ceiling: on each clip the best of all draws, what a perfect choice
+    of parameters per clip would reach with these tools' outputs."""
+    t0 = time.perf_counter()
+    values = values_of(data, candidates, toolset, settings)
     seconds = time.perf_counter() - t0
     all_idx = np.arange(len(data))
     held_out = np.zeros(len(data))
@@ -217,30 +241,58 @@ def crossval(data: list[ClipData], candidates: list[DecisionSettings], toolset: 
         held_out[test] = values[best, test]
         folds.append({"group": int(g), "clips": [data[i].name for i in test], "draw": int(best)})
     best_all = max(range(len(candidates)), key=lambda k: objective(data, values[k], all_idx))
-    return {
+    out = {
         "cross_validated": summarise(data, held_out),
         "in_sample": summarise(data, values[best_all]),
-        "defaults": summarise(data, values[0]),
+        "ceiling": summarise(data, values.max(axis=0)),
         "fitted": {k: getattr(candidates[best_all], k) for k in SPACE},
         "folds": folds,
         "draws": len(candidates),
         "seconds_deciding": round(seconds, 1),
         "per_clip_cross_validated": {c.name: round(float(v), 4) for c, v in zip(data, held_out, strict=True)},
     }
+    if defaults is not None:
+        out["defaults"] = summarise(data, values_of(data, [defaults], toolset, settings)[0])
+    return out
+
+
+def spread(runs: list[dict]) -> dict[str, list[float]]:
+    """Per number of the cross-validated summary, [mean, min, max] over runs with other seeds: how far
+    the estimate moves with the random draws alone (a design must beat another by more than that)."""
+    keys = [k for k in runs[0]["cross_validated"] if not k.startswith("n_")]
+    return {
+        k: [round(float(f(v)), 4) for f in (np.mean, np.min, np.max)]
+        for k in keys
+        if (v := [r["cross_validated"][k] for r in runs])
+    }
+
+
+COLUMNS = ("j_visible", "j_matched", "j_mixed", "j_video", "j_still")
 
 
 def table(result: dict) -> str:
+    """The markdown table: cross-validated (and its spread over seeds), in-sample, defaults, ceiling."""
+    n_off = result["cross_validated"]["n_offscreen"]
     rows = [("cross-validated (leave one group out)", result["cross_validated"])]
-    rows += [("in-sample (best draw on all clips)", result["in_sample"]), ("defaults", result["defaults"])]
+    rows += [("in-sample (best draw on all clips)", result["in_sample"])]
+    if "defaults" in result:
+        rows += [("defaults (in-sample: fitted on these clips)", result["defaults"])]
+    rows += [("ceiling (each clip's best draw)", result["ceiling"])]
     lines = [
         "| | J visible | J matched | J mixed | J video | J still | off-screen left empty |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, s in rows:
-        lines.append(
-            f"| {name} | {s['j_visible']:.3f} | {s['j_matched']:.3f} | {s['j_mixed']:.3f} | "
-            f"{s['j_video']:.3f} | {s['j_still']:.3f} | "
-            f"{s['offscreen_empty'] * s['n_offscreen']:.0f}/{s['n_offscreen']} |"
+        cells = " | ".join(f"{s[k]:.3f}" for k in COLUMNS)
+        lines.append(f"| {name} | {cells} | {s['offscreen_empty'] * n_off:.0f}/{n_off} |")
+    if len(result.get("seeds", [])) > 1:
+        sp = result["spread"]
+        cells = " | ".join(f"{sp[k][0]:.3f} ({sp[k][1]:.3f}-{sp[k][2]:.3f})" for k in COLUMNS)
+        off = sp["offscreen_empty"]
+        lines.insert(
+            3,
+            f"| cross-validated, {len(result['seeds'])} seeds: mean (min-max) | {cells} | "
+            f"{off[0] * n_off:.1f} ({off[1] * n_off:.0f}-{off[2] * n_off:.0f})/{n_off} |",
         )
     return "\n".join(lines)
 
@@ -258,6 +310,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--root", type=Path, default=Path("../shared/data/davis_av_dev"))
     ap.add_argument("--samples", type=int, default=1500, help="random parameter draws")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="repeat the cross-validation with this many seeds (seed, seed+1, ...) and report the spread",
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/crossval.json"))
     ap.add_argument("--set", action="append", default=[], help="settings override key=value")
     ap.add_argument(
@@ -291,7 +349,11 @@ def main(argv: list[str] | None = None) -> None:
             _fail(f"unknown design '{name}' (use per-frame, propagated)")
         agent = settings.agent.model_copy(update={"propagate": name == "propagated"})
         designed = settings.model_copy(update={"agent": agent})
-        designs[name] = crossval(data, draws(args.samples, args.seed, agent.decision), toolset, designed)
+        runs = [
+            crossval(data, draws(args.samples, seed, agent.decision), toolset, designed, agent.decision)
+            for seed in range(args.seed, args.seed + max(args.seeds, 1))
+        ]
+        designs[name] = {**runs[0], "seeds": [r["cross_validated"] for r in runs], "spread": spread(runs)}
         print(f"## {name}\n{table(designs[name])}\nfitted: {json.dumps(designs[name]['fitted'])}", flush=True)
     default = "propagated" if settings.agent.propagate else "per-frame"
     result = dict(designs.get(default) or next(iter(designs.values())))
@@ -305,6 +367,9 @@ def main(argv: list[str] | None = None) -> None:
                         "cross_validated",
                         "in_sample",
                         "defaults",
+                        "ceiling",
+                        "seeds",
+                        "spread",
                         "fitted",
                         "per_clip_cross_validated",
                     )

@@ -205,3 +205,36 @@ def test_the_widened_set_pairs_dev_visuals_with_other_recordings(dev_set, tmp_pa
     g = groups(tmp_path / "w" / "cases.csv", by="visual")
     same = [r["name"] for r in rows if "libby" in r["visual_source"]]
     assert len({g[n] for n in same}) == 1 and len(set(g.values())) < len(rows)
+
+
+@pytest.mark.slow
+def test_crossval_never_draws_the_defaults_and_reports_its_spread_and_ceiling(dev_set, models_dir, tmp_path):
+    """evals/crossval.py on the dev set with a few draws and two seeds: the defaults (fitted on these
+    clips) are reported but never in a fold's pool; every clip is held out exactly once; the ceiling
+    (each clip's best draw) bounds the in-sample and cross-validated numbers; the spread over seeds
+    brackets its mean; the markdown holds every row."""
+    import json
+
+    from evals.crossval import draws, main
+
+    base = DecisionSettings()
+    pool = draws(6, 0, base)
+    assert len(pool) == 6 and all(p != base for p in pool)
+    out = tmp_path / "cv.json"
+    main(
+        [
+            "--root", str(dev_set), "--samples", "6", "--seeds", "2", "--designs", "propagated",
+            "--out", str(out), "--set", f"models_dir={models_dir}",
+        ]
+    )  # fmt: skip
+    r = json.loads(out.read_text())
+    held = [n for f in r["folds"] for n in f["clips"]]
+    assert sorted(held) == sorted(r["per_clip_cross_validated"]) and len(held) == 40
+    assert all(0 <= f["draw"] < 6 for f in r["folds"])
+    for k in ("j_visible", "offscreen_empty"):
+        assert r["ceiling"][k] >= max(r["in_sample"][k], r["cross_validated"][k]) - 1e-9
+        mean, lo, hi = r["spread"][k]
+        assert lo <= mean <= hi and len(r["seeds"]) == 2
+    md = out.with_suffix(".md").read_text()
+    for row in ("cross-validated (leave", "2 seeds: mean (min-max)", "in-sample", "defaults", "ceiling"):
+        assert row in md
