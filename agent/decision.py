@@ -25,7 +25,11 @@ strongest specific tag that names something it covers ('Domestic animals, pets' 
 lends nothing to the cat; 'Livestock, farm animals, working animals' 0.9 with only 'Air horn' lends
 to the sheep in view): a generic label is explained away by the specific one under it.
 
-The frame's answer is the best candidate whose score beats ``score(none)``, plus a second one whose
+With ``none_per_clip`` (a design switch), 'none' is weighed once for the clip: the best phrase's
+clip score (its mean score over the frames, 0 where it is not a candidate) against the mean none
+score; when it wins every candidate counts as above none on every frame, when none wins no candidate
+does (AVSBench: a source is in view for its whole clip or not at all). Otherwise each frame weighs it
+alone. The frame's answer is the best candidate above none, plus a second one whose
 score is at least ``second_source_ratio`` of the first's (unless both come from the same audio label:
 one sound read as two objects is one source). A retry takes the best candidate above none not tried yet. Of a phrase's
 instances, those at least ``instance_share`` as salient (area x score) as the most salient are kept.
@@ -83,9 +87,17 @@ class FrameEvidence:
     offscreen_from: str
     none_score: float
     silent: bool = False
+    clip: str = ""
+    """With ``none_per_clip``, the clip's decision: "visible" (its best candidate beats 'none' over the
+    clip, so every frame takes its best candidate) or "offscreen" (none does: no frame takes one);
+    "" when each frame decides alone."""
 
     @property
     def above_none(self) -> list[Candidate]:
+        if self.clip == "offscreen":
+            return []
+        if self.clip == "visible":
+            return list(self.candidates)
         return [c for c in self.candidates if c.score > self.none_score]
 
 
@@ -262,7 +274,22 @@ def build_table(
                 cands.append(c)
         cands.sort(key=lambda c: -c.score)
         table.append(FrameEvidence(cands, round(off, 4), off_from, round(none, 5), silent[t]))
+    if p.none_per_clip and table:
+        verdict = "visible" if clip_visible(table) else "offscreen"
+        for row in table:
+            row.clip = verdict
     return table
+
+
+def clip_visible(table: list[FrameEvidence]) -> bool:
+    """Does a visible object make the clip's sound? Its best candidate's clip score (mean score over
+    the frames, 0 where it is not a candidate) beats the clip's none (mean none score)."""
+    totals: dict[str, float] = {}
+    for row in table:
+        for c in row.candidates:
+            totals[c.phrase] = totals.get(c.phrase, 0.0) + c.score / len(table)
+    none = sum(row.none_score for row in table) / len(table)
+    return bool(totals) and max(totals.values()) > none
 
 
 def choose(row: FrameEvidence, p: DecisionSettings, tried: list[str] | None = None) -> list[Candidate]:
@@ -321,7 +348,7 @@ CROP_FOIL = "background"
 def with_candidate(row: FrameEvidence, cand: Candidate) -> FrameEvidence:
     """The row with one candidate replaced (by phrase) and the order by score restored."""
     cands = sorted([cand if c.phrase == cand.phrase else c for c in row.candidates], key=lambda c: -c.score)
-    return FrameEvidence(cands, row.offscreen, row.offscreen_from, row.none_score, row.silent)
+    return FrameEvidence(cands, row.offscreen, row.offscreen_from, row.none_score, row.silent, row.clip)
 
 
 def rescore_with_crop(c: Candidate, crop: float, p: DecisionSettings) -> Candidate:
@@ -341,15 +368,22 @@ def crop_verdict(
     row: FrameEvidence, phrase: str, crop: float, p: DecisionSettings
 ) -> tuple[FrameEvidence, bool, str]:
     """The crop check's probability that the mask shows ``phrase`` enters its candidate's score; the
-    mask passes when the candidate still beats 'none'. Returns (row rescored, passed, why)."""
+    mask passes unless the check lowered the candidate below the frame's 'none'. Returns (row
+    rescored, passed, why)."""
     cand = next(c for c in row.candidates if c.phrase == phrase)
     row = with_candidate(row, rescore_with_crop(cand, crop, p))
     new = next(c for c in row.candidates if c.phrase == phrase)
-    ok = new.score > row.none_score
+    ok = new.score > row.none_score or new.score >= cand.score
     why = f"crop check {crop:.2f} -> score {new.score:.3f}" + (
         "" if ok else f" below none {row.none_score:.3f}"
     )
     return row, ok, why
+
+
+CLIP_VERDICT = {
+    "visible": "a visible source beats none over the clip",
+    "offscreen": "none beats every visible candidate over the clip",
+}
 
 
 def describe(row: FrameEvidence) -> str:
@@ -358,8 +392,10 @@ def describe(row: FrameEvidence) -> str:
         f"{c.phrase} {c.score:.3f} [audio {c.audio:.2f}: {', '.join(c.sources)}; salience {c.salience:.3f}, support {c.support:.2f}]"
         for c in row.candidates
     ]
-    none = f"none {row.none_score:.3f}" + (
-        f" [offscreen: {row.offscreen_from} {row.offscreen:.2f}]" if row.offscreen_from else ""
+    none = (
+        f"none {row.none_score:.3f}"
+        + (f" [offscreen: {row.offscreen_from} {row.offscreen:.2f}]" if row.offscreen_from else "")
+        + (f" (clip: {CLIP_VERDICT[row.clip]})" if row.clip else "")
     )
     return "; ".join([*parts, none]) if parts else none
 

@@ -229,7 +229,7 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         Choice(
             phrases=phrases,
             status="pending" if phrases else "none",
-            reason="" if phrases else ("silent" if table[i].silent else "no visible candidate beats 'none'"),
+            reason="" if phrases else _no_choice(table[i]),
         )
         for i, phrases in enumerate(decided.phrases)
     ]
@@ -243,6 +243,14 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         "llm_stats": decided.stats,
         "llm_reasoning": decided.reasoning,
     }
+
+
+def _no_choice(row: D.FrameEvidence) -> str:
+    if row.silent:
+        return "silent"
+    if row.clip == "offscreen":
+        return "no visible candidate beats 'none' over the clip"
+    return "no visible candidate beats 'none'"
 
 
 def route_after_verify(state: AgentState) -> Literal["confirm", "segment"]:

@@ -71,6 +71,10 @@ class DecisionSettings(Section):
         description="of a phrase's instances, those at least this share as salient as the top one are kept",
     )
     detection_floor: float = Field(0.278, description="detections below this score are not evidence")
+    none_per_clip: bool = Field(
+        False,
+        description="decide 'none of the visible objects' once for the clip (mean scores over its frames) instead of on each frame; a design switch, not fitted",
+    )
 
 
 class AgentSettings(Section):

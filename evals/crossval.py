@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing as mp
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -208,13 +210,29 @@ def draws(n: int, seed: int, base: DecisionSettings) -> list[DecisionSettings]:
     return out
 
 
+_WORK: tuple = ()
+"""What forked workers of ``values_of`` read: (data, candidates, toolset, settings)."""
+
+
+def _values_of_draw(k: int) -> list[float]:
+    data, candidates, toolset, settings = _WORK
+    return [clip_value(c, run_decisions(c, candidates[k], toolset, settings)) for c in data]
+
+
 def values_of(
-    data: list[ClipData], candidates: list[DecisionSettings], toolset: Any, settings: Any
+    data: list[ClipData], candidates: list[DecisionSettings], toolset: Any, settings: Any, jobs: int = 1
 ) -> np.ndarray:
-    """(draws, clips) values: each draw's decisions on each clip (``clip_value``)."""
-    return np.asarray(
-        [[clip_value(c, run_decisions(c, p, toolset, settings)) for c in data] for p in candidates]
-    )
+    """(draws, clips) values: each draw's decisions on each clip (``clip_value``), over ``jobs``
+    forked processes (the precomputed outputs are shared by fork, not sent)."""
+    global _WORK
+    _WORK = (data, candidates, toolset, settings)
+    try:
+        if jobs <= 1 or len(candidates) < 2 or "fork" not in mp.get_all_start_methods():
+            return np.asarray([_values_of_draw(k) for k in range(len(candidates))])
+        with mp.get_context("fork").Pool(jobs) as pool:
+            return np.asarray(pool.map(_values_of_draw, range(len(candidates)), chunksize=4))
+    finally:
+        _WORK = ()
 
 
 def crossval(
@@ -223,13 +241,14 @@ def crossval(
     toolset: Any,
     settings: Any,
     defaults: DecisionSettings | None = None,
+    jobs: int = 1,
 ) -> dict:
     """Leave-one-group-out over the draws ``candidates``: per fold, the draw best on the other groups
     is applied to the held-out group. Also the in-sample best draw, ``defaults`` (in-sample: they were
     fitted on these clips) and the ceiling: on each clip the best of all draws, what a perfect choice
     of parameters per clip would reach with these tools' outputs."""
     t0 = time.perf_counter()
-    values = values_of(data, candidates, toolset, settings)
+    values = values_of(data, candidates, toolset, settings, jobs)
     seconds = time.perf_counter() - t0
     all_idx = np.arange(len(data))
     held_out = np.zeros(len(data))
@@ -311,6 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=int, default=1500, help="random parameter draws")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="processes deciding the draws (forked)"
+    )
+    ap.add_argument(
         "--seeds",
         type=int,
         default=1,
@@ -327,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--designs",
         default="per-frame,propagated",
-        help="which designs to cross-validate: per-frame (agent.propagate off), propagated (on), or both",
+        help="designs to cross-validate, comma-separated: per-frame (agent.propagate off), propagated (on), each optionally +clip-none (agent.decision.none_per_clip on)",
     )
     args = ap.parse_args(argv)
     from tools.errors import UserError
@@ -345,17 +367,25 @@ def main(argv: list[str] | None = None) -> None:
     pre = time.perf_counter() - t0
     designs = {}
     for name in [d.strip() for d in args.designs.split(",") if d.strip()]:
-        if name not in ("per-frame", "propagated"):
-            _fail(f"unknown design '{name}' (use per-frame, propagated)")
-        agent = settings.agent.model_copy(update={"propagate": name == "propagated"})
+        base_name, _, extra = name.partition("+")
+        if base_name not in ("per-frame", "propagated") or extra not in ("", "clip-none"):
+            _fail(f"unknown design '{name}' (use per-frame or propagated, each optionally +clip-none)")
+        decision = settings.agent.decision.model_copy(update={"none_per_clip": extra == "clip-none"})
+        agent = settings.agent.model_copy(
+            update={"propagate": base_name == "propagated", "decision": decision}
+        )
         designed = settings.model_copy(update={"agent": agent})
         runs = [
-            crossval(data, draws(args.samples, seed, agent.decision), toolset, designed, agent.decision)
+            crossval(
+                data, draws(args.samples, seed, agent.decision), toolset, designed, agent.decision, args.jobs
+            )
             for seed in range(args.seed, args.seed + max(args.seeds, 1))
         ]
         designs[name] = {**runs[0], "seeds": [r["cross_validated"] for r in runs], "spread": spread(runs)}
         print(f"## {name}\n{table(designs[name])}\nfitted: {json.dumps(designs[name]['fitted'])}", flush=True)
-    default = "propagated" if settings.agent.propagate else "per-frame"
+    default = ("propagated" if settings.agent.propagate else "per-frame") + (
+        "+clip-none" if settings.agent.decision.none_per_clip else ""
+    )
     result = dict(designs.get(default) or next(iter(designs.values())))
     result.update(
         {

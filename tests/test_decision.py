@@ -86,6 +86,34 @@ def test_none_is_a_scored_option():
     assert [c.phrase for c in D.choose(_row({"cat": cat}, strong), P)] == ["cat"]
 
 
+def test_none_per_clip_decides_once_for_the_whole_clip():
+    """With none_per_clip, 'none' is weighed against the clip's mean scores: a frame whose candidate is
+    below its own none still takes it when the clip's source is visible, and no frame takes one when
+    none wins over the clip, however strong one frame's candidate."""
+    cat = _seg("cat", (2, 2, 12, 12))
+    strong, weak = {"cat": D.AudioTerms(tag=0.2, tag_from="Meow")}, {"cat": D.AudioTerms(tag=0.005)}
+    clip = P.model_copy(update={"none_per_clip": True})
+
+    def table(terms, off, p):
+        return D.build_table(terms, {}, [{"cat": cat}] * len(terms), off, [False] * len(terms), p)
+
+    quiet = [(0.0, "", 0.0, "")] * 2
+    per_frame = table([strong, weak], quiet, P)
+    assert [bool(D.choose(r, P)) for r in per_frame] == [True, False] and per_frame[0].clip == ""
+    whole = table([strong, weak], quiet, clip)
+    assert [r.clip for r in whole] == ["visible"] * 2
+    assert [[c.phrase for c in D.choose(r, clip)] for r in whole] == [["cat"], ["cat"]]
+    assert "(clip: a visible source beats none over the clip)" in D.describe(whole[1])
+    barked = table([strong, weak, weak, weak], [(0.95, "Dog", 0.95, "Dog")] * 4, clip)
+    assert barked[0].candidates[0].score > barked[0].none_score  # alone, frame 0 would take the cat
+    assert [r.clip for r in barked] == ["offscreen"] * 4 and all(D.choose(r, clip) == [] for r in barked)
+    # the crop check still rejects a mask it pushes below the frame's none, not one it raises
+    row = whole[1]
+    _, ok, _ = D.crop_verdict(row, "cat", 0.0, clip.model_copy(update={"w_crop": 8.0}))
+    _, ok_high, _ = D.crop_verdict(row, "cat", 1.0, clip)
+    assert not ok and ok_high
+
+
 def test_a_candidate_needs_audio_evidence_however_salient():
     row = _row({"cat": _seg("cat", (0, 0, 20, 18), conf=1.0)}, {"cat": D.AudioTerms()})
     assert row.candidates == []
