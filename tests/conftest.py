@@ -64,3 +64,44 @@ def dev_clip_paths(name: str) -> tuple[Path, Path, Path]:
         base / "audio_wav" / "test" / cat / f"{name}.wav",
         base / "gt_masks" / "test" / cat / name,
     )
+
+
+# ---------------------------------------------------------------- the LLM tests' clip (fake servers)
+LLM_CLIP = "pets_great_pyrenees_177_bark_01"
+"""A barking dog, two people and a car behind it, a helicopter heard: the LLM backend tests' clip."""
+LLM_FLOOR = "agent.decision.detection_floor=0.12"
+"""A detection floor low enough that the car behind the dog is a candidate of every frame's table."""
+
+
+@pytest.fixture(scope="session")
+def llm_clip(dev_set):
+    from tools.media import load_clip
+
+    frames, wav, _ = dev_clip_paths(LLM_CLIP)
+    return load_clip(frames, wav)
+
+
+@pytest.fixture(scope="session")
+def llm_rules_answer(llm_clip):
+    """What the rules answer on the LLM tests' clip (what an LLM falling back must reproduce)."""
+    from agent.run import run_clip
+    from agent.settings import load_settings
+    from tools.wiring import get_toolset
+
+    s = load_settings(overrides=[LLM_FLOOR])
+    return run_clip(llm_clip, s, get_toolset(s.tool_config()))
+
+
+def llm_settings(srv, *overrides: str, **extra):
+    """Settings pointing the LLM backend at a fake server (its protocol), at the LLM tests' floor."""
+    from agent.settings import load_settings
+
+    over = [
+        f"llm.backend={srv.protocol}",
+        f"llm.base_url={srv.url}",
+        "llm.model=fake",
+        "llm.timeout_s=5",
+        LLM_FLOOR,
+        *overrides,
+    ]
+    return load_settings(overrides=over + [f"{k}={v}" for k, v in extra.items()])

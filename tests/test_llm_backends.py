@@ -12,41 +12,17 @@ from typer.testing import CliRunner
 from agent.apps.cli import app
 from agent.run import run_clip
 from agent.settings import load_settings
-from tests.conftest import dev_clip_paths
+from tests.conftest import LLM_CLIP, LLM_FLOOR, dev_clip_paths, llm_settings
 from tests.fake_llm import FakeLLMServer
 from tools.media import load_clip
 from tools.wiring import get_toolset
 
-CLIP = "pets_great_pyrenees_177_bark_01"  # a barking dog, two people and a car behind it, a helicopter heard
-FLOOR = "agent.decision.detection_floor=0.12"
-"""A detection floor low enough that the car behind the dog is a candidate of every frame's table."""
+CLIP = LLM_CLIP
+_settings = llm_settings
 PEOPLE = {  # the car: a candidate of every frame's evidence table that the rules do not choose
     "frames": [{"frame": i, "sounding": ["car"], "not_visible": []} for i in range(5)],
     "reasoning": "scripted: the car",
 }
-
-
-@pytest.fixture(scope="module")
-def loaded(dev_set):
-    frames, wav, _ = dev_clip_paths(CLIP)
-    return load_clip(frames, wav)
-
-
-@pytest.fixture(scope="module")
-def rules_answer(loaded):
-    s = load_settings(overrides=[FLOOR])
-    return run_clip(loaded, s, get_toolset(s.tool_config()))
-
-
-def _settings(srv, **extra):
-    over = [
-        f"llm.backend={srv.protocol}",
-        f"llm.base_url={srv.url}",
-        "llm.model=fake",
-        "llm.timeout_s=5",
-        FLOOR,
-    ]
-    return load_settings(overrides=over + [f"{k}={v}" for k, v in extra.items()])
 
 
 @pytest.mark.parametrize(
@@ -58,69 +34,69 @@ def _settings(srv, **extra):
         ("ollama", "function_calling", {"tool": PEOPLE}),
     ],
 )
-def test_llm_decisions_are_used(loaded, rules_answer, protocol, method, item):
-    assert rules_answer.labels == ["dog"]
+def test_llm_decisions_are_used(llm_clip, llm_rules_answer, protocol, method, item):
+    assert llm_rules_answer.labels == ["dog"]
     with FakeLLMServer(protocol, [item]) as srv:
         s = _settings(srv, **{"llm.structured_method": method})
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     assert ans.labels == ["car"]  # the server's decision, visible in labels and masks
-    assert not np.array_equal(ans.masks[0], rules_answer.masks[0])
+    assert not np.array_equal(ans.masks[0], llm_rules_answer.masks[0])
     assert ans.stats["llm_calls"] == 1 and ans.stats["llm_tokens"] == 120
     assert any("LLM" in s.message and "scripted: the car" in s.message for s in ans.trace)
     assert ans.text.endswith("reasoned: scripted: the car")  # its reading is quoted, no extra call
-    assert "reasoned" not in rules_answer.text
+    assert "reasoned" not in llm_rules_answer.text
     assert len(srv.requests) == 1
 
 
-def test_a_phrase_the_table_does_not_hold_falls_back_to_the_rules(loaded, rules_answer):
+def test_a_phrase_the_table_does_not_hold_falls_back_to_the_rules(llm_clip, llm_rules_answer):
     """The people are in view but nothing in the audio points to them: not a candidate, so an LLM
     answer naming them is not used and the trace says why."""
     people = {"frames": [{"frame": i, "sounding": ["person"]} for i in range(5)], "reasoning": "people"}
     with FakeLLMServer("openai", [{"json": people}]) as srv:
         s = _settings(srv)
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
-    assert ans.labels == rules_answer.labels
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
+    assert ans.labels == llm_rules_answer.labels
     assert any("not candidates: person" in s.message for s in ans.trace)
 
 
 @pytest.mark.parametrize("protocol", ["openai", "ollama"])
-def test_garbage_gets_one_repair_then_the_rules(loaded, rules_answer, protocol):
+def test_garbage_gets_one_repair_then_the_rules(llm_clip, llm_rules_answer, protocol):
     with FakeLLMServer(protocol, [{"content": "I think it is a dog!"}]) as srv:
         s = _settings(srv)
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     assert len(srv.requests) == 2  # the answer and one repair attempt
-    assert ans.labels == rules_answer.labels
-    assert all(np.array_equal(a, b) for a, b in zip(ans.masks, rules_answer.masks, strict=True))
+    assert ans.labels == llm_rules_answer.labels
+    assert all(np.array_equal(a, b) for a, b in zip(ans.masks, llm_rules_answer.masks, strict=True))
     assert any("LLM propose failed" in s.message and "rules decided" in s.message for s in ans.trace)
 
 
-def test_timeout_falls_back_to_the_rules(loaded, rules_answer):
+def test_timeout_falls_back_to_the_rules(llm_clip, llm_rules_answer):
     with FakeLLMServer("openai", [{"sleep": 3}, {"json": PEOPLE}]) as srv:
         s = _settings(srv, **{"llm.timeout_s": 0.5, "llm.max_retries": 0})
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
-    assert ans.labels == rules_answer.labels
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
+    assert ans.labels == llm_rules_answer.labels
     assert any("LLM propose failed" in s.message and "Timeout" in s.message for s in ans.trace)
 
 
-def test_429_is_retried_with_backoff(loaded):
+def test_429_is_retried_with_backoff(llm_clip):
     with FakeLLMServer("openai", [{"status": 429}, {"json": PEOPLE}]) as srv:
         s = _settings(srv, **{"llm.max_retries": 2})
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     assert len(srv.requests) == 2 and ans.labels == ["car"]
 
 
-def test_server_down_falls_back(loaded, rules_answer):
+def test_server_down_falls_back(llm_clip, llm_rules_answer):
     s = load_settings(
         overrides=[
             "llm.backend=openai",
             "llm.base_url=http://127.0.0.1:9/v1",
             "llm.max_retries=0",
             "llm.timeout_s=2",
-            FLOOR,
+            LLM_FLOOR,
         ]
     )
-    ans = run_clip(loaded, s, get_toolset(s.tool_config()))
-    assert ans.labels == rules_answer.labels
+    ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
+    assert ans.labels == llm_rules_answer.labels
     assert any("LLM vision propose failed" in s.message for s in ans.trace)  # gpt-4o: shown the frames
 
 
@@ -142,7 +118,7 @@ def test_cli_ask_uses_the_server(tmp_path, dev_set):
                 "--set",
                 "llm.vision=off",  # gpt-4o (the default model) would be shown the frames: tests/test_llm_vision.py
                 "--set",
-                FLOOR,
+                LLM_FLOOR,
             ],
         )
     assert res.exit_code == 0, res.output
@@ -195,11 +171,11 @@ def test_llm_calls_per_clip_over_the_dev_set(dev_set):
 
 
 @pytest.mark.parametrize("protocol", ["openai", "ollama"])
-def test_each_call_caps_its_output_tokens(loaded, protocol):
+def test_each_call_caps_its_output_tokens(llm_clip, protocol):
     """Small local models run to the timeout without a cap: every request carries llm.max_tokens."""
     with FakeLLMServer(protocol, [{"json": PEOPLE}]) as srv:
         s = _settings(srv, **{"llm.max_tokens": 200})
-        run_clip(loaded, s, get_toolset(s.tool_config()))
+        run_clip(llm_clip, s, get_toolset(s.tool_config()))
     body = srv.requests[0]["body"]
     cap = (
         body.get("max_tokens", body.get("max_completion_tokens"))
@@ -209,21 +185,21 @@ def test_each_call_caps_its_output_tokens(loaded, protocol):
     assert cap == 200
 
 
-def test_the_clip_time_budget_hands_the_rest_to_the_rules(loaded, rules_answer):
+def test_the_clip_time_budget_hands_the_rest_to_the_rules(llm_clip, llm_rules_answer):
     """A slow garbage answer spends the clip's budget: no repair call, the rules decide, the trace says why;
     a budget of zero makes no call at all."""
     with FakeLLMServer("openai", [{"sleep": 1.2}, {"content": "not json"}]) as srv:
         s = _settings(srv, **{"llm.clip_budget_s": 1.0})
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
-    assert len(srv.requests) == 1 and ans.labels == rules_answer.labels
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
+    assert len(srv.requests) == 1 and ans.labels == llm_rules_answer.labels
     assert any("time budget is spent" in t.message for t in ans.trace if t.node == "verify")
     with FakeLLMServer("openai", [{"json": PEOPLE}]) as srv:
         s = _settings(srv, **{"llm.clip_budget_s": 0})
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
-    assert srv.requests == [] and ans.labels == rules_answer.labels
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
+    assert srv.requests == [] and ans.labels == llm_rules_answer.labels
 
 
-def test_auto_finds_what_a_llama_cpp_like_server_takes(loaded):
+def test_auto_finds_what_a_llama_cpp_like_server_takes(llm_clip):
     """llama.cpp's server refuses a json_schema response_format (HTTP 500) but takes json_object with a
     schema: auto tries, says so in the trace, and the LLM decides; the next clip asks the found way."""
     from agent import llm as L
@@ -231,8 +207,8 @@ def test_auto_finds_what_a_llama_cpp_like_server_takes(loaded):
     L._FOUND.clear()
     with FakeLLMServer("openai", [{"json": PEOPLE}], refuse=("json_schema",)) as srv:
         s = _settings(srv, **{"llm.max_retries": 0})
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
-        again = run_clip(loaded, s, get_toolset(s.tool_config()))
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
+        again = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     kinds = [(r["body"].get("response_format") or {}).get("type") for r in srv.requests]
     assert kinds == ["json_schema", "json_object", "json_object"]
     assert srv.requests[1]["body"]["response_format"]["schema"]["title"] == "Proposal"
@@ -253,12 +229,12 @@ def test_phrases_copied_with_their_table_scores_are_read_back():
     assert _clean("a car.") == "car" and _clean(None) == ""
 
 
-def test_a_slow_server_cannot_run_a_call_past_the_clip_budget(loaded, rules_answer):
+def test_a_slow_server_cannot_run_a_call_past_the_clip_budget(llm_clip, llm_rules_answer):
     """A local server that takes 10 s per answer, a 5 s timeout with 2 retries (15 s and more) but a
     3 s clip budget: the call is cut at 3 s with no retry, and the rules decide."""
     with FakeLLMServer("openai", [{"sleep": 10}, {"json": PEOPLE}]) as srv:
         s = _settings(srv, **{"llm.clip_budget_s": 3, "llm.max_retries": 2})
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
         assert len(srv.requests) == 1
-    assert ans.labels == rules_answer.labels and ans.stats["llm_seconds"] < 5  # not 15 s and more
+    assert ans.labels == llm_rules_answer.labels and ans.stats["llm_seconds"] < 5  # not 15 s and more
     assert any("time budget is spent (3 s of 3)" in t.message for t in ans.trace if t.node == "verify")

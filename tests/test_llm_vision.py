@@ -11,13 +11,16 @@ from agent import decision as D
 from agent.apps.cli import app
 from agent.run import run_clip
 from agent.settings import load_settings
-from tests.conftest import dev_clip_paths
+from tests.conftest import LLM_CLIP, LLM_FLOOR, dev_clip_paths, llm_settings
 from tests.fake_llm import FakeLLMServer, images, legend, user_text
 from tools.media import load_clip
 from tools.wiring import get_toolset
 
-CLIP = "pets_great_pyrenees_177_bark_01"  # a barking dog; a car behind it (a candidate at this floor)
-FLOOR = "agent.decision.detection_floor=0.12"
+CLIP = LLM_CLIP
+
+
+def _settings(srv, **extra):
+    return llm_settings(srv, "llm.vision=on", **extra)
 
 
 def pick(phrase: str):
@@ -35,36 +38,14 @@ def pick(phrase: str):
     return reply
 
 
-@pytest.fixture(scope="module")
-def loaded(dev_set):
-    frames, wav, _ = dev_clip_paths(CLIP)
-    return load_clip(frames, wav)
-
-
-@pytest.fixture(scope="module")
-def rules_answer(loaded):
-    s = load_settings(overrides=[FLOOR])
-    return run_clip(loaded, s, get_toolset(s.tool_config()))
-
-
-def _settings(srv, **extra):
-    over = [
-        f"llm.backend={srv.protocol}",
-        f"llm.base_url={srv.url}",
-        "llm.model=fake",
-        "llm.vision=on",
-        "llm.timeout_s=5",
-        FLOOR,
-    ]
-    return load_settings(overrides=over + [f"{k}={v}" for k, v in extra.items()])
-
-
 @pytest.mark.parametrize("protocol", ["openai", "ollama"])
-def test_the_frames_go_as_one_tiled_image_and_the_chosen_box_is_segmented(loaded, rules_answer, protocol):
-    assert rules_answer.labels == ["dog"]
+def test_the_frames_go_as_one_tiled_image_and_the_chosen_box_is_segmented(
+    llm_clip, llm_rules_answer, protocol
+):
+    assert llm_rules_answer.labels == ["dog"]
     with FakeLLMServer(protocol, [{"reply": pick("car")}]) as srv:
         s = _settings(srv, **{"llm.vision_max_side": 800})
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     body = srv.requests[0]["body"]
     imgs = images(body)
     assert len(imgs) == 1 and max(imgs[0].size) <= 800 and imgs[0].size[0] >= 790  # 3 x 2 tiles of 5 frames
@@ -79,7 +60,7 @@ def test_the_frames_go_as_one_tiled_image_and_the_chosen_box_is_segmented(loaded
     )
     assert ans.labels == ["car"] and ans.stats["llm_calls"] == len(srv.requests) == 1
     # the masks are the car's kept instances, exactly what the rules would segment for 'car'
-    frames = loaded.frames
+    frames = llm_clip.frames
     tools = get_toolset(s.tool_config())
     for t, frame in enumerate(frames):
         found = D.split_by_phrase(tools.grounder.ground(frame, ["car"], box_threshold=0.1), ["car"])
@@ -89,58 +70,58 @@ def test_the_frames_go_as_one_tiled_image_and_the_chosen_box_is_segmented(loaded
     assert "decided frames [0, 1, 2, 3, 4]" in step.message and step.data["images"] == [list(imgs[0].size)]
 
 
-def test_a_box_that_does_not_exist_leaves_the_frame_to_the_rules(loaded, rules_answer):
+def test_a_box_that_does_not_exist_leaves_the_frame_to_the_rules(llm_clip, llm_rules_answer):
     answer = {"frames": [{"frame": t, "boxes": [99]} for t in range(5)], "reasoning": "box 99"}
     with FakeLLMServer("openai", [{"json": answer}]) as srv:
         s = _settings(srv)
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
-    assert ans.labels == rules_answer.labels
-    for a, b in zip(ans.masks, rules_answer.masks, strict=True):
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
+    assert ans.labels == llm_rules_answer.labels
+    for a, b in zip(ans.masks, llm_rules_answer.masks, strict=True):
         assert np.array_equal(a, b)
     assert any("not a box of that frame: box 99 on frame 0" in t.message for t in ans.trace)
 
 
-def test_a_box_of_another_frame_is_not_taken(loaded, rules_answer):
+def test_a_box_of_another_frame_is_not_taken(llm_clip, llm_rules_answer):
     """Box 1 is frame 0's; named for frame 3 it is refused there, taken on frame 0."""
     answer = {"frames": [{"frame": 0, "boxes": [1]}, {"frame": 3, "boxes": [1]}], "reasoning": "x"}
     with FakeLLMServer("openai", [{"json": answer}]) as srv:
         s = _settings(srv)
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     msg = next(t.message for t in ans.trace if t.message.startswith("vision LLM"))
     assert "decided frames [0]" in msg and "box 1 on frame 3" in msg
 
 
 @pytest.mark.parametrize("protocol", ["openai", "ollama"])
-def test_garbage_gets_one_repair_then_the_rules(loaded, rules_answer, protocol):
+def test_garbage_gets_one_repair_then_the_rules(llm_clip, llm_rules_answer, protocol):
     with FakeLLMServer(protocol, [{"content": "I think it's the dog!"}]) as srv:
         s = _settings(srv)
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     assert len(srv.requests) == 2 and len(images(srv.requests[1]["body"])) == 1  # the repair resends it
-    assert ans.labels == rules_answer.labels
+    assert ans.labels == llm_rules_answer.labels
     assert any("LLM vision propose failed" in t.message and "rules decided" in t.message for t in ans.trace)
 
 
-def test_a_timeout_falls_back_to_the_rules(loaded, rules_answer):
+def test_a_timeout_falls_back_to_the_rules(llm_clip, llm_rules_answer):
     with FakeLLMServer("openai", [{"sleep": 3}, {"reply": pick("car")}]) as srv:
         s = _settings(srv, **{"llm.timeout_s": 1, "llm.max_retries": 0})
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
-    assert ans.labels == rules_answer.labels
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
+    assert ans.labels == llm_rules_answer.labels
     assert any("LLM vision propose failed" in t.message for t in ans.trace)
 
 
-def test_no_box_but_a_phrase_segments_the_phrase(loaded):
+def test_no_box_but_a_phrase_segments_the_phrase(llm_clip):
     answer = {"frames": [{"frame": t, "boxes": [], "phrase": "the car"} for t in range(5)], "reasoning": "x"}
     with FakeLLMServer("openai", [{"json": answer}]) as srv:
         s = _settings(srv)
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     assert ans.labels == ["car"]
 
 
-def test_auto_shows_images_to_known_vision_models_only(loaded):
+def test_auto_shows_images_to_known_vision_models_only(llm_clip):
     for model, expect in [("gpt-4o-mini", 1), ("qwen2.5vl:7b", 1), ("fake", 0), ("llama3.1:8b", 0)]:
         with FakeLLMServer("openai", [{"reply": pick("dog")}]) as srv:
             s = _settings(srv, **{"llm.vision": "auto", "llm.model": model})
-            run_clip(loaded, s, get_toolset(s.tool_config()))
+            run_clip(llm_clip, s, get_toolset(s.tool_config()))
         assert len(images(srv.requests[0]["body"])) == expect, model
 
 
@@ -179,7 +160,7 @@ def test_cli_ask_with_vision(tmp_path, dev_set, protocol):
                 str(wav),
                 "--json",
                 *("--set", f"llm.backend={protocol}", "--set", f"llm.base_url={srv.url}"),
-                *("--set", "llm.model=fake", "--set", "llm.vision=on", "--set", FLOOR),
+                *("--set", "llm.model=fake", "--set", "llm.vision=on", "--set", LLM_FLOOR),
             ],
         )
     assert res.exit_code == 0, res.output
@@ -258,13 +239,13 @@ def test_a_vision_model_picking_the_rules_boxes_reproduces_the_rules_eval(dev_se
     assert sum(calls) == len(srv.requests) and max(calls) <= 2
 
 
-def test_what_the_model_says_is_not_visible_is_in_the_trace(loaded):
+def test_what_the_model_says_is_not_visible_is_in_the_trace(llm_clip):
     answer = {
         "frames": [{"frame": t, "boxes": [2 * t + 1], "not_visible": ["the helicopter"]} for t in range(5)],
         "reasoning": "a dog barks; a helicopter is heard but not seen",
     }
     with FakeLLMServer("ollama", [{"json": answer}]) as srv:
         s = _settings(srv)
-        ans = run_clip(loaded, s, get_toolset(s.tool_config()))
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     msg = next(t.message for t in ans.trace if t.message.startswith("vision LLM"))
     assert msg.endswith("; not visible, it says: helicopter") and ans.labels == ["dog"]
