@@ -69,8 +69,16 @@ def dev_clip_paths(name: str) -> tuple[Path, Path, Path]:
 # ---------------------------------------------------------------- the LLM tests' clip (fake servers)
 LLM_CLIP = "pets_great_pyrenees_177_bark_01"
 """A barking dog, two people and a car behind it, a helicopter heard: the LLM backend tests' clip."""
-LLM_FLOOR = "agent.decision.detection_floor=0.12"
-"""A detection floor low enough that the car behind the dog is a candidate of every frame's table."""
+LLM_EVIDENCE = (
+    "agent.decision.detection_floor=0.12",
+    "agent.decision.clip_weight=0.7",
+    "agent.decision.second_source_ratio=1.0",
+)
+"""A detection floor low enough that the car behind the dog is a candidate of every frame's table;
+each second inheriting most of the clip's bark and no second source, so that the rules choose the dog
+alone on every frame (what an LLM choosing the car must be told from)."""
+LLM_SETS = tuple(x for o in LLM_EVIDENCE for x in ("--set", o))
+"""The same as CLI options."""
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +96,7 @@ def llm_rules_answer(llm_clip):
     from agent.settings import load_settings
     from tools.wiring import get_toolset
 
-    s = load_settings(overrides=[LLM_FLOOR])
+    s = load_settings(overrides=[*LLM_EVIDENCE])
     return run_clip(llm_clip, s, get_toolset(s.tool_config()))
 
 
@@ -101,7 +109,7 @@ def llm_settings(srv, *overrides: str, **extra):
         f"llm.base_url={srv.url}",
         "llm.model=fake",
         "llm.timeout_s=5",
-        LLM_FLOOR,
+        *LLM_EVIDENCE,
         *overrides,
     ]
     return load_settings(overrides=over + [f"{k}={v}" for k, v in extra.items()])

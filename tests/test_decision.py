@@ -19,6 +19,7 @@ P = DecisionSettings(
     second_source_ratio=0.8,
     instance_share=0.5,
     detection_floor=0.15,
+    none_per_clip=False,
 )
 CFG = AgentSettings(decision=P)
 VOCAB = ["dog", "cat", "sheep", "car", "person"]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from agent.apps.cli import app
 from agent.run import run_clip
 from agent.settings import load_settings
-from tests.conftest import LLM_CLIP, LLM_FLOOR, dev_clip_paths, llm_settings
+from tests.conftest import LLM_CLIP, LLM_EVIDENCE, LLM_SETS, dev_clip_paths, llm_settings
 from tests.fake_llm import FakeLLMServer
 from tools.media import load_clip
 from tools.wiring import get_toolset
@@ -92,7 +92,7 @@ def test_server_down_falls_back(llm_clip, llm_rules_answer):
             "llm.base_url=http://127.0.0.1:9/v1",
             "llm.max_retries=0",
             "llm.timeout_s=2",
-            LLM_FLOOR,
+            *LLM_EVIDENCE,
         ]
     )
     ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
@@ -117,8 +117,7 @@ def test_cli_ask_uses_the_server(tmp_path, dev_set):
                 f"llm.base_url={srv.url}",
                 "--set",
                 "llm.vision=off",  # gpt-4o (the default model) would be shown the frames: tests/test_llm_vision.py
-                "--set",
-                LLM_FLOOR,
+                *LLM_SETS,
             ],
         )
     assert res.exit_code == 0, res.output

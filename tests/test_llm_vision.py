@@ -11,7 +11,7 @@ from agent import decision as D
 from agent.apps.cli import app
 from agent.run import run_clip
 from agent.settings import load_settings
-from tests.conftest import LLM_CLIP, LLM_FLOOR, dev_clip_paths, llm_settings
+from tests.conftest import LLM_CLIP, LLM_SETS, dev_clip_paths, llm_settings
 from tests.fake_llm import FakeLLMServer, images, legend, user_text
 from tools.media import load_clip
 from tools.wiring import get_toolset
@@ -160,7 +160,7 @@ def test_cli_ask_with_vision(tmp_path, dev_set, protocol):
                 str(wav),
                 "--json",
                 *("--set", f"llm.backend={protocol}", "--set", f"llm.base_url={srv.url}"),
-                *("--set", "llm.model=fake", "--set", "llm.vision=on", "--set", LLM_FLOOR),
+                *("--set", "llm.model=fake", "--set", "llm.vision=on", *LLM_SETS),
             ],
         )
     assert res.exit_code == 0, res.output
