@@ -9,8 +9,10 @@ longer taken for two sources, and DeepLab regions split into objects (2026-11-26
 12/12. The decision model of agent/decision.py with its cross-validated fit, the rider reach gone
 (2026-12-01): 0.526 in sample (0.513 cross-validated, evals/crossval.py), 12/12. With each accepted
 source followed through the clip (ByteTrack, agent.propagate) and the parameters refitted for it
-(2026-12-01): 0.551 (0.551 cross-validated; 0.529 with propagation off), 12/12. The floors below
-leave a small margin.
+(2026-12-01): 0.551 (published as 0.551 cross-validated, a leak: the defaults were in every fold's
+draws; 0.509 without them), 12/12. With 'none' weighed once per clip and the parameters refitted
+(2026-12-01): 0.579 (0.543 cross-validated over 3 seeds; 0.557 with propagation off), 12/12. The
+floors below leave a small margin.
 """
 
 import csv
@@ -50,5 +52,5 @@ def test_dev_set_floor(dev_set):
     assert offscreen == 12 and len(visible) == 28
     assert offscreen_empty >= 12  # 12/12 on 2026-12-01
     assert (
-        np.mean(visible) >= 0.54
-    )  # 0.551 on 2026-12-01 (0.574 with the clip-by-clip rules, which did not transfer)
+        np.mean(visible) >= 0.57
+    )  # 0.579 on 2026-12-01 (0.574 with the clip-by-clip rules, which did not transfer)
