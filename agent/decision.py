@@ -281,13 +281,20 @@ def build_table(
     return table
 
 
-def clip_visible(table: list[FrameEvidence]) -> bool:
-    """Does a visible object make the clip's sound? Its best candidate's clip score (mean score over
-    the frames, 0 where it is not a candidate) beats the clip's none (mean none score)."""
+def clip_scores(table: list[FrameEvidence], above_none: bool = False) -> dict[str, float]:
+    """Per phrase, its clip score: its mean score over the frames (0 where it is not a candidate, or,
+    with ``above_none``, not above that frame's none)."""
     totals: dict[str, float] = {}
     for row in table:
-        for c in row.candidates:
+        for c in row.above_none if above_none else row.candidates:
             totals[c.phrase] = totals.get(c.phrase, 0.0) + c.score / len(table)
+    return totals
+
+
+def clip_visible(table: list[FrameEvidence]) -> bool:
+    """Does a visible object make the clip's sound? Its best candidate's clip score beats the clip's
+    none (the mean none score)."""
+    totals = clip_scores(table)
     none = sum(row.none_score for row in table) / len(table)
     return bool(totals) and max(totals.values()) > none
 
@@ -316,11 +323,7 @@ def close_call(table: list[FrameEvidence], margin: float) -> tuple[str, str] | N
     choose (``agent.ask_person``) where the rules would take the stronger one or the union."""
     if not table:
         return None
-    totals: dict[str, float] = {}
-    for row in table:
-        for c in row.above_none:
-            totals[c.phrase] = totals.get(c.phrase, 0.0) + c.score / len(table)
-    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    ranked = sorted(clip_scores(table, above_none=True).items(), key=lambda kv: -kv[1])
     if len(ranked) < 2 or ranked[1][1] < (1.0 - margin) * ranked[0][1]:
         return None
     return ranked[0][0], ranked[1][0]
