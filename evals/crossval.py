@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--designs",
-        default="per-frame,propagated",
+        default="per-frame,propagated,propagated+clip-none",
         help="designs to cross-validate, comma-separated: per-frame (agent.propagate off), propagated (on), each optionally +clip-none (agent.decision.none_per_clip on)",
     )
     args = ap.parse_args(argv)
@@ -377,7 +377,12 @@ def main(argv: list[str] | None = None) -> None:
         designed = settings.model_copy(update={"agent": agent})
         runs = [
             crossval(
-                data, draws(args.samples, seed, agent.decision), toolset, designed, agent.decision, args.jobs
+                data,
+                draws(args.samples, seed, agent.decision),
+                toolset,
+                designed,
+                agent.decision if seed == args.seed else None,  # the defaults' row once: it has no seed
+                args.jobs,
             )
             for seed in range(args.seed, args.seed + max(args.seeds, 1))
         ]
