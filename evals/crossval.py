@@ -6,11 +6,12 @@ Folds are grouped so that no visual source and no recording sits on both sides: 
 visual (a DAVIS sequence, a photo) or an audio recording (a Freesound id, from ``cases.csv``) fall in
 one group, and each fold leaves one group out. The tools run once per clip (their outputs are the
 evidence); every parameter draw then runs ``agent.decision`` -- the agent's own decision code, with the
-same check and bounded retry -- over those outputs. For each fold the draw that scores best on the
-other groups is applied to the held-out group; the table reports those held-out results (the
-cross-validated numbers) next to the in-sample result of the draw best on all clips, the current
+same check and bounded retry -- over those outputs. Each fold's parameters are fitted on the other
+groups -- the mean of the draws best there (``--top``: the best 5%; a single best draw is a noisy
+pick among hundreds) -- and applied to the held-out group; the table reports those held-out results
+(the cross-validated numbers) next to the in-sample result of the same fit on all clips, the current
 defaults (in-sample too: they were fitted on these clips, so they are never in the draws) and the
-ceiling (each clip's best draw: what the decision could reach with these tools' outputs). The
+ceiling (each clip's best draw or fit: what the decision could reach with these tools' outputs). The
 cross-validated numbers move with the random draws; ``--seeds`` repeats the whole procedure and
 reports the spread, which a design must beat another by before it counts. Objective: J over clips
 whose source is visible + share of off-screen clips left empty.
@@ -50,6 +51,14 @@ SPACE: dict[str, tuple[float, float]] = {
     "detection_floor": (0.1, 0.35),
 }
 """The fitted parameters and the ranges they are drawn from (w_crop needs the full profile)."""
+TOP_SHARE = 0.05
+"""A fit is the mean of the best ``TOP_SHARE`` of the draws (by the objective on the fitting clips),
+not the single best one: among hundreds of random draws the best on a few dozen clips is partly
+luck, and the mean of the good ones sits inside the region that scores well. Measured 2026-12-01
+(README, "How it decides"): fitted on the 40 dev clips and applied to the widened set's 140 new
+cases, J 0.524 (0.522-0.527 over 3 seeds) with 93.7% of off-screen cases empty, against the single
+best draw's 0.532 (0.509-0.545) with 91.8%; cross-validated on the dev set, none per frame 0.544
+(0.543-0.544) against 0.509 (0.487-0.529)."""
 FLOOR = 0.1
 """Grounding threshold of the precomputed detections: the lowest detection_floor drawn, and the
 agent's default ``agent.track_floor`` (what the graph grounds at, so the tracker links the same)."""
@@ -235,6 +244,19 @@ def values_of(
         _WORK = ()
 
 
+def fit(
+    data: list[ClipData], values: np.ndarray, candidates: list[DecisionSettings], idx: np.ndarray, top: float
+) -> tuple[DecisionSettings, list[int]]:
+    """The parameters fitted on clips ``idx``: the mean of the best ``top`` share of the draws by the
+    objective there (at least one draw; ``top=0``: the single best draw), and which draws those are."""
+    scores = np.asarray([objective(data, values[k], idx) for k in range(len(candidates))])
+    order = np.argsort(-scores, kind="stable")[: max(1, round(top * len(candidates)))]
+    if len(order) == 1:
+        return candidates[int(order[0])], [int(order[0])]
+    mean = {k: round(float(np.mean([getattr(candidates[i], k) for i in order])), 3) for k in SPACE}
+    return candidates[0].model_copy(update=mean), [int(i) for i in order]
+
+
 def crossval(
     data: list[ClipData],
     candidates: list[DecisionSettings],
@@ -242,11 +264,13 @@ def crossval(
     settings: Any,
     defaults: DecisionSettings | None = None,
     jobs: int = 1,
+    top: float = TOP_SHARE,
 ) -> dict:
-    """Leave-one-group-out over the draws ``candidates``: per fold, the draw best on the other groups
-    is applied to the held-out group. Also the in-sample best draw, ``defaults`` (in-sample: they were
-    fitted on these clips) and the ceiling: on each clip the best of all draws, what a perfect choice
-    of parameters per clip would reach with these tools' outputs."""
+    """Leave-one-group-out over the draws ``candidates``: per fold, the parameters fitted on the other
+    groups (``fit``) are applied to the held-out group. Also the same fit on all clips (in-sample),
+    ``defaults`` (in-sample: they were fitted on these clips) and the ceiling: on each clip the best
+    of all draws and fits, what a perfect choice of parameters per clip would reach with these
+    tools' outputs."""
     t0 = time.perf_counter()
     values = values_of(data, candidates, toolset, settings, jobs)
     seconds = time.perf_counter() - t0
@@ -256,17 +280,26 @@ def crossval(
     for g in sorted({c.group for c in data}):
         test = np.asarray([i for i, c in enumerate(data) if c.group == g])
         train = np.setdiff1d(all_idx, test)
-        best = max(range(len(candidates)), key=lambda k: objective(data, values[k], train))
-        held_out[test] = values[best, test]
-        folds.append({"group": int(g), "clips": [data[i].name for i in test], "draw": int(best)})
-    best_all = max(range(len(candidates)), key=lambda k: objective(data, values[k], all_idx))
+        fitted, chosen = fit(data, values, candidates, train, top)
+        held_out[test] = values_of([data[i] for i in test], [fitted], toolset, settings)[0]
+        folds.append(
+            {
+                "group": int(g),
+                "clips": [data[i].name for i in test],
+                "draws": chosen,
+                "fitted": {k: getattr(fitted, k) for k in SPACE},
+            }
+        )
+    fitted_all, _ = fit(data, values, candidates, all_idx, top)
+    in_sample = values_of(data, [fitted_all], toolset, settings)[0]
     out = {
         "cross_validated": summarise(data, held_out),
-        "in_sample": summarise(data, values[best_all]),
-        "ceiling": summarise(data, values.max(axis=0)),
-        "fitted": {k: getattr(candidates[best_all], k) for k in SPACE},
+        "in_sample": summarise(data, in_sample),
+        "ceiling": summarise(data, np.maximum(values.max(axis=0), np.maximum(held_out, in_sample))),
+        "fitted": {k: getattr(fitted_all, k) for k in SPACE},
         "folds": folds,
         "draws": len(candidates),
+        "top_share": top,
         "seconds_deciding": round(seconds, 1),
         "per_clip_cross_validated": {c.name: round(float(v), 4) for c, v in zip(data, held_out, strict=True)},
     }
@@ -293,10 +326,10 @@ def table(result: dict) -> str:
     """The markdown table: cross-validated (and its spread over seeds), in-sample, defaults, ceiling."""
     n_off = result["cross_validated"]["n_offscreen"]
     rows = [("cross-validated (leave one group out)", result["cross_validated"])]
-    rows += [("in-sample (best draw on all clips)", result["in_sample"])]
+    rows += [("in-sample (the same fit on all clips)", result["in_sample"])]
     if "defaults" in result:
         rows += [("defaults (in-sample: fitted on these clips)", result["defaults"])]
-    rows += [("ceiling (each clip's best draw)", result["ceiling"])]
+    rows += [("ceiling (each clip's best draw or fit)", result["ceiling"])]
     lines = [
         "| | J visible | J matched | J mixed | J video | J still | off-screen left empty |",
         "|---|---|---|---|---|---|---|",
@@ -329,6 +362,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--root", type=Path, default=Path("../shared/data/davis_av_dev"))
     ap.add_argument("--samples", type=int, default=1500, help="random parameter draws")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--top",
+        type=float,
+        default=TOP_SHARE,
+        help="a fit is the mean of this share of the draws best on its clips (0: the single best draw)",
+    )
     ap.add_argument(
         "--jobs", type=int, default=os.cpu_count() or 1, help="processes deciding the draws (forked)"
     )
@@ -383,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
                 designed,
                 agent.decision if seed == args.seed else None,  # the defaults' row once: it has no seed
                 args.jobs,
+                args.top,
             )
             for seed in range(args.seed, args.seed + max(args.seeds, 1))
         ]
@@ -415,6 +455,7 @@ def main(argv: list[str] | None = None) -> None:
             "groups": len({c.group for c in data}),
             "seconds_tools": round(pre, 1),
             "settings_overrides": args.set,
+            "top_share": args.top,
             "group_by": args.group_by,
         }
     )

@@ -244,7 +244,7 @@ def test_crossval_never_draws_the_defaults_and_reports_its_spread_and_ceiling(de
     brackets its mean; the markdown holds every row."""
     import json
 
-    from evals.crossval import draws, main
+    from evals.crossval import SPACE, draws, main
 
     base = DecisionSettings()
     pool = draws(6, 0, base)
@@ -259,7 +259,9 @@ def test_crossval_never_draws_the_defaults_and_reports_its_spread_and_ceiling(de
     r = json.loads(out.read_text())
     held = [n for f in r["folds"] for n in f["clips"]]
     assert sorted(held) == sorted(r["per_clip_cross_validated"]) and len(held) == 40
-    assert all(0 <= f["draw"] < 6 for f in r["folds"])
+    # a fold's fit is the mean of its best draws (here 5% of 6: the single best one), never the defaults
+    assert all(len(f["draws"]) == 1 and 0 <= f["draws"][0] < 6 for f in r["folds"])
+    assert r["top_share"] == 0.05 and set(r["fitted"]) == set(SPACE)
     for k in ("j_visible", "offscreen_empty"):
         assert r["ceiling"][k] >= max(r["in_sample"][k], r["cross_validated"][k]) - 1e-9
         mean, lo, hi = r["spread"][k]
@@ -267,3 +269,23 @@ def test_crossval_never_draws_the_defaults_and_reports_its_spread_and_ceiling(de
     md = out.with_suffix(".md").read_text()
     for row in ("cross-validated (leave", "2 seeds: mean (min-max)", "in-sample", "defaults", "ceiling"):
         assert row in md
+
+
+def test_a_fit_is_the_mean_of_the_best_draws_not_the_luckiest_one():
+    """evals.crossval.fit: the parameters are the mean of the best share of the draws by the objective
+    on the fitting clips (J over visible clips + share of off-screen clips left empty); top=0 is the
+    single best draw."""
+    from types import SimpleNamespace
+
+    from evals.crossval import SPACE, fit
+
+    data = [SimpleNamespace(case="matched"), SimpleNamespace(case="offscreen")]
+    pool = [DecisionSettings(none_bias=b) for b in (0.1, 0.2, 0.3, 0.4)]
+    values = np.asarray([[0.5, 1.0], [0.9, 0.0], [0.6, 1.0], [0.7, 1.0]])  # objectives 1.5 0.9 1.6 1.7
+    best, chosen = fit(data, values, pool, np.arange(2), top=0.0)
+    assert chosen == [3] and best is pool[3]
+    mean, chosen = fit(data, values, pool, np.arange(2), top=0.5)
+    assert chosen == [3, 2] and mean.none_bias == pytest.approx(0.35)
+    assert all(getattr(mean, k) == getattr(pool[0], k) for k in SPACE if k != "none_bias")
+    # fitted on the first clip alone, the draw that leaves the off-screen clip full wins
+    assert fit(data, values, pool, np.arange(1), top=0.0)[1] == [1]

@@ -11,8 +11,11 @@ longer taken for two sources, and DeepLab regions split into objects (2026-11-26
 source followed through the clip (ByteTrack, agent.propagate) and the parameters refitted for it
 (2026-12-01): 0.551 (published as 0.551 cross-validated, a leak: the defaults were in every fold's
 draws; 0.509 without them), 12/12. With 'none' weighed once per clip and the parameters refitted
-(2026-12-01): 0.579 (0.543 cross-validated over 3 seeds; 0.557 with propagation off), 12/12. The
-floors below leave a small margin.
+(2026-12-01): 0.579 (0.543 cross-validated over 3 seeds; 0.557 with propagation off), 12/12. With
+each fit the mean of the best 5% of the draws instead of the single best one (the single best was
+partly luck: 0.541 with 88% off-screen empty on the widened set's new cases, against 0.527 with 96%)
+(2026-12-01): 0.550 (0.537 cross-validated; 0.536 with propagation off), 12/12. The floors below leave
+a small margin.
 """
 
 import csv
@@ -52,5 +55,5 @@ def test_dev_set_floor(dev_set):
     assert offscreen == 12 and len(visible) == 28
     assert offscreen_empty >= 12  # 12/12 on 2026-12-01
     assert (
-        np.mean(visible) >= 0.57
-    )  # 0.579 on 2026-12-01 (0.574 with the clip-by-clip rules, which did not transfer)
+        np.mean(visible) >= 0.54
+    )  # 0.550 on 2026-12-01 (0.574 with the clip-by-clip rules, which did not transfer)
