@@ -455,7 +455,6 @@ def main(argv: list[str] | None = None) -> None:
             "groups": len({c.group for c in data}),
             "seconds_tools": round(pre, 1),
             "settings_overrides": args.set,
-            "top_share": args.top,
             "group_by": args.group_by,
         }
     )
