@@ -3,7 +3,7 @@
 A phrase is mapped onto COCO-80 classes by the text matcher. For a class DeepLab also knows (VOC-21),
 the two models check each other: a YOLOX box counts only if DeepLab paints mostly that class inside it
 (YOLOX-nano calls many cats dogs; DeepLab rarely does), and a region DeepLab paints clearly without a
-YOLOX box counts too (YOLOX-nano misses dogs DeepLab finds), with its purity as the score. The mask of a
+confident YOLOX box (one at ``box_threshold``) counts too (YOLOX-nano misses dogs DeepLab finds), with its purity as the score. The mask of a
 box is DeepLab's class pixels inside it. A class DeepLab does not know gets the foreground inside its
 box, or the box itself (``data['mask_source']`` says which).
 
@@ -136,9 +136,12 @@ class LiteGrounder:
             items.append((box, mask, float(a.scores[i]), source))
 
         if sem_class is not None:
+            # only a confident box hides what DeepLab paints: under a weaker one (asked for by a lower
+            # box_threshold, to link an object through time) a clear region still counts on its own
             covered = np.zeros((h, w), bool)
-            for _, m, _, _ in items:
-                covered |= m
+            for _, m, score, _ in items:
+                if score >= self.box_threshold:
+                    covered |= m
             rest = sem_class & ~covered
             for part in _components(rest, min_pixels=MIN_REGION * h * w):
                 box = np.asarray(box_from_mask(part), np.float32)
