@@ -68,6 +68,25 @@ def test_lite_grounder_masks_the_dog_and_not_a_cat(toolset, dev_set):
     assert g.model_calls - calls <= 1  # the frame's model outputs were computed once and reused
 
 
+def test_lite_grounder_keeps_a_clear_region_under_a_weak_box(toolset, dev_set):
+    """Seen at 16:9, YOLOX-nano calls this dog a bear and puts a 'dog' box at 0.13 over it; DeepLab
+    paints the dog clearly. A box that weak (grounded below box_threshold, for tracking) must not
+    hide the region: before, the dog's only segment was that 0.13 box, below the decision's floor."""
+    from dataclasses import replace
+
+    name = "pets_great_pyrenees_180_bark_01"
+    clip, gt_dir = _clip(name)
+    g = toolset.grounder
+    seg = g.ground(replace(clip.frames[0], aspect=16 / 9), ["dog"], box_threshold=0.1)
+    sources = seg.data["mask_source"]
+    assert any(
+        c < g.box_threshold for c, s in zip(seg.confidence, sources, strict=True) if s != "deeplab-region"
+    )
+    best = int(np.argmax(seg.confidence))
+    assert sources[best] == "deeplab-region" and seg.confidence[best] >= 0.5
+    assert mask_iou(seg.mask[best], _gt(gt_dir, name, 0)) >= 0.5
+
+
 def test_lite_grounder_rejects_yolox_dog_on_a_cat(toolset, dev_set):
     clip, _ = _clip("pets_abyssinian_1_bark_01")  # YOLOX-nano calls this cat a dog; DeepLab does not
     assert len(toolset.grounder.ground(clip.frames[0], ["dog"])) == 0
