@@ -4,8 +4,9 @@ A phrase is mapped onto COCO-80 classes by the text matcher. For a class DeepLab
 the two models check each other: a YOLOX box counts only if DeepLab paints mostly that class inside it
 (YOLOX-nano calls many cats dogs; DeepLab rarely does), and a region DeepLab paints clearly without a
 confident YOLOX box over it (one at ``box_threshold``) counts too (YOLOX-nano misses dogs DeepLab
-finds), with its purity as the score. The mask of a box is DeepLab's class pixels inside it. A class DeepLab does not know gets the foreground inside its
-box, or the box itself (``data['mask_source']`` says which).
+finds), with its purity as the score. The mask of a box is DeepLab's class pixels inside it. A class
+DeepLab does not know gets the foreground inside its box, or the box itself (``data['mask_source']``
+says which).
 
 Both models run once per frame; their outputs are cached, so other phrases and retries on the same
 frame cost no model call.
