@@ -139,6 +139,16 @@ def test_matcher_keeps_a_sound_on_its_kind_of_source(toolset):
     assert [found[0][0] for found in keep] == ["sheep", "person", "keyboard", "train"]
 
 
+def test_matcher_does_not_lend_an_object_to_a_whole_sound_family(toolset):
+    """A bell is no bicycle and rain is no sink: only the labels that name those objects land on them."""
+    m = toolset.matcher
+    labels = ["Chime", "Jingle bell", "Church bell", "Rain", "Ocean", "Stream", "Tap"]
+    for label, found in zip(labels, m.sound_sources(labels, list(COCO80)), strict=True):
+        assert not {"bicycle", "sink"} & {p for p, _ in found}, (label, found)
+    named = m.sound_sources(["Bicycle bell", "Water tap, faucet", "Sink (filling or washing)"], list(COCO80))
+    assert [found[0][0] for found in named] == ["bicycle", "sink", "sink"]
+
+
 def test_minilm_numpy_matches_transformers(toolset):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
