@@ -149,6 +149,13 @@ def test_matcher_does_not_lend_an_object_to_a_whole_sound_family(toolset):
     assert [found[0][0] for found in named] == ["bicycle", "sink", "sink"]
 
 
+def test_emergency_vehicles_and_jets_name_their_vehicle(toolset):
+    """A siren's vehicle and a jet's aircraft are named by the vehicle's own names, not by 'engine'."""
+    labels = ["Police car (siren)", "Ambulance (siren)", "Jet engine"]
+    found = toolset.matcher.sound_sources(labels, list(COCO80))
+    assert [[p for p, _ in f] for f in found] == [["car"], ["truck"], ["airplane"]]
+
+
 def test_minilm_numpy_matches_transformers(toolset):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

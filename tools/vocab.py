@@ -46,6 +46,9 @@ for _coco, _voc in COCO_TO_VOC.items():
 # price), 'bicycle bell' and 'tap water' went on 2026-12-02 (they matched 'Bell' and 'Water', and made
 # a bicycle of every Chime, Jingle bell and Church bell and a sink of Rain, Ocean and Stream; the
 # labels 'Bicycle bell' and 'Water tap, faucet' name their objects by the objects' own names).
+# Vehicles are named by their kinds' names, so a siren lands on its vehicle ('police car',
+# 'ambulance') and 'Jet engine' on the airplane, not through 'engine' on the car; 'fire truck' is
+# not one of them: it matches 'Fire' and 'Crackle' too.
 DESCRIPTIONS: dict[str, list[str]] = {
     "person": [
         "man",
@@ -68,12 +71,12 @@ DESCRIPTIONS: dict[str, list[str]] = {
         "footsteps",
     ],
     "bicycle": ["bike"],
-    "car": ["automobile", "car engine", "motor vehicle", "car horn", "engine"],
+    "car": ["automobile", "car engine", "motor vehicle", "car horn", "engine", "police car"],
     "motorcycle": ["motorbike", "scooter", "moped", "motorcycle engine", "engine"],
-    "airplane": ["aircraft", "aeroplane", "jet", "plane engine"],
+    "airplane": ["aircraft", "aeroplane", "jet", "plane engine", "jet engine"],
     "bus": ["coach bus"],
     "train": ["locomotive", "railway train", "train horn"],
-    "truck": ["lorry", "pickup truck", "truck engine"],
+    "truck": ["lorry", "pickup truck", "truck engine", "ambulance"],
     "boat": ["ship", "motorboat", "sailboat"],
     "bird": ["songbird", "rooster", "chicken", "fowl", "poultry", "duck", "pigeon", "bird song"],
     "cat": ["kitten", "meow", "purr"],
