@@ -15,9 +15,15 @@ evidence terms, each named in the trace:
     support   its mean detection score over the clip's frames (frame consistency)
     crop      the crop check's probability that its mask shows it (full profile, after segmentation)
 
-    score(phrase) = audio x exp(w_detector*detector + w_salience*salience + w_support*support
-                                + w_crop*(crop - 0.5))
+    prior(phrase) = w_detector*detector + w_salience*salience + w_support*support + w_crop*(crop - 0.5)
+    score(phrase) = audio x exp(prior)                      weighed against 'none'
+    rank(phrase)  = audio^rank_audio_power x exp(prior)     weighed against the other visible candidates
     score(none)   = none_bias + none_offscreen x offscreen
+
+Two questions, two weighings of the same terms: whether a visible object makes the sound at all goes
+by how strongly the audio names it (``score``); which of the visible objects makes it leans more on
+what is seen (``rank``, with ``rank_audio_power`` < 1): a distractor the tagger hears louder (speech over
+an engine) does not make a small background person the source over the vehicle filling the frame.
 
 ``offscreen`` is the strongest tag of the second whose sources are named and none of them is visible
 (a bark over a cat photo). ``residual(generic tag)`` is the generic tag's score minus that of the
@@ -29,8 +35,8 @@ With ``none_per_clip`` (a design switch), 'none' is weighed once for the clip: t
 clip score (its mean score over the frames, 0 where it is not a candidate) against the mean none
 score; when it wins every candidate counts as above none on every frame, when none wins no candidate
 does (AVSBench: a source is in view for its whole clip or not at all). Otherwise each frame weighs it
-alone. The frame's answer is the best candidate above none, plus a second one whose
-score is at least ``second_source_ratio`` of the first's (unless both come from the same audio label:
+alone. The frame's answer is the best-ranked candidate above none, plus a second one whose
+rank is at least ``second_source_ratio`` of the first's (unless both come from the same audio label:
 one sound read as two objects is one source). A retry takes the best candidate above none not tried yet. Of a phrase's
 instances, those at least ``instance_share`` as salient (area x score) as the most salient are kept.
 
@@ -76,11 +82,12 @@ class Candidate:
     """Named evidence, e.g. ['tag:Bark 0.91', 'detector 0.87']."""
     crop: float | None = None
     score: float = 0.0
+    rank: float = 0.0
 
 
 @dataclass
 class FrameEvidence:
-    """One frame's row of the evidence table: its candidates (best score first) and the none option."""
+    """One frame's row of the evidence table: its candidates (best rank first) and the none option."""
 
     candidates: list[Candidate]
     offscreen: float
@@ -209,11 +216,19 @@ def detection(seg: Segments | None, floor: float) -> Segments | None:
 
 
 # ----------------------------------------------------------------------------------- the table
-def score(c: Candidate, p: DecisionSettings) -> float:
+def _prior(c: Candidate, p: DecisionSettings) -> float:
     prior = p.w_detector * c.detector + p.w_salience * c.salience + p.w_support * c.support
     if c.crop is not None:
         prior += p.w_crop * (c.crop - 0.5)
-    return c.audio * math.exp(prior)
+    return prior
+
+
+def score(c: Candidate, p: DecisionSettings) -> float:
+    return c.audio * math.exp(_prior(c, p))
+
+
+def rank(c: Candidate, p: DecisionSettings) -> float:
+    return c.audio**p.rank_audio_power * math.exp(_prior(c, p))
 
 
 def build_table(
@@ -271,8 +286,9 @@ def build_table(
                     ],
                 )
                 c.score = round(score(c, p), 5)
+                c.rank = round(rank(c, p), 5)
                 cands.append(c)
-        cands.sort(key=lambda c: -c.score)
+        cands.sort(key=lambda c: -c.rank)
         table.append(FrameEvidence(cands, round(off, 4), off_from, round(none, 5), silent[t]))
     if p.none_per_clip and table:
         verdict = "visible" if clip_visible(table) else "offscreen"
@@ -281,13 +297,14 @@ def build_table(
     return table
 
 
-def clip_scores(table: list[FrameEvidence], above_none: bool = False) -> dict[str, float]:
+def clip_scores(table: list[FrameEvidence], above_none: bool = False, key: str = "score") -> dict[str, float]:
     """Per phrase, its clip score: its mean score over the frames (0 where it is not a candidate, or,
-    with ``above_none``, not above that frame's none)."""
+    with ``above_none``, not above that frame's none); ``key="rank"``: its mean rank instead (how the
+    visible candidates compare with each other)."""
     totals: dict[str, float] = {}
     for row in table:
         for c in row.above_none if above_none else row.candidates:
-            totals[c.phrase] = totals.get(c.phrase, 0.0) + c.score / len(table)
+            totals[c.phrase] = totals.get(c.phrase, 0.0) + getattr(c, key) / len(table)
     return totals
 
 
@@ -310,7 +327,7 @@ def choose(row: FrameEvidence, p: DecisionSettings, tried: list[str] | None = No
     if not tried:
         for other in ranked[1:]:
             same_sound = bool(other.labels) and set(other.labels) <= set(first.labels)
-            if other.score >= p.second_source_ratio * first.score and not same_sound:
+            if other.rank >= p.second_source_ratio * first.rank and not same_sound:
                 out.append(other)
                 break
     return out
@@ -323,7 +340,7 @@ def close_call(table: list[FrameEvidence], margin: float) -> tuple[str, str] | N
     choose (``agent.ask_person``) where the rules would take the stronger one or the union."""
     if not table:
         return None
-    ranked = sorted(clip_scores(table, above_none=True).items(), key=lambda kv: -kv[1])
+    ranked = sorted(clip_scores(table, above_none=True, key="rank").items(), key=lambda kv: -kv[1])
     if len(ranked) < 2 or ranked[1][1] < (1.0 - margin) * ranked[0][1]:
         return None
     return ranked[0][0], ranked[1][0]
@@ -349,8 +366,8 @@ CROP_FOIL = "background"
 
 
 def with_candidate(row: FrameEvidence, cand: Candidate) -> FrameEvidence:
-    """The row with one candidate replaced (by phrase) and the order by score restored."""
-    cands = sorted([cand if c.phrase == cand.phrase else c for c in row.candidates], key=lambda c: -c.score)
+    """The row with one candidate replaced (by phrase) and the order by rank restored."""
+    cands = sorted([cand if c.phrase == cand.phrase else c for c in row.candidates], key=lambda c: -c.rank)
     return FrameEvidence(cands, row.offscreen, row.offscreen_from, row.none_score, row.silent, row.clip)
 
 
@@ -358,6 +375,7 @@ def rescore_with_crop(c: Candidate, crop: float, p: DecisionSettings) -> Candida
     """The candidate with the crop check's verdict added as evidence."""
     out = Candidate(**{**c.__dict__, "sources": [*c.sources, f"crop-check {crop:.2f}"], "crop": crop})
     out.score = round(score(out, p), 5)
+    out.rank = round(rank(out, p), 5)
     return out
 
 
@@ -392,7 +410,7 @@ CLIP_VERDICT = {
 def describe(row: FrameEvidence) -> str:
     """One frame's table as text (the trace and the LLM prompt)."""
     parts = [
-        f"{c.phrase} {c.score:.3f} [audio {c.audio:.2f}: {', '.join(c.sources)}; salience {c.salience:.3f}, support {c.support:.2f}]"
+        f"{c.phrase} {c.score:.3f} [rank {c.rank:.3f}; audio {c.audio:.2f}: {', '.join(c.sources)}; salience {c.salience:.3f}, support {c.support:.2f}]"
         for c in row.candidates
     ]
     none = (

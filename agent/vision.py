@@ -74,7 +74,7 @@ def build_view(
     max_boxes: int,
 ) -> View:
     """One tiled image of up to ``max_frames`` frames (at their display aspect), its long side
-    ``max_side`` pixels, with at most ``max_boxes`` numbered candidates per frame (best score first)."""
+    ``max_side`` pixels, with at most ``max_boxes`` numbered candidates per frame (best rank first)."""
     from PIL import Image, ImageDraw, ImageFont
 
     view = View(shown=shown_frames(len(frames), max_frames))

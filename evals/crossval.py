@@ -49,6 +49,7 @@ SPACE: dict[str, tuple[float, float]] = {
     "second_source_ratio": (0.5, 1.2),
     "instance_share": (0.2, 1.0),
     "detection_floor": (0.1, 0.35),
+    "rank_audio_power": (0.2, 1.0),
 }
 """The fitted parameters and the ranges they are drawn from (w_crop needs the full profile)."""
 TOP_SHARE = 0.05

@@ -19,6 +19,7 @@ P = DecisionSettings(
     second_source_ratio=0.8,
     instance_share=0.5,
     detection_floor=0.15,
+    rank_audio_power=1.0,
     none_per_clip=False,
 )
 CFG = AgentSettings(decision=P)
@@ -129,6 +130,30 @@ def test_salience_and_support_break_close_audio_evidence():
     row = _row({"car": big, "person": small}, terms, p=P.model_copy(update={"second_source_ratio": 2.0}))
     assert [c.phrase for c in D.choose(row, P.model_copy(update={"second_source_ratio": 2.0}))] == ["car"]
     assert row.candidates[0].salience == pytest.approx(0.64)
+
+
+def test_which_visible_object_leans_on_what_is_seen_whether_one_does_on_the_audio():
+    """Speech heard louder than the engine: with audio weighed fully the small rider is the source;
+    with rank_audio_power < 1 the scooter filling the frame outranks it, while 'none' is weighed against
+    the same scores as before."""
+    big, small = _seg("motorcycle", (0, 0, 14, 14)), _seg("person", (14, 0, 17, 6))
+    terms = {
+        "motorcycle": D.AudioTerms(tag=0.07, tag_from="Idling"),
+        "person": D.AudioTerms(tag=0.5, tag_from="Speech"),
+    }
+    found = {"motorcycle": big, "person": small}
+    full = _row(found, terms)
+    assert [c.phrase for c in D.choose(full, P)] == ["person"]
+    seen = P.model_copy(update={"rank_audio_power": 0.4})
+    row = _row(found, terms, p=seen)
+    assert [c.phrase for c in D.choose(row, seen)][0] == "motorcycle"
+    assert [c.score for c in row.candidates] == sorted(c.score for c in full.candidates)  # same scores
+    assert "motorcycle" in D.describe(row).split(";")[0] and "[rank " in D.describe(row)
+    # 'none' between the two scores: the scooter ranks first but is below none; the rider is not
+    high = seen.model_copy(update={"none_bias": 2.0})
+    row = _row(found, terms, p=high)
+    assert row.candidates[0].phrase == "motorcycle" and [c.phrase for c in row.above_none] == ["person"]
+    assert [c.phrase for c in D.choose(row, high)] == ["person"]
 
 
 def test_a_close_second_source_unless_it_is_the_same_sound_read_twice():
