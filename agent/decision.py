@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -297,7 +298,9 @@ def build_table(
     return table
 
 
-def clip_scores(table: list[FrameEvidence], above_none: bool = False, key: str = "score") -> dict[str, float]:
+def clip_scores(
+    table: list[FrameEvidence], above_none: bool = False, key: Literal["score", "rank"] = "score"
+) -> dict[str, float]:
     """Per phrase, its clip score: its mean score over the frames (0 where it is not a candidate, or,
     with ``above_none``, not above that frame's none); ``key="rank"``: its mean rank instead (how the
     visible candidates compare with each other)."""

@@ -45,9 +45,10 @@ class DecisionSettings(Section):
     are fitted on the dev set by ``python -m evals.crossval`` with propagation and none per clip on: the
     mean of the best 5% of 400 random draws on all 40 clips (the fit and its cross-validated numbers
     are in benchmarks/results/crossval.json); rank_audio_power, added later, takes its fitted value with
-    the other ten as they were (refitting all eleven lands elsewhere, scores 0.553 in sample against
-    0.569, and on the widened set's 140 new cases the same J, 0.557, with one off-screen case fewer empty). Twelve in all, eleven fitted; w_crop needs the
-    full profile's crop check and is set, not fitted."""
+    the other ten as they were (refitting all eleven lands elsewhere: 0.553 in sample against 0.569,
+    and on the widened set's 140 new cases the same J, 0.557 against 0.556, with one off-screen case
+    fewer left empty). Twelve in all, eleven fitted; w_crop needs the full profile's crop check and is
+    set, not fitted."""
 
     clip_weight: float = Field(
         0.298, description="share of the whole clip's audio evidence each second inherits"
