@@ -47,6 +47,7 @@ agent runs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -55,6 +56,7 @@ import numpy as np
 from agent.settings import AgentSettings, DecisionSettings
 from tools.protocols import TextMatcher
 from tools.types import AudioTags, Segments
+from tools.vocab import RIDDEN, RIDERS
 
 
 @dataclass
@@ -142,11 +144,17 @@ def tag_terms(
             v = s * strength
             if v > out[p].tag:
                 out[p].tag, out[p].tag_from = v, lab
-    for (lab, s), cov in zip(top, covered, strict=True):
+    cover_sets = [{p for p, _ in cov} for cov in covered]
+    for (lab, s), cov, under in zip(top, covered, cover_sets, strict=True):
         if not cov:
             continue
-        under = {p for p, _ in cov}
-        explained = max((s2 for lab2, s2 in specific if names.get(lab2, set()) & under), default=0.0)
+        # explained by a specific tag naming something under it, or by a narrower generic tag under
+        # it ('Domestic animals, pets' under 'Animal': a meow's 'Animal' lends nothing to the cow)
+        explained = max(
+            [s2 for lab2, s2 in specific if names.get(lab2, set()) & under]
+            + [s2 for (_, s2), u2 in zip(top, cover_sets, strict=True) if u2 and u2 < under],
+            default=0.0,
+        )
         residual = max(0.0, s - explained)
         for p, strength in cov:
             v = residual * strength
@@ -193,18 +201,29 @@ def fuse_audio(
 
 
 # ----------------------------------------------------------------------------------- visual evidence
-def instance_weight(seg: Segments) -> np.ndarray:
-    """Per instance: mask area share x detection score (how salient it is)."""
-    return seg.area * seg.confidence
+def instance_weight(seg: Segments, p: DecisionSettings | None = None) -> np.ndarray:
+    """Per instance, how salient it is: its mask's share of the frame x its detection score here,
+    and, where the instances are linked through time (``link_tracks``), its track's mean salience over
+    the clip weighs in as ``p.instance_track_weight`` says (0: this frame only; 1: the clip only):
+    own^(1-w) x track^w. The moving scooter that grows as it nears beats the parked one beside it in
+    the first frames too."""
+    h, w = seg.shape
+    own = seg.area / max(h * w, 1) * seg.confidence
+    lam = p.instance_track_weight if p is not None else 0.0
+    if lam <= 0 or "track_salience" not in seg.data:
+        return own
+    track = np.asarray(seg.data["track_salience"], np.float64)
+    return own ** (1.0 - lam) * track**lam
 
 
-def instances(seg: Segments, share: float) -> Segments:
-    """Of several instances of one phrase, the most salient and those at least ``share`` as salient."""
+def instances(seg: Segments, p: DecisionSettings) -> Segments:
+    """Of several instances of one phrase, the most salient and those at least ``p.instance_share`` as
+    salient (``instance_weight``)."""
     if len(seg) <= 1:
         return seg
-    weight = instance_weight(seg)
+    weight = instance_weight(seg, p)
     top = int(np.argmax(weight))
-    keep = np.union1d(np.flatnonzero(weight >= share * weight[top]), [top])
+    keep = np.union1d(np.flatnonzero(weight >= p.instance_share * weight[top]), [top])
     return seg[keep]
 
 
@@ -271,7 +290,7 @@ def build_table(
                 )
                 if audio <= 0:
                     continue
-                inst = instances(seg, p.instance_share)
+                inst = instances(seg, p)
                 h, w = inst.shape
                 c = Candidate(
                     phrase=ph,
@@ -456,17 +475,16 @@ def offscreen_rows(
     config: AgentSettings,
     p: DecisionSettings,
 ) -> list[tuple[float, str, float, str]]:
-    """Per frame, the offscreen evidence of its second and of the whole clip (see build_table)."""
-    out = []
-    for tags, f in zip(frame_tags, found, strict=True):
-        visible = visible_phrases(f, p)
-        out.append(
-            (
-                *offscreen_evidence(tags, visible, phrases, matcher, config),
-                *offscreen_evidence(clip_tags, visible, phrases, matcher, config),
-            )
-        )
-    return out
+    """Per frame, the offscreen evidence of its second (against what that frame shows) and of the
+    whole clip (against what any of its frames shows: a dog seen in three of five frames is no
+    off-screen source of the clip's bark), see build_table."""
+    visible = [visible_phrases(f, p) for f in found]
+    anywhere = set().union(*visible) if visible else set()
+    clip_off = offscreen_evidence(clip_tags, anywhere, phrases, matcher, config)
+    return [
+        (*offscreen_evidence(tags, seen, phrases, matcher, config), *clip_off)
+        for tags, seen in zip(frame_tags, visible, strict=True)
+    ]
 
 
 def kept(found: dict[str, Segments], phrases: list[str], p: DecisionSettings) -> dict[str, Segments]:
@@ -476,7 +494,7 @@ def kept(found: dict[str, Segments], phrases: list[str], p: DecisionSettings) ->
     for ph in phrases:
         seg = detection(found.get(ph), p.detection_floor)
         if seg is not None:
-            out[ph] = instances(seg, p.instance_share)
+            out[ph] = instances(seg, p)
     return out
 
 
@@ -488,23 +506,6 @@ def mask_of(found: dict[str, Segments], phrases: list[str], p: DecisionSettings,
     return mask
 
 
-def decide_frame(
-    row: FrameEvidence, found: dict[str, Segments], p: DecisionSettings, config: AgentSettings, shape
-) -> tuple[np.ndarray, list[str]]:
-    """The whole segment -> check -> retry loop for one frame without a model call (the graph runs the
-    same steps node by node; the cross-validation runs this). Returns (mask, phrases kept)."""
-    tried: list[str] = []
-    for _ in range(config.max_attempts):
-        chosen = choose(row, p, tried)
-        if not chosen:
-            break
-        passed = [c.phrase for c in chosen if check_mask(mask_of(found, [c.phrase], p, shape), config)[0]]
-        if passed:
-            return mask_of(found, passed, p, shape), passed
-        tried += [c.phrase for c in chosen]
-    return np.zeros(shape, bool), []
-
-
 # ----------------------------------------------------------------------------------- through time
 def kept_index(seg: Segments | None, p: DecisionSettings) -> np.ndarray:
     """Indices (into ``seg``) of the instances ``kept`` selects: above the floor, salient enough."""
@@ -513,7 +514,7 @@ def kept_index(seg: Segments | None, p: DecisionSettings) -> np.ndarray:
     above = np.flatnonzero(seg.confidence >= p.detection_floor)
     if len(above) <= 1:
         return above
-    weight = instance_weight(seg[above])
+    weight = instance_weight(seg[above], p)
     top = int(np.argmax(weight))
     return above[np.union1d(np.flatnonzero(weight >= p.instance_share * weight[top]), [top])]
 
@@ -535,17 +536,59 @@ def pivot_frame(table: list[FrameEvidence], accepted: list[list[str]], phrase: s
     return where
 
 
+def link_tracks(
+    found: list[dict[str, Segments]], link: Callable[[list[Segments | None]], list[np.ndarray]]
+) -> list[dict[str, Segments]]:
+    """Each phrase's instances linked through the clip (``link``: the tracker, per frame the track id of
+    each instance, -1 unlinked): every instance carries ``data['track']`` and ``data['track_salience']``,
+    its track's mean salience over the clip's frames (mask share x score, 0 where the track is absent;
+    an unlinked instance counts its own frame only)."""
+    n = len(found)
+    out = [dict(f) for f in found]
+    for ph in dict.fromkeys(x for f in found for x in f):
+        per_frame = [f.get(ph) for f in found]
+        ids = link(per_frame)
+        total: dict[int, float] = {}
+        for seg, tid in zip(per_frame, ids, strict=True):
+            if seg is None:
+                continue
+            h, w = seg.shape
+            for k, v in zip(tid, seg.area / max(h * w, 1) * seg.confidence, strict=True):
+                if k >= 0:
+                    total[int(k)] = total.get(int(k), 0.0) + float(v) / n
+        for t, (seg, tid) in enumerate(zip(per_frame, ids, strict=True)):
+            if seg is None:
+                continue
+            h, w = seg.shape
+            own = seg.area / max(h * w, 1) * seg.confidence
+            sal = [total[int(k)] if k >= 0 else float(v) / n for k, v in zip(tid, own, strict=True)]
+            out[t][ph] = Segments(
+                seg.xyxy,
+                seg.mask,
+                seg.confidence,
+                list(seg.labels),
+                {**seg.data, "track": [int(k) for k in tid], "track_salience": [round(s, 6) for s in sal]},
+            )
+    return out
+
+
 def on_tracks(
-    found: list[dict[str, Segments]], tracks: list[np.ndarray], phrase: str, pivot: int, p: DecisionSettings
+    found: list[dict[str, Segments]], phrase: str, pivot: int, p: DecisionSettings
 ) -> list[Segments | None]:
     """Per frame, the instances of ``phrase`` on the tracks of its kept instances in the pivot frame
-    (``tracks``: per frame, the track id of each instance of ``found[t][phrase]``, -1 unlinked)."""
-    ids = tracks[pivot][kept_index(found[pivot].get(phrase), p)]
+    (each instance's ``data['track']``, from ``link_tracks``; -1 or absent: unlinked)."""
+
+    def tracks(seg: Segments | None) -> np.ndarray:
+        if seg is None:
+            return np.zeros(0, int)
+        return np.asarray(seg.data.get("track", [-1] * len(seg)), int)
+
+    ids = tracks(found[pivot].get(phrase))[kept_index(found[pivot].get(phrase), p)]
     ids = ids[ids >= 0]
     out: list[Segments | None] = []
-    for t, f in enumerate(found):
+    for f in found:
         seg = f.get(phrase)
-        on = np.isin(tracks[t], ids) if seg is not None and len(ids) else np.zeros(0, bool)
+        on = np.isin(tracks(seg), ids) if seg is not None and len(ids) else np.zeros(0, bool)
         out.append(seg[np.flatnonzero(on)] if on.any() else None)
     return out
 
@@ -585,28 +628,301 @@ def through_time(
     return objects, held
 
 
-def decide_clip(
+# ----------------------------------------------------------------------------------- the sounding unit
+def _inside_share(inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """(n, m): the share of each ``inner`` box's area (n, 4 xyxy) inside each ``outer`` box (m, 4)."""
+    x0 = np.maximum(inner[:, None, 0], outer[None, :, 0])
+    y0 = np.maximum(inner[:, None, 1], outer[None, :, 1])
+    x1 = np.minimum(inner[:, None, 2], outer[None, :, 2])
+    y1 = np.minimum(inner[:, None, 3], outer[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (inner[:, 2] - inner[:, 0]) * (inner[:, 3] - inner[:, 1])
+    return inter / np.maximum(area, 1e-6)[:, None]
+
+
+def join_riders(
+    objects: list[dict[str, Segments]], found: list[dict[str, Segments]], p: DecisionSettings
+) -> list[dict[str, Segments]]:
+    """A rider and what it rides are one sounding unit (DAVIS masks the rider with the scooter or the
+    horse): in each frame, an answered ridden object (``tools.vocab.RIDDEN``) takes the persons
+    (``RIDERS``, at the detection floor) whose boxes lie at least ``p.rider_overlap`` inside its own,
+    and an answered person takes the ridden object it sits on by the same measure -- both under the
+    answered name, and only what the frame does not answer under a name of its own."""
+    if p.rider_overlap > 1.0:
+        return objects
+    out = []
+    for objs, f in zip(objects, found, strict=True):
+        objs = dict(objs)
+        for ph, seg in list(objs.items()):
+            if ph in RIDDEN:
+                others = [x for x in RIDERS if x in f and x not in objs]
+            elif ph in RIDERS:
+                others = [x for x in RIDDEN if x in f and x not in objs]
+            else:
+                continue
+            joined = [seg]
+            for other in others:
+                cand = detection(f[other], p.detection_floor)
+                if cand is None:
+                    continue
+                if ph in RIDDEN:  # persons inside the answered vehicle's box
+                    share = _inside_share(cand.xyxy, seg.xyxy).max(axis=1)
+                else:  # vehicles the answered person sits inside
+                    share = _inside_share(seg.xyxy, cand.xyxy).max(axis=0)
+                pick = np.flatnonzero(share >= p.rider_overlap)
+                if len(pick):
+                    part = cand[pick]
+                    part.labels = [ph] * len(part)
+                    joined.append(part)
+            if len(joined) > 1:
+                keys = set.intersection(*(set(s.data) for s in joined))
+                for s in joined:
+                    s.data = {k: v for k, v in s.data.items() if k in keys}
+                objs[ph] = Segments.concat(joined, *seg.shape)
+        out.append(objs)
+    return out
+
+
+# ----------------------------------------------------------------------------------- one name per object
+def one_name(
+    objects: list[dict[str, Segments]], table: list[FrameEvidence], config: AgentSettings
+) -> list[dict[str, Segments]]:
+    """One object, one name: two phrases whose masks cover nearly the same pixels in some frame
+    (mask IoU at least ``config.same_object_iou``: a car that is also called a truck) are one object
+    for the whole clip, named by the phrase the audio supports more (its mean audio evidence over the
+    rows where it is a candidate; its summed detection score breaks a tie). In every frame that object's instances
+    are answered under that one name."""
+    names = list(dict.fromkeys(ph for objs in objects for ph in objs))
+    if len(names) < 2:
+        return objects
+    parent = {ph: ph for ph in names}
+
+    def find(ph: str) -> str:
+        while parent[ph] != ph:
+            ph = parent[ph]
+        return ph
+
+    for objs in objects:
+        here = list(objs)
+        for i, a in enumerate(here):
+            for b in here[i + 1 :]:
+                if (
+                    find(a) != find(b)
+                    and _mask_iou(objs[a].union(), objs[b].union()) >= config.same_object_iou
+                ):
+                    parent[find(b)] = find(a)
+    if all(find(ph) == ph for ph in names):
+        return objects
+    rows: dict[str, list[tuple[float, float]]] = {}
+    for row in table:
+        for c in row.candidates:
+            rows.setdefault(c.phrase, []).append((c.audio, c.detector))
+    support = {ph: (float(np.mean([a for a, _ in v])), sum(d for _, d in v)) for ph, v in rows.items()}
+    groups: dict[str, list[str]] = {}
+    for ph in names:
+        groups.setdefault(find(ph), []).append(ph)
+    name = {}
+    for members in groups.values():
+        best = max(members, key=lambda ph: (*support.get(ph, (0.0, 0.0)), -names.index(ph)))
+        name.update({ph: best for ph in members})
+    out = []
+    for objs in objects:
+        merged: dict[str, list[Segments]] = {}
+        for ph, seg in objs.items():
+            merged.setdefault(name[ph], []).append(seg)
+        frame = {}
+        for ph, segs in merged.items():
+            seg = segs[0] if len(segs) == 1 else Segments.concat(segs, *segs[0].shape)
+            seg.labels = [ph] * len(seg)
+            frame[ph] = seg
+        out.append(frame)
+    return out
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+# ----------------------------------------------------------------------------------- the whole clip
+@dataclass
+class Perception:
+    """A clip's tool outputs: everything the decisions read. The graph fills it node by node (perceive,
+    propose, verify; the tracker's links in propagate); ``evals.crossval`` runs the graph once per clip,
+    keeps this, and runs ``decide_clip`` over it for every parameter draw."""
+
+    frame_tags: list[AudioTags]
+    clip_tags: AudioTags
+    frame_terms: list[dict[str, AudioTerms]]
+    """Per frame, phrase -> its audio terms from that second."""
+    clip_terms: dict[str, AudioTerms]
+    found: list[dict[str, Segments]]
+    """Per frame, phrase -> its instances as grounded (down to the grounding floor)."""
+    vocabulary: list[str]
+    """The phrases off-screen evidence is read over (the profile's vocabulary and caption nouns)."""
+    silent: list[bool]
+    shape: tuple[int, int]
+    """(H, W) of the analysed frames."""
+    origin: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def linked(self) -> bool:
+        """Whether the instances carry track ids (``link_tracks``: the lite profile's tracker)."""
+        return any("track" in seg.data for f in self.found for seg in f.values())
+
+
+def evidence_table(
+    perc: Perception, p: DecisionSettings, config: AgentSettings, matcher: TextMatcher
+) -> list[FrameEvidence]:
+    """The evidence table of a clip's perception (``build_table`` over its off-screen rows)."""
+    off = offscreen_rows(perc.frame_tags, perc.clip_tags, perc.found, perc.vocabulary, matcher, config, p)
+    return build_table(perc.frame_terms, perc.clip_terms, perc.found, off, perc.silent, p, perc.origin)
+
+
+def first_choice(row: FrameEvidence, p: DecisionSettings) -> list[str]:
+    """What a frame segments first (the rules reasoner's ``decide``)."""
+    return [c.phrase for c in choose(row, p)]
+
+
+def next_choice(row: FrameEvidence, p: DecisionSettings, tried: list[str]) -> list[str]:
+    """What a frame segments after ``tried`` failed the check (the rules reasoner's ``retry``)."""
+    return [c.phrase for c in choose(row, p, tried)]
+
+
+CropFn = Callable[[np.ndarray, list[str]], float]
+"""The crop check of one frame: (mask (H, W) bool, texts, its label first) -> probability of the label."""
+
+
+@dataclass
+class FrameCheck:
+    passed: list[str]
+    """The phrases whose masks passed."""
+    reasons: list[str]
+    """Per phrase checked, 'phrase: why'."""
+    row: FrameEvidence
+    """The frame's row, rescored where the crop check added its verdict."""
+
+
+def check_frame(
+    row: FrameEvidence,
+    found: dict[str, Segments],
+    phrases: list[str],
+    p: DecisionSettings,
+    config: AgentSettings,
+    shape: tuple[int, int],
+    crop: CropFn | None = None,
+) -> FrameCheck:
+    """Each chosen phrase's mask in one frame: not empty, tiny or the whole frame; with a crop check
+    (full profile) its verdict enters the candidate's score and a source that falls below 'none'
+    fails."""
+    passed, reasons = [], []
+    for ph in phrases:
+        mask = mask_of(found, [ph], p, shape)
+        ok, why = check_mask(mask, config)
+        if ok and crop is not None and any(c.phrase == ph for c in row.candidates):
+            row, ok, verdict = crop_verdict(row, ph, crop(mask, crop_texts(row, ph)), p)
+            why += f"; {verdict}"
+        reasons.append(f"{ph}: {why}")
+        if ok:
+            passed.append(ph)
+    return FrameCheck(passed, reasons, row)
+
+
+LinkFn = Callable[[str, int], "list[Segments | None] | None"]
+"""Follows one phrase through the clip from its pivot frame: per frame its instances on the same
+object, or None there (SAM2's carried mask in full, the tracker's links in lite); None when the phrase
+cannot be followed."""
+
+
+def track_link(found: list[dict[str, Segments]], p: DecisionSettings) -> LinkFn:
+    """``LinkFn`` along the instances' tracks (lite, ``link_tracks``)."""
+
+    def link(phrase: str, pivot: int) -> list[Segments | None]:
+        return on_tracks(found, phrase, pivot, p)
+
+    return link
+
+
+def settle(
     table: list[FrameEvidence],
+    accepted: list[list[str]],
     found: list[dict[str, Segments]],
     p: DecisionSettings,
     config: AgentSettings,
-    shape,
-    tracks: dict[str, list[np.ndarray]] | None = None,
-) -> np.ndarray:
-    """The whole clip without a model call: ``decide_frame`` per frame, then (when ``tracks`` are given
-    and ``config.propagate``) the accepted sources followed along their tracks. (T, H, W) bool."""
-    decided = [decide_frame(row, found[t], p, config, shape) for t, row in enumerate(table)]
-    if not (tracks and config.propagate):
-        return np.stack([mask for mask, _ in decided])
-    accepted = [phrases for _, phrases in decided]
-    linked = {}
-    for ph in dict.fromkeys(x for a in accepted for x in a):
-        pivot = pivot_frame(table, accepted, ph)
-        if pivot is not None and ph in tracks:
-            linked[ph] = on_tracks(found, tracks[ph], ph, pivot, p)
-    objects, _ = through_time(accepted, found, linked, p, config)
-    out = np.zeros((len(table), *shape), bool)
-    for t, objs in enumerate(objects):
-        for seg in objs.values():
-            out[t] |= seg.union()
-    return out
+    link: LinkFn | None = None,
+) -> tuple[list[dict[str, Segments]], list[list[str]], dict[str, int]]:
+    """Each frame's answered objects once its checked sources are settled: followed through time
+    from each one's pivot frame when ``link`` is given (``through_time``), else the frame's own kept
+    instances; a rider joins what it rides (``join_riders``); then one name per object (``one_name``). Returns (per frame phrase -> instances, per
+    frame the phrases held from the followed source, phrase -> its pivot frame)."""
+    pivots: dict[str, int] = {}
+    if link is None:
+        objects = [kept(f, a, p) for f, a in zip(found, accepted, strict=True)]
+        held: list[list[str]] = [[] for _ in accepted]
+    else:
+        linked = {}
+        for ph in dict.fromkeys(x for a in accepted for x in a):
+            pivot = pivot_frame(table, accepted, ph)
+            if pivot is not None and (seq := link(ph, pivot)) is not None:
+                pivots[ph] = pivot
+                linked[ph] = seq
+        objects, held = through_time(accepted, found, linked, p, config)
+    return one_name(join_riders(objects, found, p), table, config), held, pivots
+
+
+@dataclass
+class ClipDecision:
+    """The rules' decisions over one clip (``decide_clip``)."""
+
+    table: list[FrameEvidence]
+    accepted: list[list[str]]
+    """Per frame, the phrases whose masks passed the check (before following through time)."""
+    objects: list[dict[str, Segments]]
+    """Per frame, the answered phrases and their instances."""
+    held: list[list[str]]
+
+    def masks(self, shape: tuple[int, int]) -> np.ndarray:
+        """(T, H, W) bool: the union of each frame's answered instances."""
+        out = np.zeros((len(self.objects), *shape), bool)
+        for t, objs in enumerate(self.objects):
+            for seg in objs.values():
+                out[t] |= seg.union()
+        return out
+
+
+def decide_clip(
+    perc: Perception,
+    p: DecisionSettings,
+    config: AgentSettings,
+    matcher: TextMatcher,
+    crop: Callable[[int], CropFn | None] | None = None,
+    link: LinkFn | None = None,
+) -> ClipDecision:
+    """The rules' decisions over a clip's perception, step by step as the graph takes them (verify:
+    the table and the first choice; check; retry: the next choice, up to ``config.max_attempts``;
+    propagate: ``settle``), with the same step functions the nodes call. ``crop(t)`` gives frame t's
+    crop check (full profile); ``link`` follows a source through time (default: the perception's
+    tracks, when ``config.propagate`` and the clip has several frames)."""
+    table = evidence_table(perc, p, config, matcher)
+    accepted: list[list[str]] = []
+    for t in range(len(table)):
+        phrases, tried, attempt, passed = first_choice(table[t], p), [], 0, []
+        while phrases:
+            checked = check_frame(
+                table[t], perc.found[t], phrases, p, config, perc.shape, crop(t) if crop else None
+            )
+            table[t] = checked.row
+            if checked.passed:
+                passed = checked.passed
+                break
+            tried = [*tried, *phrases]
+            nxt = [ph for ph in next_choice(table[t], p, tried) if ph not in tried]
+            if not nxt or attempt + 1 >= config.max_attempts:
+                break
+            phrases, attempt = nxt, attempt + 1
+        accepted.append(passed)
+    following = config.propagate and len(table) > 1 and any(accepted)
+    if following and link is None and perc.linked:
+        link = track_link(perc.found, p)
+    objects, held, _ = settle(table, accepted, perc.found, p, config, link if following else None)
+    return ClipDecision(table, accepted, objects, held)

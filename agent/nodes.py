@@ -183,6 +183,24 @@ def grounding_floor(ctx: RunContext) -> float:
     return min(ctx.settings.agent.track_floor, ctx.settings.agent.decision.detection_floor)
 
 
+def perception(state: AgentState, ctx: RunContext, groundings: list | None = None) -> D.Perception:
+    """The clip's tool outputs as the decisions read them (agent/decision.py ``Perception``), from the
+    state the nodes before have filled."""
+    clip = state["clip"]
+    captions = state.get("caption_nouns") or []
+    return D.Perception(
+        frame_tags=state["frame_tags"],
+        clip_tags=state["clip_tags"],
+        frame_terms=state["frame_terms"],
+        clip_terms=state["clip_terms"],
+        found=groundings if groundings is not None else state["groundings"],
+        vocabulary=list(dict.fromkeys([*ctx.toolset.vocabulary, *(n for f in captions for n in f)])),
+        silent=[clip.audio.rms < ctx.settings.agent.silence_rms] * len(clip.frames),
+        shape=(clip.frames[0].height, clip.frames[0].width),
+        origin=state.get("phrase_origin") or {},
+    )
+
+
 # ---------------------------------------------------------------------------------------------- verify
 def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     """Ground every candidate in every frame, build the evidence table, let the reasoner decide."""
@@ -208,12 +226,10 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         )
         groundings.append(D.split_by_phrase(seg, phrases))
         steps.append(_step("verify", f"found: {', '.join(groundings[-1]) or 'nothing'}", t0, frame=i))
-    silent = [clip.audio.rms < ctx.settings.agent.silence_rms] * len(clip.frames)
-    vocab = list(dict.fromkeys([*ctx.toolset.vocabulary, *(n for f in captions for n in f)]))
-    off = D.offscreen_rows(
-        state["frame_tags"], state["clip_tags"], groundings, vocab, ctx.toolset.matcher, ctx.settings.agent, p
-    )
-    table = D.build_table(frame_terms, clip_terms, groundings, off, silent, p, state.get("phrase_origin"))
+    if ctx.toolset.tracker is not None and len(groundings) > 1:
+        # instances linked through the clip: which one is the source weighs its salience over time
+        groundings = D.link_tracks(groundings, ctx.toolset.tracker.link)
+    table = D.evidence_table(perception(state, ctx, groundings), p, ctx.settings.agent, ctx.toolset.matcher)
     for i, row in enumerate(table):
         steps.append(TraceStep(node="verify", frame=i, message=f"evidence: {D.describe(row)}"))
     if forced:
@@ -396,19 +412,16 @@ def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             continue
         frame = clip.frames[i]
         shape = (frame.height, frame.width)
-        passed, reasons = [], []
-        for ph in choice.phrases:
-            mask = D.mask_of(state["groundings"][i], [ph], p, shape)
-            ok, why = D.check_mask(mask, ctx.settings.agent)
-            listed = any(c.phrase == ph for c in table[i].candidates)
-            if ok and ctx.toolset.crop_checker is not None and listed:
-                texts = D.crop_texts(table[i], ph)
-                crop = float(ctx.toolset.crop_checker.check(frame, mask[None], texts)[0, 0])
-                table[i], ok, verdict = D.crop_verdict(table[i], ph, crop, p)
-                why += f"; {verdict}"
-            reasons.append(f"{ph}: {why}")
-            if ok:
-                passed.append(ph)
+        crop = None
+        if ctx.toolset.crop_checker is not None:
+
+            def crop(mask, texts, frame=frame):
+                return float(ctx.toolset.crop_checker.check(frame, mask[None], texts)[0, 0])
+
+        checked = D.check_frame(
+            table[i], state["groundings"][i], choice.phrases, p, ctx.settings.agent, shape, crop
+        )
+        table[i], passed, reasons = checked.row, checked.passed, checked.reasons
         if passed and len(passed) < len(choice.phrases):
             masks[i] = D.mask_of(state["groundings"][i], passed, p, shape)
         choices[i] = choice.model_copy(
@@ -474,47 +487,65 @@ def route_after_retry(state: AgentState) -> Literal["segment", "propagate"]:
 
 # ---------------------------------------------------------------------------------------------- propagate
 def propagate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
-    """Follow each accepted source through the clip from the frame where it is most certain: SAM2's
-    video predictor carries its mask (full), or ByteTrack links its instances (lite); every frame then
-    shows that same object, and with ``agent.hold`` frames that accepted nothing take it too."""
+    """Settle each frame's objects (agent/decision.py ``settle``, the step ``decide_clip`` takes too):
+    each accepted source is followed through the clip from the frame where it is most certain -- SAM2's
+    video predictor carries its mask (full), or ByteTrack links its instances (lite) -- so every frame
+    shows that same object, and with ``agent.hold`` frames that accepted nothing take it too; then two
+    names on nearly the same pixels become one object under the name the audio supports."""
     ctx = runtime.context
     cfg, clip = ctx.settings.agent, state["clip"]
     p = cfg.decision
     accepted = [c.phrases if c.status == "ok" else [] for c in state["choices"]]
-    phrases = list(dict.fromkeys(ph for a in accepted for ph in a))
     tools = ctx.toolset
-    if not (cfg.propagate and phrases and len(clip.frames) > 1) or (
-        tools.propagator is None and tools.tracker is None
-    ):
-        return {}
-    t0 = time.perf_counter()
-    _progress(runtime, "following the source through the clip")
     found = state["groundings"]
-    linked: dict[str, list[Segments | None]] = {}
-    steps = []
-    for ph in phrases:
-        pivot = D.pivot_frame(state["table"], accepted, ph)
-        if pivot is None:
-            continue
+    following = (
+        cfg.propagate
+        and any(accepted)
+        and len(clip.frames) > 1
+        and (tools.propagator is not None or tools.tracker is not None)
+    )
+    t0 = time.perf_counter()
+    link = None
+    if following:
+        _progress(runtime, "following the source through the clip")
         if tools.propagator is not None:
-            start = D.kept(found[pivot], [ph], p)[ph]
-            carried = tools.propagator.propagate(clip.frames, pivot, start.union()[None])[:, 0]
-            score = float(start.confidence.max())
-            linked[ph] = [
-                Segments(xyxy=[box_from_mask(m)], mask=m[None], confidence=[score], labels=[ph])
-                if m.any()
-                else None
-                for m in carried
-            ]
+
+            def link(ph: str, pivot: int) -> list[Segments | None]:
+                start = D.kept(found[pivot], [ph], p)[ph]
+                carried = tools.propagator.propagate(clip.frames, pivot, start.union()[None])[:, 0]
+                score = float(start.confidence.max())
+                return [
+                    Segments(xyxy=[box_from_mask(m)], mask=m[None], confidence=[score], labels=[ph])
+                    if m.any()
+                    else None
+                    for m in carried
+                ]
+
             how = tools.propagator.name
         else:
-            linked[ph] = D.on_tracks(found, tools.tracker.link([f.get(ph) for f in found]), ph, pivot, p)
+            link = D.track_link(found, p)
             how = tools.tracker.name
-        on = [t + 1 for t, seg in enumerate(linked[ph]) if seg is not None]
+    objects, held, pivots = D.settle(state["table"], accepted, found, p, cfg, link)
+    steps = []
+    for ph, pivot in pivots.items():
+        on = [t + 1 for t, objs in enumerate(objects) if ph in objs]
         steps.append(
-            _step("propagate", f"{ph}: followed from frame {pivot + 1} ({how}), on frames {on or 'none'}", t0)
+            _step(
+                "propagate",
+                f"{ph}: followed from frame {pivot + 1} ({how}), answered on frames {on or 'none'}",
+                t0,
+            )
         )
-    objects, held = D.through_time(accepted, found, linked, p, cfg)
+    renamed = {ph for a in accepted for ph in a} - {ph for objs in objects for ph in objs}
+    if renamed:
+        steps.append(
+            _step(
+                "propagate",
+                f"one object, one name: {', '.join(sorted(renamed))} covered the same pixels as "
+                f"{', '.join(sorted({ph for objs in objects for ph in objs}))} and is answered under that name",
+                t0,
+            )
+        )
     choices, masks = list(state["choices"]), list(state["masks"])
     for t, objs in enumerate(objects):
         mask = np.zeros((clip.frames[t].height, clip.frames[t].width), bool)

@@ -66,6 +66,14 @@ def run_clip(
     return state["answer"]
 
 
+def run_state(clip: Clip, settings: Settings, toolset: Toolset | None = None) -> tuple[dict, RunContext]:
+    """The graph's final state on a loaded clip and the run's context (never pauses): what
+    ``evals.crossval`` keeps of each clip (the perception, and the masks its decisions must
+    reproduce)."""
+    context = make_context(_asking(settings, False), toolset)
+    return _run({"question": DEFAULT_QUESTION, "clip": clip, "trace": []}, context, None), context
+
+
 def run_media(
     media: str | Path,
     settings: Settings,

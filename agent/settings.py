@@ -79,6 +79,14 @@ class DecisionSettings(Section):
         0.578,
         description="exponent of the audio evidence when visible candidates are ranked against each other (1: as for 'none'; lower: the visual prior weighs more)",
     )
+    instance_track_weight: float = Field(
+        0.0,
+        description="how much an instance's salience over the clip (its track's mean) weighs against its salience in the frame when choosing among a phrase's instances (0: the frame only; 1: the clip only; lite: ByteTrack's links)",
+    )
+    rider_overlap: float = Field(
+        1.01,
+        description="a person whose box lies at least this share inside an answered ridden object's box (a scooter, a horse) is part of its sounding unit, and the other way round (above 1: never)",
+    )
     none_per_clip: bool = Field(
         True,
         description="decide 'none of the visible objects' once for the clip (mean scores over its frames) instead of on each frame; a design switch, not fitted",
@@ -114,6 +122,12 @@ class AgentSettings(Section):
     hold: bool = Field(
         True,
         description="with propagate: frames that accepted no source take the followed one (AVSBench masks the source in every frame)",
+    )
+    same_object_iou: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="two answered phrases whose masks overlap at least this much (IoU) in a frame are one object under one name, the one the audio supports more (agent/decision.py one_name; COCO's 'same object' overlap)",
     )
     ask_person: bool = Field(
         False,

@@ -190,7 +190,7 @@ def test_detections_below_the_floor_are_not_evidence_and_instances_follow_salien
         confidence=[0.9] * 3,
         labels=["dog"] * 3,
     )
-    kept = D.instances(seg, 0.5)
+    kept = D.instances(seg, P.model_copy(update={"instance_share": 0.5}))
     assert len(kept) == 2 and kept.area.min() > 0.1
 
 
@@ -202,17 +202,33 @@ def test_crop_check_can_push_a_candidate_below_none():
     assert low.score < row.none_score < cand.score and "crop-check 0.00" in low.sources
 
 
-def test_decide_frame_retries_the_next_candidate_after_a_failed_check():
+def _perception(found: list[dict], terms: list[dict], tags=None) -> D.Perception:
+    n = len(found)
+    tags = tags or [_tags(Speech=0.0)] * n
+    return D.Perception(
+        frame_tags=tags,
+        clip_tags=_tags(Speech=0.0),
+        frame_terms=terms,
+        clip_terms={},
+        found=found,
+        vocabulary=VOCAB,
+        silent=[False] * n,
+        shape=(20, 20),
+    )
+
+
+def test_decide_clip_retries_the_next_candidate_after_a_failed_check(matcher):
     tiny, person = _seg("dog", (0, 0, 1, 1)), _seg("person", (0, 0, 10, 10))
     terms = {
         "dog": D.AudioTerms(tag=0.9, tag_from="Bark"),
         "person": D.AudioTerms(tag=0.3, tag_from="Speech"),
     }
     found = {"dog": tiny, "person": person}
-    row = _row(found, terms, p=P.model_copy(update={"second_source_ratio": 2.0}))
-    cfg = CFG.model_copy(update={"min_mask_area": 0.01})  # 1 px of 400 is too small
-    mask, kept = D.decide_frame(row, found, P.model_copy(update={"second_source_ratio": 2.0}), cfg, (20, 20))
-    assert kept == ["person"] and (mask == person.mask[0]).all()
+    p = P.model_copy(update={"second_source_ratio": 2.0})
+    cfg = CFG.model_copy(update={"min_mask_area": 0.01, "decision": p})  # 1 px of 400 is too small
+    decided = D.decide_clip(_perception([found], [terms]), p, cfg, matcher)
+    assert decided.accepted == [["person"]] and decided.table[0].candidates[0].phrase == "dog"
+    assert (decided.masks((20, 20))[0] == person.mask[0]).all()
 
 
 def test_crossval_groups_keep_visuals_and_recordings_on_one_side(dev_set):
@@ -314,3 +330,98 @@ def test_a_fit_is_the_mean_of_the_best_draws_not_the_luckiest_one():
     assert all(getattr(mean, k) == getattr(pool[0], k) for k in SPACE if k != "none_bias")
     # fitted on the first clip alone, the draw that leaves the off-screen clip full wins
     assert fit(data, values, pool, np.arange(1), top=0.0)[1] == [1]
+
+
+def _masks(*boxes, h=20, w=20):
+    m = np.zeros((len(boxes), h, w), bool)
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        m[k, y0:y1, x0:x1] = True
+    return m
+
+
+def test_one_object_never_carries_two_labels(matcher):
+    """A car the grounder also calls a truck on nearly the same pixels: both phrases are heard (two
+    audio labels, so both are sources by the rules), yet the answer holds one object, named by the
+    phrase the audio supports more, in every frame."""
+    car = _seg("car", (2, 2, 14, 14))
+    truck = _seg("truck", (2, 3, 14, 14))
+    terms = {
+        "car": D.AudioTerms(tag=0.8, tag_from="Car"),
+        "truck": D.AudioTerms(tag=0.5, tag_from="Truck"),
+    }
+    p = P.model_copy(update={"second_source_ratio": 0.1})
+    cfg = CFG.model_copy(update={"decision": p, "propagate": False})
+    perc = _perception([{"car": car, "truck": truck}, {"truck": truck}], [terms, terms])
+    decided = D.decide_clip(perc, p, cfg, matcher)
+    assert decided.accepted[0] == ["car", "truck"]  # the rules took both ...
+    assert [list(o) for o in decided.objects] == [["car"], ["car"]]  # ... the answer one object, one name
+    assert (decided.masks((20, 20))[0] == (car.mask[0] | truck.mask[0])).all()
+    apart = _perception([{"car": car, "truck": _seg("truck", (15, 15, 20, 20))}], [terms])
+    assert list(D.decide_clip(apart, p, cfg, matcher).objects[0]) == ["car", "truck"]  # two objects: two names
+
+
+def _linked(found):
+    """Instances linked by their position in each frame's list (a stand-in for ByteTrack's ids)."""
+    return D.link_tracks(found, lambda per: [np.arange(len(s)) if s is not None else np.zeros(0, int) for s in per])
+
+
+def test_the_instance_salient_over_the_clip_wins_when_tracks_weigh_in():
+    """A parked scooter (the same size in every frame) and the moving one that grows as it nears: in
+    the first frame the parked one is the more salient, over the clip the moving one is."""
+    sizes = [2, 8, 12]
+    found = [
+        {
+            "motorcycle": Segments(
+                xyxy=[[0, 0, 5, 5], [10, 10, 10 + s, 10 + s]],
+                mask=_masks((0, 0, 5, 5), (10, 10, 10 + s, 10 + s), h=30, w=30),
+                confidence=[1.0, 0.9],
+                labels=["motorcycle"] * 2,
+            )
+        }
+        for s in sizes
+    ]
+    linked = _linked(found)
+    assert linked[0]["motorcycle"].data["track"] == [0, 1]
+    frame_only = P.model_copy(update={"instance_share": 0.9, "instance_track_weight": 0.0})
+    over_clip = P.model_copy(update={"instance_share": 0.9, "instance_track_weight": 1.0})
+    assert D.kept(linked[0], ["motorcycle"], frame_only)["motorcycle"].xyxy[0, 0] == 0  # the parked one
+    assert D.kept(linked[0], ["motorcycle"], over_clip)["motorcycle"].xyxy[0, 0] == 10  # the moving one
+    assert D.kept(found[0], ["motorcycle"], over_clip)["motorcycle"].xyxy[0, 0] == 0  # unlinked: the frame
+
+
+def test_a_rider_joins_what_it_rides_under_its_name():
+    scooter = _seg("motorcycle", (5, 10, 15, 20))
+    rider = _seg("person", (6, 2, 14, 16))  # 43% of its box inside the scooter's
+    far = _seg("person", (16, 0, 20, 20))
+    found = [{"motorcycle": scooter, "person": Segments.concat([rider, far], 20, 20)}]
+    on = P.model_copy(update={"rider_overlap": 0.3})
+    joined = D.join_riders([{"motorcycle": scooter}], found, on)[0]
+    assert list(joined) == ["motorcycle"] and joined["motorcycle"].labels == ["motorcycle"] * 2
+    assert (joined["motorcycle"].union() == (scooter.mask[0] | rider.mask[0])).all()
+    # the other way round: an answered rider takes the scooter it sits on
+    assert len(D.join_riders([{"person": rider}], found, on)[0]["person"]) == 2
+    off = P.model_copy(update={"rider_overlap": 1.01})
+    assert len(D.join_riders([{"motorcycle": scooter}], found, off)[0]["motorcycle"]) == 1
+    # a rider answered under its own name stays its own object
+    both = D.join_riders([{"motorcycle": scooter, "person": rider}], found, on)[0]
+    assert len(both["motorcycle"]) == 1 and len(both["person"]) == 1
+
+
+def test_a_generic_tag_is_explained_away_by_a_narrower_generic_one_under_it(matcher):
+    """A meow heard as 'Animal' 0.98, 'Domestic animals, pets' 0.91, 'Dog' 0.62: 'Animal' is explained
+    by the pets label under it and lends the sheep in view almost nothing."""
+    tags = _tags(**{"Animal": 0.98, "Domestic animals, pets": 0.91, "Dog": 0.62})
+    terms = D.tag_terms(tags, VOCAB, matcher, CFG)
+    assert terms["sheep"].parent == pytest.approx(0.98 - 0.91, abs=1e-4)
+    assert terms["cat"].parent == pytest.approx(0.91 - 0.62, abs=1e-4)
+    assert terms["dog"].tag == pytest.approx(0.62)
+
+
+def test_music_names_no_lite_object(matcher):
+    """No COCO class plays music: a music label names nothing in the lite vocabulary -- not a cow
+    through 'Cowbell' (under 'Percussion' and under 'Cattle, bovinae'), nor a computer keyboard
+    through 'Keyboard (musical)' -- and 'Moo' still names the cow."""
+    vocab = ["cow", "keyboard", "bowl", "car", "train", "person"]
+    assert {p for p, _ in matcher.covers(["Percussion"], vocab)[0]} <= {"person"}
+    assert matcher.sound_sources(["Keyboard (musical)"], vocab) == [[]]
+    assert [p for p, _ in matcher.sound_sources(["Moo"], vocab)[0]] == ["cow"]

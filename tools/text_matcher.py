@@ -37,7 +37,7 @@ MARGIN = 0.15
 BRANCH_KINDS: dict[str, frozenset[str]] = {
     "Animal": frozenset({"animal"}),
     "Human sounds": frozenset({"person"}),
-    "Music": frozenset({"person", "thing"}),
+    "Music": frozenset({"person"}),
     "Sounds of things": frozenset({"thing"}),
     "Source-ambiguous sounds": frozenset({"person", "thing"}),
     "Natural sounds": frozenset({"thing"}),
@@ -46,6 +46,9 @@ BRANCH_KINDS: dict[str, frozenset[str]] = {
 """What can make a sound of each top branch of the AudioSet ontology (a label under several branches
 allows the union). Word embeddings alone land 'Mouse' on the computer mouse, 'Cricket' on a ball,
 'Trumpet' on the elephant, 'Song' on a bird and 'Beep, bleep' on a sheep; the branch rules those out.
+Music is made by people and instruments; no COCO class is an instrument (the 'keyboard' is a
+computer's), so in the lite vocabulary 'Keyboard (musical)', 'Singing bowl' or 'Music' itself name
+nothing but a singer; the full profile's instruments are of no listed kind and stay allowed.
 Vocabulary entries of unknown kind (not in ``tools.vocab.KINDS``) are never ruled out."""
 
 
@@ -319,11 +322,12 @@ class EmbeddingTextMatcher:
         key = ("covers:" + label, vocabulary)
         if key not in self._specific:
             merged: dict[str, float] = {}
+            allowed = self._allowed_kinds(label)  # 'Music' covers what plays it, not a cow by 'Cowbell'
             for node in onto.descendant_names(label):
                 if onto.is_generic(node):
                     continue
                 for name, strength in self._sources(node, [], list(vocabulary)):
-                    if strength >= FLOW_MATCH:
+                    if strength >= FLOW_MATCH and KINDS.get(name, "") in allowed | {""}:
                         merged[name] = max(merged.get(name, 0.0), strength)
             self._specific[key] = sorted(merged.items(), key=lambda kv: -kv[1])
         return self._specific[key]

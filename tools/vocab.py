@@ -99,6 +99,22 @@ DESCRIPTIONS: dict[str, list[str]] = {
 }
 
 
+RIDDEN: tuple[str, ...] = (
+    "bicycle",
+    "motorcycle",
+    "horse",
+    "elephant",
+    "skateboard",
+    "scooter",
+    "motorbike",
+    "camel",
+    "donkey",
+)
+"""Objects a person rides (COCO's and the open vocabulary's): their rider can be part of the sounding
+unit (agent/decision.py ``join_riders``)."""
+RIDERS: tuple[str, ...] = ("person", "man", "woman", "boy", "girl", "child", "rider")
+"""Names of a person who may ride one of ``RIDDEN``."""
+
 COCO_ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe")
 """COCO's 'animal' supercategory."""
 
