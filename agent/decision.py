@@ -601,8 +601,10 @@ def through_time(
     config: AgentSettings,
 ) -> tuple[list[dict[str, Segments]], list[list[str]]]:
     """Each frame's objects once the accepted sources are followed through time: where a frame accepted
-    a source, the instance on the source's track (the same one in every frame; the frame's own pick
-    when the track is not there); with ``config.hold``, a frame that accepted nothing takes the tracked
+    a source, the instance on the source's track (the same one in every frame) when it agrees with the
+    frame's own pick (mostly inside its kept instances: the track narrows them to the followed one),
+    else the frame's own pick (a lost track, or one handed to another instance, never replaces what the
+    frame itself found); with ``config.hold``, a frame that accepted nothing takes the tracked
     instance too (AVSBench masks the source in every frame of its clip), when its mask passes the check.
     Returns (per frame phrase -> instances, per frame the frames' held phrases)."""
     objects: list[dict[str, Segments]] = []
@@ -613,9 +615,9 @@ def through_time(
         own = kept(found[t], phrases, p)
         for ph in phrases:
             seg = linked[ph][t] if ph in linked else None
-            if seg is not None:
+            if seg is not None and (ph not in own or _agrees(seg, own[ph])):
                 here[ph] = seg
-            elif ph in own:
+            elif ph in own:  # the track is lost here, or went to another instance: the frame's own pick
                 here[ph] = own[ph]
         if not phrases and config.hold:
             for ph, per_frame in linked.items():
@@ -626,6 +628,13 @@ def through_time(
         objects.append(here)
         held.append(extra)
     return objects, held
+
+
+def _agrees(linked: Segments, own: Segments) -> bool:
+    """Whether a followed instance is (mostly: half its mask or more) among the frame's own kept ones."""
+    mask = linked.union()
+    area = mask.sum()
+    return bool(area) and (mask & own.union()).sum() >= 0.5 * area
 
 
 # ----------------------------------------------------------------------------------- the sounding unit
