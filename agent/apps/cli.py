@@ -25,6 +25,10 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help (no '<bool>' after flags); usage errors are one line (main)
 )
 err = Console(stderr=True)
+RULES_IGNORE_QUESTION = (
+    "note: the rules reasoner (llm.backend=rules, the default) does not read --question; it answers "
+    "what is making the sound. An LLM backend reads it: --set llm.backend=openai or ollama"
+)
 
 
 @app.command()
@@ -50,11 +54,16 @@ def ask(
     set_: SetOpt = None,
 ) -> None:
     """Ask what is making the sound in MEDIA; prints the answer, optionally writes masks and overlays."""
-    from agent.apps.output import answer_json, write_outputs
+    from agent.apps.output import answer_json, area_text, write_outputs
     from agent.run import run_media
 
     settings = settings_from(profile, config, set_, fps)
     require_for(settings)
+    if (
+        question.strip().rstrip("?").lower() != DEFAULT_QUESTION.rstrip("?").lower()
+        and settings.llm.backend == "rules"
+    ):
+        err.print(RULES_IGNORE_QUESTION, highlight=False, soft_wrap=True)
     with err.status("starting", spinner="dots") as status:
         answer, clip = run_media(
             media, settings, audio=audio, question=question, progress=lambda m: status.update(m)
@@ -67,7 +76,7 @@ def ask(
     for fr in answer.frames:
         what = ", ".join(fr.labels) or "-"
         typer.echo(
-            f"  frame {fr.index + 1} ({fr.time_s:.1f} s): {what}  mask {fr.mask_area * 100:.1f}% of the frame"
+            f"  frame {fr.index + 1} ({fr.time_s:.1f} s): {what}  mask {area_text(fr.mask_area)} of the frame"
         )
     if out:
         typer.echo(f"masks, overlays, masks.json, overlay.mp4, timeline.png and answer.json written to {out}")

@@ -32,6 +32,14 @@ def answer_json(answer: Answer, files: dict[str, list[str]] | None = None) -> di
     return out
 
 
+def area_text(share: float) -> str:
+    """A mask's share of the frame for people: '12.3%', '<0.1%' for a sliver (never a found object at
+    '0.0%'), '0%' for an empty mask."""
+    if share <= 0:
+        return "0%"
+    return "<0.1%" if share < 0.001 else f"{share * 100:.1f}%"
+
+
 def frame_objects(answer: Answer, i: int) -> dict[str, np.ndarray]:
     """Frame i's sounding objects, label -> (H, W) bool mask (the union as one object when a producer
     kept only the union)."""
