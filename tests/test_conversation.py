@@ -26,9 +26,15 @@ def test_conversation_follow_ups_and_resume(tmp_path, dev_set):
     assert why_not.kind == "followup" and "visible" in why_not.text and "audio" in why_not.text
     when = conv.ask("which seconds?")
     assert "dog" in when.text and "seconds 0-5" in when.text
+    both = conv.ask("is it the dog or the man?")  # each named object answered, no "the dog or the man is"
+    assert (
+        both.text.startswith("The dog is what I found making the sound.")
+        and "The man is visible" in both.text
+    )
     again = conv.ask("segment the person instead")
     assert again.kind == "resegment" and again.labels == ["person"] and again.out_dir != first.out_dir
-    assert conv.trace() and any(s.node == "verify" for s in conv.trace())
+    # /trace shows the re-segmentation's decisions, not the first analysis's
+    assert any("segmenting what the person asked for: person" in s.message for s in conv.trace())
 
     resumed = Conversation(settings, thread_id=conv.thread_id, out_root=tmp_path / "threads")
     assert resumed.media == str(frames)
