@@ -218,6 +218,7 @@ def _object_score(mask: np.ndarray, result: FrameResult) -> float | None:
 
 # ------------------------------------------------------------------------------ overlay.mp4
 VIDEO_MAX_SIDE = 1280
+X264_PRESET = "veryfast"
 """overlay.mp4 keeps the source's size up to this longer side (a 4K source is written at 1280)."""
 
 
@@ -248,7 +249,7 @@ def write_overlay_video(
         w, h = _video_size(clip, video_in)
         vs = out.add_stream("libx264", rate=rate)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.options = {"preset": "veryfast", "crf": "23", "movflags": "+faststart"}
+        vs.options = {"preset": X264_PRESET, "crf": "23", "movflags": "+faststart"}
         aud = out.add_stream("aac", rate=SAMPLE_RATE)
         aud.layout = "mono"
         layer: tuple[int, Layer] | None = None
