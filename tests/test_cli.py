@@ -264,3 +264,19 @@ def test_usage_errors_are_one_line_and_help_shows_no_types():
         assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, proc.stderr)
     res = runner.invoke(app, ["ask", "--help"])
     assert "--json " in res.output and "<bool>" not in res.output
+
+
+def test_question_with_the_rules_reasoner_says_it_is_not_read(tmp_path):
+    proc = _run("ask", str(tmp_path / "missing.mp4"), "--question", "what is barking?")
+    assert proc.returncode == 2 and "does not read --question" in proc.stderr, proc.stderr
+    assert "does not read" not in _run("ask", str(tmp_path / "missing.mp4")).stderr
+
+
+def test_explanations_count_frames_and_name_the_tag_behind_an_unseen_object():
+    from agent.rules import RulesReasoner
+
+    text = RulesReasoner.explain(
+        ["dog"], {"dog": [3]}, 5, [("Bark", 0.9)], ["person (heard: 'Crying, sobbing' 0.11)"], False, False
+    )
+    assert "the dog (in frame 4)" in text.lower() and "frames 4" not in text
+    assert "also considered but not visible: person (heard: 'Crying, sobbing' 0.11)" in text
