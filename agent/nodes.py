@@ -595,9 +595,8 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         and ph not in found
         and D.fuse_audio(state["clip_terms"][ph], D.AudioTerms(), dp)[0] >= dp.none_bias
     )
-    terms = state[
-        "clip_terms"
-    ]  # each named with the audio tag behind it: "person (heard: 'Crying, sobbing' 0.11)"
+    # each named with the audio tag behind it: "person (heard: 'Crying, sobbing' 0.11)"
+    terms = state["clip_terms"]
     rejected = [
         f"{ph} (heard: '{t.tag_from}' {t.tag:.2f})"
         if (t := terms[ph]).tag_from and t.tag >= t.parent
