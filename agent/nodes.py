@@ -595,12 +595,12 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         and ph not in found
         and D.fuse_audio(state["clip_terms"][ph], D.AudioTerms(), dp)[0] >= dp.none_bias
     )
-    # each named with the audio tag behind it: "person (heard: 'Crying, sobbing' 0.11)"
+    # each named with the audio tag behind it: "person (from the tag 'Crying, sobbing', evidence 0.38)"
     terms = state["clip_terms"]
     rejected = [
-        f"{ph} (heard: '{t.tag_from}' {t.tag:.2f})"
+        f"{ph} (from the tag '{t.tag_from}', evidence {t.tag:.2f})"
         if (t := terms[ph]).tag_from and t.tag >= t.parent
-        else f"{ph} (heard: '{t.parent_from}' {t.parent:.2f})"
+        else f"{ph} (from the tag '{t.parent_from}', evidence {t.parent:.2f})"
         if t.parent_from
         else ph
         for ph in rejected

@@ -276,7 +276,13 @@ def test_explanations_count_frames_and_name_the_tag_behind_an_unseen_object():
     from agent.rules import RulesReasoner
 
     text = RulesReasoner.explain(
-        ["dog"], {"dog": [3]}, 5, [("Bark", 0.9)], ["person (heard: 'Crying, sobbing' 0.11)"], False, False
+        ["dog"],
+        {"dog": [3]},
+        5,
+        [("Bark", 0.9)],
+        ["person (from the tag 'Crying, sobbing', evidence 0.38)"],
+        False,
+        False,
     )
     assert "the dog (in frame 4)" in text.lower() and "frames 4" not in text
-    assert "also considered but not visible: person (heard: 'Crying, sobbing' 0.11)" in text
+    assert "also considered but not visible: person (from the tag 'Crying, sobbing', evidence 0.38)" in text
