@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -146,17 +147,23 @@ def write_outputs(answer: Answer, clip: Clip, out: Path, analysed_only: bool = F
             )
             drawn.add(i)
 
-    write_overlay_video(answer, clip, out / "overlay.mp4", analysed_only, colour_of, on_slot=save_overlay)
-    for i, (frame, mask) in enumerate(zip(clip.frames, answer.masks, strict=True)):
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(
-            out / "masks" / names[i], compress_level=PNG_LEVEL
-        )
+    def side_outputs() -> None:  # beside the video (PNG's zlib and Agg's drawing release the GIL)
+        for i, mask in enumerate(answer.masks):
+            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(
+                out / "masks" / names[i], compress_level=PNG_LEVEL
+            )
+        (out / "masks.json").write_text(json.dumps(masks_json(answer, clip)))
+        write_timeline(answer, clip, out / "timeline.png")
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        side = pool.submit(side_outputs)
+        write_overlay_video(answer, clip, out / "overlay.mp4", analysed_only, colour_of, on_slot=save_overlay)
+        side.result()
+    for i, frame in enumerate(clip.frames):
         if i not in drawn:  # the video is at another size, or never reached this slot
             save_overlay(i, Layer(frame_objects(answer, i), colour_of, frame.height, frame.width))
         files["masks"].append(f"masks/{names[i]}")
         files["overlays"].append(f"overlays/{names[i]}")
-    (out / "masks.json").write_text(json.dumps(masks_json(answer, clip)))
-    write_timeline(answer, clip, out / "timeline.png")
     files |= {"masks_json": ["masks.json"], "video": ["overlay.mp4"], "timeline": ["timeline.png"]}
     tmp = out / "answer.json.tmp"
     tmp.write_text(json.dumps(answer_json(answer, files), indent=2))
@@ -326,10 +333,11 @@ def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
 def write_timeline(answer: Answer, clip: Clip, path: Path) -> Path:
     """The audio tags over time (top: each frame's strongest tags, shaded by score) and, per sounding
     object, the seconds in which it was found sounding (bottom): "which seconds?" as a picture."""
-    import matplotlib
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # no pyplot: drawn in a worker thread, with Agg
+    from supervision import ColorPalette
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    palette = ColorPalette.DEFAULT
 
     fps = float(clip.meta.get("fps", 1.0))
     slots = [(i / fps, 1.0 / fps) for i in range(len(clip.frames))]
@@ -338,22 +346,21 @@ def write_timeline(answer: Answer, clip: Clip, path: Path) -> Path:
         :8
     ]
     objects = answer.labels or []
-    fig, (top, bottom) = plt.subplots(
-        2,
-        1,
-        figsize=(8, 1.2 + 0.3 * (len(names) + len(objects))),
-        sharex=True,
-        gridspec_kw={"height_ratios": [max(1, len(names)), max(1, len(objects))]},
+    fig = Figure(figsize=(8, 1.2 + 0.3 * (len(names) + len(objects))))
+    top, bottom = fig.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [max(1, len(names)), max(1, len(objects))]}
     )
     for row, name in enumerate(names):
         for (x, width), t in zip(slots, tags, strict=False):
             if name in t:
-                top.broken_barh([(x, width)], (row - 0.4, 0.8), color=plt.cm.Blues(0.25 + 0.75 * t[name]))
+                top.broken_barh(
+                    [(x, width)], (row - 0.4, 0.8), color=colormaps["Blues"](0.25 + 0.75 * t[name])
+                )
     top.set_yticks(range(len(names)), names, fontsize=8)
     top.set_title("audio tags (darker: stronger)", fontsize=9)
     for row, obj in enumerate(objects):
         spans = [s for s, fr in zip(slots, answer.frames, strict=True) if obj in fr.labels]
-        bottom.broken_barh(spans, (row - 0.4, 0.8), color="tab:red")
+        bottom.broken_barh(spans, (row - 0.4, 0.8), color=palette.by_idx(row).as_hex())  # as in the overlays
     bottom.set_yticks(range(len(objects)), objects, fontsize=8)
     bottom.set_title("found sounding" if objects else "nothing visible makes this sound", fontsize=9)
     bottom.set_xlabel("seconds")
@@ -363,5 +370,4 @@ def write_timeline(answer: Answer, clip: Clip, path: Path) -> Path:
         ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
