@@ -296,19 +296,35 @@ def confirm(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     kept = D.kept(found[t], [first, second], p)
     boxes = [(n, boxes_of(kept[ph])) for n, ph in ((1, first), (2, second)) if ph in kept]
     options = {"1": [first], "2": [second], "both": [first, second]}
+    evidence = {  # for the person's follow-ups while the question waits ("why not the person?")
+        ph: {
+            "frames": [i for i, row in enumerate(table) if any(c.phrase == ph for c in row.candidates)],
+            "audio": round(
+                max((c.audio for row in table for c in row.candidates if c.phrase == ph), default=0.0), 3
+            ),
+        }
+        for ph in (first, second)
+    }
     reply = interrupt(
         {
             "question": f"Two visible objects could be making the sound: 1 = {first}, 2 = {second}. "
             "Which one is it? (1, 2 or both)",
             "options": options,
+            "evidence": evidence,
             "frame": t,
             "image": numbered_frame(state["clip"].frames[t], boxes, ctx.settings.llm.vision_max_side),
         }
     )
     chosen = person_choice(reply, options)
+    asked = {"event": "asked_person", "options": [first, second], "reply": str(reply), "chosen": chosen}
     if chosen is None:
         step = TraceStep(
-            node="confirm", message=f"the person's answer {reply!r} names neither; the rules decided"
+            node="confirm",
+            message=f"asked: {first} or {second}; the reply {reply!r} named neither, so the rules decided",
+            data=asked
+            | {
+                "text": f"Your reply named neither the {first} nor the {second}, so I decided by the evidence."
+            },
         )
         return {"trace": [step]}
     choices = []
@@ -323,8 +339,11 @@ def confirm(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 + ("" if here else "; not found in this frame"),
             )
         )
+    picked = " and ".join(f"the {ph}" for ph in chosen)
     step = TraceStep(
-        node="confirm", message=f"asked the person ({first} or {second}): they chose {' and '.join(chosen)}"
+        node="confirm",
+        message=f"asked: {first} or {second}; chosen: {' and '.join(chosen)}",
+        data=asked | {"text": f"You chose {picked} when I asked: {first} or {second}."},
     )
     return {"choices": choices, "trace": [step]}
 
@@ -607,14 +626,24 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         and ph not in found
         and D.fuse_audio(state["clip_terms"][ph], D.AudioTerms(), dp)[0] >= dp.none_bias
     )
+    # each named with the audio tag behind it: "person (from the tag 'Crying, sobbing', evidence 0.38)"
+    terms = state["clip_terms"]
+    rejected = [
+        f"{ph} (from the tag '{t.tag_from}', evidence {t.tag:.2f})"
+        if (t := terms[ph]).tag_from and t.tag >= t.parent
+        else f"{ph} (from the tag '{t.parent_from}', evidence {t.parent:.2f})"
+        if t.parent_from
+        else ph
+        for ph in rejected
+    ]
     silent = clip.audio.rms < ctx.settings.agent.silence_rms
     failed = any(c.status == "failed" for c in state["choices"]) and not found
     text = ctx.reasoner.explain(
         found, frames_with, len(clip.frames), state["clip_tags"].top(5), rejected, silent, failed
     )
     asked = next((s for s in state.get("trace", []) if s.node == "confirm"), None)
-    if asked is not None:
-        text += f" (I {asked.message}.)"
+    if asked is not None:  # the person's choice, in words addressed to them (agent.nodes.confirm)
+        text += f" ({asked.data.get('text') or asked.message})"
     if state.get("llm_reasoning") and not state.get("force_phrases"):
         # the facts above come from the trace; the LLM adds its reading of the clip (no extra call)
         text += f" The LLM ({ctx.reasoner.name}) reasoned: {state['llm_reasoning']}"

@@ -109,7 +109,8 @@ class RulesReasoner:
             where = (
                 "in every frame"
                 if len(frames) == n_frames
-                else "in frames " + ", ".join(str(f + 1) for f in frames)
+                else ("in frame " if len(frames) == 1 else "in frames ")
+                + ", ".join(str(f + 1) for f in frames)
             )
             parts.append(f"the {lab} ({where})")
         text = f"{' and '.join(parts).capitalize()} {'is' if len(labels) == 1 else 'are'} making the sound. "

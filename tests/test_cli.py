@@ -160,7 +160,7 @@ def test_help_on_every_command():
     assert {"ask", "graph", "config"} <= set(commands)
     for name in commands:
         r = runner.invoke(app, [name, "--help"])
-        assert r.exit_code == 0 and "Usage" in r.output, name
+        assert r.exit_code == 0 and "Usage" in r.output and "<bool>" not in r.output, name
 
 
 def test_graph_prints_mermaid():
@@ -197,3 +197,92 @@ def test_the_graph_runs_from_plain_configuration(dev_set):
         answer = out["answer"]
         assert answer.labels == expected.labels == ["dog"]
         assert all((a == b).all() for a, b in zip(answer.masks, expected.masks, strict=True))
+
+
+def _run_without(modules: list[str], *args):
+    """The CLI in a process where ``modules`` cannot be imported (as after a lite-only install)."""
+    blocked = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
+    code = blocked + "from agent.apps.cli import main\nmain()\n"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_a_missing_extra_is_named_in_one_line_and_exit_2(tmp_path):
+    img, wav = write_image(tmp_path / "i.png"), write_wav(tmp_path / "a.wav", 1.0)
+    cases = [
+        (["gradio"], ["ui"], "pip install 'avs-agent[ui]'"),
+        (["fastapi", "uvicorn"], ["serve"], "pip install 'avs-agent[serve]'"),
+        (
+            ["langchain_openai"],
+            ["ask", str(img), "--audio", str(wav), "--set", "llm.backend=openai"],
+            "[llm]",
+        ),
+        (["langchain_ollama"], ["chat", "--set", "llm.backend=ollama"], "[llm]"),
+        (
+            ["torch", "transformers"],
+            ["ask", str(img), "--audio", str(wav), "--profile", "full"],
+            "install.sh full",
+        ),
+    ]
+    for blocked, args, needle in cases:
+        proc = _run_without(blocked, *args)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) <= 2, (args, proc.stderr)
+        assert needle in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_models_lists_the_installed_profile(monkeypatch, models_dir):
+    import importlib.util
+
+    res = runner.invoke(app, ["models", "--profile", "lite"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("profile lite") and "no full-profile" not in res.stdout
+    rows = [ln for ln in res.stdout.splitlines() if ln.startswith(("yes", "no"))]
+    assert len(rows) == 6 and all(r.startswith("yes") for r in rows), res.stdout
+    assert any("tools.grounder.detector" in r and "yolox_nano.onnx" in r for r in rows)
+    data = json.loads(runner.invoke(app, ["models", "--profile", "lite", "--json"]).stdout)
+    assert data["profile"] == "lite" and all(m["available"] for m in data["models"])
+    # without the full profile's packages, `models` shows the lite profile
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
+    )
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0 and res.stdout.startswith("profile lite"), res.output
+    res = runner.invoke(app, ["models", "--profile", "lite", "--set", "models_dir=/nowhere"])
+    assert "of 6 not available" in res.stdout and "--profile lite" in res.stdout
+
+
+def test_usage_errors_are_one_line_and_help_shows_no_types():
+    for args, needle in [
+        (["ask", "x.mp4", "--fps", "abc"], "--fps"),
+        (["ask"], "Missing argument"),
+        (["ask", "x.mp4", "--bogus"], "--bogus"),
+        (["bogus"], "No such command"),
+    ]:
+        proc = _run(*args)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, proc.stderr)
+    res = runner.invoke(app, ["ask", "--help"])
+    assert "--json " in res.output and "<bool>" not in res.output
+
+
+def test_question_with_the_rules_reasoner_says_it_is_not_read(tmp_path):
+    proc = _run("ask", str(tmp_path / "missing.mp4"), "--question", "what is barking?")
+    assert proc.returncode == 2 and "does not read --question" in proc.stderr, proc.stderr
+    assert "does not read" not in _run("ask", str(tmp_path / "missing.mp4")).stderr
+
+
+def test_explanations_count_frames_and_name_the_tag_behind_an_unseen_object():
+    from agent.rules import RulesReasoner
+
+    text = RulesReasoner.explain(
+        ["dog"],
+        {"dog": [3]},
+        5,
+        [("Bark", 0.9)],
+        ["person (from the tag 'Crying, sobbing', evidence 0.38)"],
+        False,
+        False,
+    )
+    assert "the dog (in frame 4)" in text.lower() and "frames 4" not in text
+    assert "also considered but not visible: person (from the tag 'Crying, sobbing', evidence 0.38)" in text

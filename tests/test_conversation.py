@@ -26,9 +26,15 @@ def test_conversation_follow_ups_and_resume(tmp_path, dev_set):
     assert why_not.kind == "followup" and "visible" in why_not.text and "audio" in why_not.text
     when = conv.ask("which seconds?")
     assert "dog" in when.text and "seconds 0-5" in when.text
+    both = conv.ask("is it the dog or the man?")  # each named object answered, no "the dog or the man is"
+    assert (
+        both.text.startswith("The dog is what I found making the sound.")
+        and "The man is visible" in both.text
+    )
     again = conv.ask("segment the person instead")
     assert again.kind == "resegment" and again.labels == ["person"] and again.out_dir != first.out_dir
-    assert conv.trace() and any(s.node == "verify" for s in conv.trace())
+    # /trace shows the re-segmentation's decisions, not the first analysis's
+    assert any("segmenting what the person asked for: person" in s.message for s in conv.trace())
 
     resumed = Conversation(settings, thread_id=conv.thread_id, out_root=tmp_path / "threads")
     assert resumed.media == str(frames)
@@ -60,14 +66,20 @@ def test_a_close_call_asks_the_person_and_resumes_with_their_choice(tmp_path, de
         load_settings(overrides=over), thread_id=conv.thread_id, out_root=tmp_path / "threads"
     )
     assert resumed.pending is not None
+    # follow-ups while the question waits are answered, never taken as a choice; the question stays
+    why_not = resumed.ask("why not the truck?")
+    assert why_not.kind == "question" and resumed.pending is not None
+    assert "not ruled out the truck" in why_not.text and "1 = car, 2 = truck" in why_not.text
+    when = resumed.ask("which seconds?")
+    assert when.kind == "question" and "not decided yet" in when.text and "frames 1-5" in when.text
+    assert resumed.pending is not None and "names neither" not in when.text
     steps: list[str] = []
     chosen = resumed.ask("1", progress=steps.append)
     assert chosen.kind == "analysis" and chosen.labels == ["car"] and resumed.pending is None
-    assert "they chose car" in chosen.text
+    assert "(You chose the car when I asked: car or truck.)" in chosen.text and "(I " not in chosen.text
     assert not any(s.startswith(("tagging audio", "finding candidates")) for s in steps)  # not redone
-    assert [s.message for s in resumed.trace() if s.node == "confirm"] == [
-        "asked the person (car or truck): they chose car"
-    ]
+    (confirm,) = [s for s in resumed.trace() if s.node == "confirm"]
+    assert confirm.message == "asked: car or truck; chosen: car" and confirm.data["chosen"] == ["car"]
     assert resumed.ask("which seconds?").kind == "followup"
 
     rules = Conversation(
@@ -75,6 +87,41 @@ def test_a_close_call_asks_the_person_and_resumes_with_their_choice(tmp_path, de
     )
     rules.open(frames, wav)
     assert sorted(rules.ask("What is making the sound?").labels) == ["car", "truck"]  # in frames-shown order
+
+
+def test_follow_ups_while_a_close_call_waits():
+    """Which messages are questions (answered, the close call kept) and what they are told."""
+    from agent.apps.conversation import answer_while_asking, is_question
+
+    for text in ("why not the person?", "which seconds?", "which seconds", "is it 2?", "why", "the person?"):
+        assert is_question(text), text
+    for text in ("1", "2", "both", "the person", "motorcycle please", "I don't know"):
+        assert not is_question(text), text
+    pending = {
+        "options": {"1": ["motorcycle"], "2": ["person"], "both": ["motorcycle", "person"]},
+        "evidence": {
+            "motorcycle": {"frames": [0, 1, 2], "audio": 0.61},
+            "person": {"frames": [3], "audio": 0.52},
+        },
+    }
+    text = answer_while_asking("why not the person?", pending)
+    assert "not ruled out the person" in text and "motorcycle 0.61, person 0.52" in text
+    assert text.endswith("1 = motorcycle, 2 = person, or both?")
+    text = answer_while_asking("which seconds?", pending)
+    assert (
+        "motorcycle is visible in frames 1-3 (seconds 0-3)" in text
+        and "person is visible in frame 4 (" in text
+    )
+    assert "not one of the two" in answer_while_asking("why not the dog?", pending)
+
+
+def test_follow_up_answers_name_each_object_and_count_frames_right():
+    from agent.apps.conversation import _frames_text, split_objects
+
+    assert split_objects("truck or the car") == ["truck", "car"]
+    assert split_objects("dog, the cat and a bird") == ["dog", "cat", "bird"]
+    assert _frames_text([3]) == "frame 4 (seconds 3-4)"
+    assert _frames_text([0, 1, 2, 4]) == "frames 1-3 and 5 (seconds 0-3 and 4-5)"
 
 
 def test_person_choice():

@@ -38,9 +38,12 @@ def test_image_plus_audio_odd_rate_stereo(tmp_path):
     img = write_image(tmp_path / "x.png")
     wav = write_wav(tmp_path / "a.wav", seconds=2.5, rate=22050, channels=2)
     clip = load_clip(img, wav)
-    assert len(clip.frames) == 1 and clip.frames[0].image.shape == (60, 80, 3)
     assert abs(clip.duration_s - 2.5) < 0.01
-    assert len(clip.segments) == 1 and clip.segments[0].duration_s == clip.duration_s
+    # the whole sound is heard, second by second, with the one image standing for each second
+    assert len(clip.frames) == len(clip.segments) == 3 and clip.frames[0].image.shape == (60, 80, 3)
+    assert all(f.image is clip.frames[0].image for f in clip.frames)
+    assert [f.time_s for f in clip.frames] == [0.5, 1.5, 2.5]
+    assert [(s.start_s, s.end_s) for s in clip.segments] == [(0.0, 1.0), (1.0, 2.0), (2.0, 2.5)]
 
 
 def test_frame_folder_plus_audio(tmp_path):

@@ -76,7 +76,7 @@ def test_masks_json_decodes_to_the_png_masks(tmp_path, dev_set):
     assert codecs == {"video": "h264", "audio": "aac"} and abs(duration - 5.0) < 0.3
 
 
-@pytest.mark.parametrize("fps", ["0", "1000", "-1"])
+@pytest.mark.parametrize("fps", ["0", "1000", "-1", "abc"])
 def test_bad_fps_is_one_line_and_exit_2(tmp_path, fps):
     video = write_video(tmp_path / "v.mp4", seconds=1.0)
     proc = _cli("ask", str(video), "--fps", fps, timeout=60)
@@ -113,3 +113,76 @@ def test_a_video_without_a_frame_is_one_line_and_exit_2(tmp_path):
     proc = _cli("ask", str(path), timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1
+
+
+def _two_objects(tmp_path, size=(854, 480)):
+    """An image + 2-s sound clip (two slots of the one image) with a person and a motorcycle found."""
+    from media_factory import write_image, write_wav
+
+    from tools.types import Answer, FrameResult
+
+    w, h = size
+    clip = load_clip(write_image(tmp_path / "still.png", size=size), write_wav(tmp_path / "s.wav", 2.0))
+    person = np.zeros((h, w), bool)
+    person[100:400, 100:300] = True
+    bike = np.zeros((h, w), bool)
+    bike[200:450, 450:800] = True
+    frames = [
+        FrameResult(
+            index=i, time_s=f.time_s, labels=["person", "motorcycle"], boxes=[], scores=[], mask_area=0.3
+        )
+        for i, f in enumerate(clip.frames)
+    ]
+    answer = Answer(
+        question="q",
+        text="t",
+        labels=["person", "motorcycle"],
+        frames=frames,
+        masks=[person | bike for _ in clip.frames],
+        trace=[],
+        object_masks=[{"person": person, "motorcycle": bike} for _ in clip.frames],
+    )
+    return answer, clip, person, bike
+
+
+def test_overlays_give_each_object_its_colour_and_a_label_at_its_mask(tmp_path):
+    """supervision's annotators: each object tinted in its own colour and named at its mask, with
+    letters sized to the frame (480p: at least 14 px), in the PNGs and in overlay.mp4."""
+    import av
+
+    from agent.apps.output import Layer, write_outputs
+
+    answer, clip, person, bike = _two_objects(tmp_path)
+    write_outputs(answer, clip, tmp_path / "out")
+    original = clip.frames[0].image.astype(int)
+    png = np.asarray(Image.open(tmp_path / "out" / "overlays" / "frame_0001.png").convert("RGB")).astype(int)
+    with av.open(str(tmp_path / "out" / "overlay.mp4")) as c:
+        video = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    for img in (png, video):
+        tint_person = (img[150:200, 120:160] - original[150:200, 120:160]).mean(axis=(0, 1))
+        tint_bike = (img[400:440, 460:500] - original[400:440, 460:500]).mean(axis=(0, 1))
+        assert np.abs(tint_person - tint_bike).max() > 30, (tint_person, tint_bike)  # two colours
+        assert np.abs(img[5:50, 820:850] - original[5:50, 820:850]).max() <= 12  # outside: untouched
+    layer = Layer({"person": person, "motorcycle": bike}, {"person": 0, "motorcycle": 1}, 480, 854)
+    label = np.zeros(480 * 854, bool)
+    label[layer.pixels[layer.span[:, 0] == 0]] = True
+    rows, cols = np.nonzero(label.reshape(480, 854))
+    assert rows.max() - rows.min() >= 14  # letters readable on 480p
+    assert person[rows, cols].any() and bike[rows, cols].any()  # a label on each object's mask
+    # the same object keeps its colour from frame to frame
+    second = np.asarray(Image.open(tmp_path / "out" / "overlays" / "frame_0002.png").convert("RGB"))
+    assert (second == png).all()
+
+
+def test_an_image_with_a_5s_sound_is_heard_whole(tmp_path):
+    """An image + 5-s sound: five 1-s slots of the one image, the timeline and overlay.mp4 over 0-5 s."""
+    from media_factory import write_image, write_wav
+
+    out = tmp_path / "out"
+    img, wav = write_image(tmp_path / "i.png"), write_wav(tmp_path / "a.wav", 5.0)
+    proc = _cli("ask", str(img), "--audio", str(wav), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads((out / "answer.json").read_text())
+    assert [f["time_s"] for f in answer["frames"]] == [0.5, 1.5, 2.5, 3.5, 4.5]
+    _, duration, _ = _streams(out / "overlay.mp4")
+    assert abs(duration - 5.0) < 0.3

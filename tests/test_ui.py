@@ -139,7 +139,8 @@ def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
         page.set_input_files("#video input[type=file]", str(video))
         page.wait_for_selector("#status:has-text('Opened car_horn.mp4')", timeout=30_000)
 
-        page.fill("#question textarea", "what is making the sound?")
+        # Ask with the box empty asks the question its placeholder shows
+        assert page.get_attribute("#question textarea", "placeholder") == "what is making the sound?"
         page.click("#ask")
         page.wait_for_selector("#chat:has-text('what is making the sound?')", timeout=10_000)
         # long work shows its progress: the agent's step and a share
@@ -150,7 +151,8 @@ def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
         assert "car" in answer and "making the sound" in answer, answer
         assert "car" in page.inner_text("#chat")
         captions = page.inner_text("#overlays")
-        assert "frame 1" in captions and "car" in captions, captions
+        assert "1 · " in captions and "car" in captions, captions
+        _assert_layout_clear(page)
         # every overlay image the page shows loads (served by the page, not a broken link): wait for
         # the browser to finish loading them (a broken one completes with width 0 and fails below)
         page.wait_for_function(
@@ -233,6 +235,93 @@ def test_page_upload_ask_and_follow_up(browser, server, tmp_path, dev_set):
     finally:
         page.close()
     assert not errors, errors
+
+
+def _assert_layout_clear(page) -> None:
+    """No panel label lies over the answer's video or the timeline, and no gallery caption is cut off."""
+    for panel, content in (("#overlay-video", "video"), ("#timeline", "img")):
+        overlaps = page.eval_on_selector(
+            panel,
+            """(el, content) => {
+                const c = el.querySelector(content); if (!c) return 'no ' + content;
+                const r = c.getBoundingClientRect();
+                return [...el.querySelectorAll('label, [data-testid=block-label]')]
+                    .map(l => l.getBoundingClientRect())
+                    .filter(l => l.width > 0 && l.bottom > r.top + 1 && l.top < r.bottom && l.right > r.left && l.left < r.right)
+                    .length;
+            }""",
+            content,
+        )
+        assert overlaps == 0, (panel, overlaps)
+    cut = page.eval_on_selector_all(
+        "#overlays .caption-label",
+        "els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)",
+    )
+    assert not cut, cut
+
+
+@pytest.fixture(scope="module")
+def close_call_server(tmp_path_factory):
+    """The page with a margin at which the engine clip's car and truck are a close call (it asks)."""
+    from agent.apps.ui import launch
+    from agent.settings import load_settings
+
+    root = tmp_path_factory.mktemp("ui_close")
+    settings = load_settings(
+        overrides=(
+            f"chat.checkpoint_path={root / 'chat.sqlite'}",
+            f"models_dir={SHARED / 'models'}",
+            "agent.ask_margin=0.5",
+        )
+    )
+    demo, url = launch(settings, port=_free_port(), out_root=root / "threads", block=False)
+    yield url, root / "threads"
+    demo.close()
+
+
+@pytest.mark.ui
+def test_page_close_call_follow_up_then_both_in_their_colours(browser, close_call_server, tmp_path, dev_set):
+    """A close call on the page: a follow-up question is answered and the question stays; then "both"
+    segments the car and the truck, each in its own colour in the gallery's overlays."""
+    url, out_root = close_call_server
+    video = build_mp4("davis_car_shadow_engine_02", tmp_path / "engine.mp4")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(url)
+        page.wait_for_selector("#video input[type=file]", state="attached")
+        page.set_input_files("#video input[type=file]", str(video))
+        page.wait_for_selector("#status:has-text('Opened engine.mp4')", timeout=30_000)
+        page.click("#ask")
+        page.wait_for_selector("#chat:has-text('Which one is it?')", timeout=240_000)
+        page.fill("#question textarea", "why not the truck?")
+        page.press("#question textarea", "Enter")
+        page.wait_for_selector("#chat:has-text('not ruled out the truck')", timeout=30_000)
+        page.fill("#question textarea", "both")
+        page.press("#question textarea", "Enter")
+        page.wait_for_selector("#chat:has-text('You chose the')", timeout=180_000)
+        chosen = page.inner_text("#chat").split("You chose")[-1]
+        assert "the car" in chosen and "the truck" in chosen, chosen
+        page.wait_for_function("document.querySelectorAll('#overlays img').length >= 5", timeout=30_000)
+        captions = page.inner_text("#overlays")
+        assert "car" in captions and "truck" in captions, captions
+        _assert_layout_clear(page)
+        _screenshot(page, tmp_path, "ui_close_call.png")
+    finally:
+        page.close()
+    # the overlays the gallery shows name the car and the truck on labels of two colours (the lite
+    # grounder finds the one vehicle as both, so their masks coincide: the labels tell them apart)
+    import json
+
+    import supervision as sv
+
+    (thread_dir,) = [p for p in out_root.iterdir() if p.is_dir()]
+    (turn,) = [p for p in thread_dir.iterdir() if p.is_dir() and (p / "masks.json").is_file()]
+    data = json.loads((turn / "masks.json").read_text())
+    frame = next(f for f in data["frames"] if len(f["objects"]) == 2)
+    overlay = np.asarray(Image.open(turn / "overlays" / f"frame_{frame['index'] + 1:04d}.png").convert("RGB"))
+    for n, label in enumerate(data["labels"]):
+        colour = np.array(sv.ColorPalette.DEFAULT.by_idx(n).as_rgb())
+        assert (np.abs(overlay.astype(int) - colour).max(axis=2) <= 2).sum() >= 30, label
 
 
 @pytest.mark.ui
@@ -318,7 +407,9 @@ def test_ui_command_serves_on_loopback_with_auth(browser, tmp_path):
             page.close()
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        out, errs = proc.communicate(timeout=20)
+    # one line of our own says where the page is; Gradio's share=True hint is not for this user
+    assert f"avs-agent page on http://127.0.0.1:{port}" in out and "share=True" not in out + errs
 
 
 def test_ui_command_refuses_a_public_address_without_auth():
@@ -349,7 +440,7 @@ def test_page_handlers_without_a_browser(tmp_path):
     assert msg == "x.png is an image: give the sound with its audio file (Image + audio tab)"
     page = ChatPage(load_settings(), tmp_path)
     assert page.ask("what is making the sound?", None)["text"].startswith("Upload a video")
-    assert page.ask("  ", "abc")["text"].startswith("Type a question")
+    assert page.ask("  ", "abc")["text"].startswith("Open a video first")  # the empty box asks the question
     thread, status = page.open_media(str(tmp_path / "missing.mp4"), None)
     assert thread is None and status.startswith("**Cannot use this upload:** media not found: missing.mp4")
 
@@ -370,6 +461,8 @@ def test_page_asks_on_a_close_call_and_segments_the_choice(tmp_path, dev_set):
     assert image.endswith(".jpg") and "1, 2 or both" in caption and asked["video"] is None
     reloaded = ChatPage(load_settings(overrides=["agent.ask_margin=0.5"]), tmp_path).resume(thread)
     assert reloaded["history"][-1]["content"] == asked["text"]  # a reload asks again
+    follow = page.ask("why not the car?", thread)  # a question while it waits: answered, still waiting
+    assert follow["kind"] == "question" and "not ruled out the car" in follow["text"] and follow["gallery"]
     chosen = page.ask("2", thread)
-    assert chosen["kind"] == "analysis" and "they chose truck" in chosen["text"]
+    assert chosen["kind"] == "analysis" and "You chose the truck" in chosen["text"]
     assert chosen["gallery"] and all("truck" in cap or "no visible" in cap for _, cap in chosen["gallery"])

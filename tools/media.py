@@ -90,8 +90,10 @@ def load_clip(
         if audio is None:
             raise MediaError(f"{media} is an image: give the sound with --audio FILE")
         wave = decode_audio(audio, max_seconds)
-        frames = [Frame(0, 0.0, _read_image(media, max_side), aspect)]
-        return _assemble(str(media), frames, wave, one_segment=True, meta=meta, fps=fps)
+        image = _read_image(media, max_side)  # the one image stands for every slot of its sound (shared)
+        n = max(1, math.ceil(len(wave) / SAMPLE_RATE * fps - 0.1))  # as a video's slots (timestamp jitter)
+        frames = [Frame(i, round((i + 0.5) / fps, 3), image, aspect) for i in range(n)]
+        return _assemble(str(media), frames, wave, one_segment=False, meta=meta, fps=fps)
     if suffix in VIDEO_SUFFIXES:
         frames, video_aspect, truncated, source_fps = _decode_video(media, max_seconds, max_side, fps)
         meta["source_fps"] = source_fps
@@ -166,8 +168,11 @@ def _read_image(path: Path, max_side: int) -> np.ndarray:
 
 
 def _reason(exc: BaseException) -> str:
+    """The first line of an error, without FFmpeg's "[Errno 1094995529] " and the file name it repeats."""
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    line = re.sub(r"^\[Errno -?\d+\]\s*", "", text[0]) if text else ""
+    line = re.sub(r":\s*'[^']*'$", "", line)
+    return line or type(exc).__name__
 
 
 def _decode_video(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from agent.apps.options import ConfigOpt, FpsOpt, ProfileOpt, SetOpt, settings_from
+from agent.apps.options import ConfigOpt, FpsOpt, ProfileOpt, SetOpt, require, require_for, settings_from
 from tools.errors import UserError
 
 if TYPE_CHECKING:
@@ -214,6 +214,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Talk about a video in the terminal: ask what makes the sound, then follow up. /help inside lists the commands."""
         settings = settings_from(profile, config, set_, fps)
+        require_for(settings)
         session = ChatSession(
             settings, thread, out, echo=typer.echo, status=lambda msg: err.status(msg, spinner="dots")
         )
@@ -262,13 +263,16 @@ def register(app: typer.Typer) -> None:
         set_: SetOpt = None,
     ) -> None:
         """Serve the chat as a web page: upload a video (or image + audio), ask, see the masks."""
-        from agent.apps.ui import launch
         from tools.server.settings import is_loopback
 
+        require(["gradio"], "`avs-agent ui`")
         credentials = _parse_auth(auth)
         if not is_loopback(host) and credentials is None and not insecure_no_auth:
             raise UserError(
                 f"--host {host} exposes the page beyond this machine: give --auth USER:PASSWORD (or --insecure-no-auth)"
             )
         settings = settings_from(profile, config, set_, fps)
+        require_for(settings)
+        from agent.apps.ui import launch
+
         launch(settings, host=host, port=port, auth=credentials, out_root=out)

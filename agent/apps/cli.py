@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from agent.apps import chat_cmd, models_cmd, serve_cmd
-from agent.apps.options import ConfigOpt, FpsOpt, ProfileOpt, SetOpt, settings_from
+from agent.apps.options import ConfigOpt, FpsOpt, ProfileOpt, SetOpt, install_hint, require_for, settings_from
 from agent.state import DEFAULT_QUESTION
 from evals import cli as eval_commands
 from tools.errors import UserError
@@ -22,8 +22,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help (no '<bool>' after flags); usage errors are one line (main)
 )
 err = Console(stderr=True)
+RULES_IGNORE_QUESTION = (
+    "note: the rules reasoner (llm.backend=rules, the default) does not read --question; it answers "
+    "what is making the sound. An LLM backend reads it: --set llm.backend=openai or ollama"
+)
 
 
 @app.command()
@@ -49,10 +54,16 @@ def ask(
     set_: SetOpt = None,
 ) -> None:
     """Ask what is making the sound in MEDIA; prints the answer, optionally writes masks and overlays."""
-    from agent.apps.output import answer_json, write_outputs
+    from agent.apps.output import answer_json, area_text, write_outputs
     from agent.run import run_media
 
     settings = settings_from(profile, config, set_, fps)
+    require_for(settings)
+    if (
+        question.strip().rstrip("?").lower() != DEFAULT_QUESTION.rstrip("?").lower()
+        and settings.llm.backend == "rules"
+    ):
+        err.print(RULES_IGNORE_QUESTION, highlight=False, soft_wrap=True)
     with err.status("starting", spinner="dots") as status:
         answer, clip = run_media(
             media, settings, audio=audio, question=question, progress=lambda m: status.update(m)
@@ -65,7 +76,7 @@ def ask(
     for fr in answer.frames:
         what = ", ".join(fr.labels) or "-"
         typer.echo(
-            f"  frame {fr.index + 1} ({fr.time_s:.1f} s): {what}  mask {fr.mask_area * 100:.1f}% of the frame"
+            f"  frame {fr.index + 1} ({fr.time_s:.1f} s): {what}  mask {area_text(fr.mask_area)} of the frame"
         )
     if out:
         typer.echo(f"masks, overlays, masks.json, overlay.mp4, timeline.png and answer.json written to {out}")
@@ -96,15 +107,40 @@ for _commands in (eval_commands, models_cmd, serve_cmd, chat_cmd):
     _commands.register(app)
 
 
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+"""Click's (Typer's vendored click's) base of usage errors, raised by ``app(standalone_mode=False)``."""
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
+    """The console script: errors a user can cause (bad input, bad options, a missing extra) are one line
+    and exit 2; anything else keeps its traceback."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except UserError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+        _fail(str(exc), exc.exit_code)
+    except _CLICK_ERROR as exc:  # a bad option value, a missing argument, an unknown command
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `avs-agent`: its help
+            exc.show()
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        _fail(exc.format_message() + where, exc.exit_code)
+    except ModuleNotFoundError as exc:  # an optional extra not installed, found only at use
+        hint = install_hint(exc.name or "", "this command") if exc.name else None
+        if hint is None:
+            raise
+        _fail(hint)
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

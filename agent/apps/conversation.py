@@ -15,6 +15,12 @@ A question is one of:
 - "why?": the explanation and the key decisions of the trace.
 With an LLM backend, other follow-ups are answered by the LLM from the stored record (prompts/explain.md),
 falling back to the rules' explanation on failure.
+
+A close call (``chat.ask_person``) pauses the agent with a question: "1 = motorcycle, 2 = person: which
+one is it?". While it waits, a message that asks something (ends with '?' or opens with a question word:
+"why not the person?", "which seconds?") is answered from the paused run's evidence and the question is
+asked again; it is never taken as a choice. Any other message is the answer: "1", "2", "both", or the
+object's name; an answer that names neither lets the rules decide.
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ def classify(text: str, has_result: bool) -> tuple[str, str | None]:
 
 
 def _frames_text(frames: list[int]) -> str:
-    """[0, 1, 2, 4] -> "1-3 and 5 (seconds 0-3 and 4-5)"."""
+    """[0, 1, 2, 4] -> "frames 1-3 and 5 (seconds 0-3 and 4-5)"; [3] -> "frame 4 (seconds 3-4)"."""
     runs: list[list[int]] = []
     for i in sorted(frames):
         if runs and i == runs[-1][-1] + 1:
@@ -101,7 +107,8 @@ def _frames_text(frames: list[int]) -> str:
             runs.append([i])
     nums = " and ".join(f"{r[0] + 1}" if len(r) == 1 else f"{r[0] + 1}-{r[-1] + 1}" for r in runs)
     secs = " and ".join(f"{r[0]}-{r[-1] + 1}" for r in runs)
-    return f"{nums} (seconds {secs})"
+    word = "frame" if len(frames) == 1 else "frames"
+    return f"{word} {nums} (seconds {secs})"
 
 
 def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
@@ -139,7 +146,7 @@ def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
                 if t.node == "check" and t.message.startswith("failed")
             ]
             if found:
-                msg = f"Here is the {obj}, found in frames {_frames_text(found)}."
+                msg = f"Here is the {obj}, found in {_frames_text(found)}."
             elif failed_checks:
                 msg = f"I found a {obj}, but its mask failed the check ({failed_checks[0]}), so the masks are empty."
             else:
@@ -184,12 +191,12 @@ def _followup(
                 **base,
             )
         parts = [
-            f"the {lab} in frames {_frames_text([fr['index'] for fr in result['frames'] if lab in fr['labels']])}"
+            f"the {lab} in {_frames_text([fr['index'] for fr in result['frames'] if lab in fr['labels']])}"
             for lab in labels
         ]
         return Reply(text="Found " + "; ".join(parts) + ".", **base)
-    if intent == "why_not" and obj:
-        return Reply(text=_why_not(obj, result, state, ctx), **base)
+    if intent == "why_not" and obj:  # "why not the truck or the car?": each in turn
+        return Reply(text=" ".join(_why_not(o, result, state, ctx) for o in split_objects(obj)), **base)
     if ctx.settings.llm.backend != "rules":
         llm_text = _llm_explain(text, result, ctx)
         if llm_text:
@@ -200,6 +207,14 @@ def _followup(
         if s["node"] in ("propose", "verify", "check", "retry") and s.get("frame") in (None, 0)
     ]
     return Reply(text=result["answer"] + " Decisions: " + " | ".join(key[:6]), **base)
+
+
+_SEVERAL = re.compile(r"\s*(?:,|\bor\b|\band\b)\s*(?:the\s+|a\s+|an\s+)?", re.I)
+
+
+def split_objects(text: str) -> list[str]:
+    """ "truck or the car" -> ["truck", "car"]: the objects a follow-up names."""
+    return [o.strip() for o in _SEVERAL.split(text) if o.strip()] or [text]
 
 
 def _why_not(obj: str, result: dict, state: ChatState, ctx: ChatContext) -> str:
@@ -228,7 +243,7 @@ def _why_not(obj: str, result: dict, state: ChatState, ctx: ChatContext) -> str:
         if s["node"] == "perceive" and s.get("frame") is None
     )[:200]
     if seen:
-        return f"A {obj} is visible in frames {_frames_text(seen)}, but nothing in the audio points to it (the audio: {tags})."
+        return f"A {obj} is visible in {_frames_text(seen)}, but nothing in the audio points to it (the audio: {tags})."
     return f"I see no {obj} in the frames, and nothing in the audio points to one (the audio: {tags})."
 
 
@@ -256,6 +271,60 @@ def _llm_explain(question: str, result: dict, ctx: ChatContext) -> str | None:
         return None
     text = str(msg.content).strip()
     return text or None
+
+
+_QUESTION = re.compile(
+    r"\?\s*$|^\s*(?:but\s+|and\s+|so\s+)?(?:why|what|which|when|where|who|how|is|are|was|does|do|did|can|could|"
+    r"would|should|explain|tell)\b",
+    re.I,
+)
+
+
+def is_question(text: str) -> bool:
+    """Whether a message asks something (a follow-up) rather than answers: it ends with '?' or opens
+    with a question word ("why not the person?", "which seconds", "is it 2?")."""
+    return bool(_QUESTION.search(text.strip()))
+
+
+def answer_while_asking(text: str, pending: dict[str, Any]) -> str:
+    """A follow-up asked while a close call waits for the person: answered from the evidence the paused
+    run showed (each object's frames and audio evidence), then the question asked again."""
+    first, second = pending["options"]["1"][0], pending["options"]["2"][0]
+    evidence = pending.get("evidence") or {}
+
+    def audio(ph: str) -> str:
+        return f"{evidence[ph]['audio']:.2f}" if ph in evidence else "?"
+
+    scores = f"audio evidence: {first} {audio(first)}, {second} {audio(second)}"
+    again = f" Which one is making the sound: 1 = {first}, 2 = {second}, or both?"
+    intent, obj = classify(text, True)
+    if intent == "when":
+        where = "; ".join(
+            f"the {ph} is visible in {_frames_text(evidence[ph]['frames'])}"
+            for ph in (first, second)
+            if evidence.get(ph, {}).get("frames")
+        )
+        return (
+            "I have not decided yet which one makes the sound, so I cannot place it in time"
+            + (f" ({where})" if where else "")
+            + "."
+            + again
+        )
+    named = [o for o in split_objects(obj or "") if o in (first, second)] if intent == "why_not" else []
+    if named:
+        return (
+            f"I have not ruled out the {named[0]}: both are visible and the sound fits them almost "
+            f"equally ({scores}), too close to call, so I am asking you." + again
+        )
+    if intent == "why_not" and obj:
+        return (
+            f"The {obj} is not one of the two I am unsure about; it is between the {first} and the {second}."
+            + again
+        )
+    return (
+        f"Two visible objects fit the sound almost equally ({scores}), so I am asking rather than guessing."
+        + again
+    )
 
 
 def _build_chat_graph(checkpointer):
@@ -319,13 +388,18 @@ class Conversation:
         return interrupts[0].value if interrupts else None
 
     def ask(self, text: str, progress: Callable[[str], None] | None = None) -> Reply:
-        """Answer one message. While the agent waits on a close call, the message is the person's
-        choice: the paused run resumes with it (``Command(resume=...)``) from the checkpoint, without
-        redoing what it had done."""
+        """Answer one message. While the agent waits on a close call, a question ("why not the
+        person?", "which seconds?") is answered from the paused run's evidence and the close call stays
+        pending (asked again); any other message is the person's answer: the paused run resumes with it
+        (``Command(resume=...)``) from the checkpoint, without redoing what it had done. An answer that
+        names neither object lets the rules decide."""
         from langgraph.types import Command
 
         ctx = ChatContext(self.settings, self.out_root, self.thread_id, progress or (lambda m: None))
-        if self.pending is not None:
+        pending = self.pending
+        if pending is not None and is_question(text):
+            return self._question(pending, answer_while_asking(text, pending))
+        if pending is not None:
             inputs: Any = Command(resume=text)
         else:
             inputs = {"turns": [{"role": "user", "text": text}]}
@@ -336,19 +410,24 @@ class Conversation:
             return self._question(state["__interrupt__"][0].value)
         return Reply(**state["reply"])
 
-    def _question(self, value: dict[str, Any]) -> Reply:
-        """The agent's question as a reply: its text and the frame with the numbered boxes (a JPEG)."""
+    def _question(self, value: dict[str, Any], text: str | None = None) -> Reply:
+        """The agent's question as a reply: its text (or ``text``, a follow-up's answer that asks again)
+        and the frame with the numbered boxes (a JPEG)."""
         import base64
 
         folder = self.out_root / self.thread_id
         folder.mkdir(parents=True, exist_ok=True)
         image = folder / f"question_frame{value['frame'] + 1}.jpg"
-        image.write_bytes(base64.b64decode(value["image"].split(",", 1)[1]))
-        return Reply(text=value["question"], overlays=[str(image)], kind="question")
+        if not image.is_file():
+            image.write_bytes(base64.b64decode(value["image"].split(",", 1)[1]))
+        return Reply(text=text or value["question"], overlays=[str(image)], kind="question")
 
     def trace(self) -> list[TraceStep]:
+        """The decisions of the last analysis shown: a re-segmentation's ("segment the car instead")
+        when it came after the first analysis."""
         result = self.state.get("result") or {}
-        return [TraceStep(**s) for s in result.get("trace", [])]
+        record = result.get("resegmented") or result
+        return [TraceStep(**s) for s in record.get("trace", [])]
 
     def turns(self) -> list[dict]:
         return list(self.state.get("turns", []))

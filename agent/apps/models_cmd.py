@@ -7,6 +7,7 @@ The main CLI (``agent.apps.cli``) calls ``register(app)``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -27,9 +28,9 @@ def register(app: typer.Typer) -> None:
         profile: Annotated[
             str | None,
             typer.Option(
-                "--profile", help="lite or full (the default here: its models are the ones to fetch)"
+                "--profile", help="lite or full (default: full when its packages are installed, else lite)"
             ),
-        ] = "full",
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print the list as JSON")] = False,
         config: ConfigOpt = None,
         set_: SetOpt = None,
@@ -37,21 +38,19 @@ def register(app: typer.Typer) -> None:
         """List each model of a profile: config key, class it loads, where from, available locally."""
         if ctx.invoked_subcommand is not None:
             return
-        from tools.full.models import model_entries
+        from agent.apps.options import installed_profile
 
-        settings = settings_from(profile, config, set_)
-        entries = model_entries(settings.tool_config())
+        settings = settings_from(profile or installed_profile(), config, set_)
+        entries = model_entries(settings)
         if as_json:
             typer.echo(
                 json.dumps({"profile": settings.profile, "models": [e.as_dict() for e in entries]}, indent=2)
             )
             return
         if not entries:
-            typer.echo(
-                f"profile {settings.profile}: no full-profile models configured (lite models live in {settings.models_dir}; "
-                "`avs-agent models download --profile lite` fetches them)"
-            )
+            typer.echo(f"profile {settings.profile}: no models configured")
             return
+        typer.echo(f"profile {settings.profile} (models folder {settings.models_dir}):")
         width = max(len(e.key) for e in entries)
         for e in entries:
             mark = "yes" if e.available else "no "
@@ -99,11 +98,11 @@ def register(app: typer.Typer) -> None:
             raise dl.DownloadError(
                 "--mirror serves the lite files; for the full profile set HF_ENDPOINT to a hub mirror"
             )
-        from tools.full.models import model_entries
+        from tools.full.models import model_entries as full_entries
 
         hub = [
             (e.key, e.source, e.revision)
-            for e in model_entries(settings.tool_config())
+            for e in full_entries(settings.tool_config())
             if not e.local and e.source
         ]
         for line in dl.fetch_hub_models(hub, dest):
@@ -112,6 +111,63 @@ def register(app: typer.Typer) -> None:
             f"full models ready (hub cache); revisions of 'main' locked in {dest / dl.LOCK_FILE}",
             highlight=False,
         )
+
+
+def model_entries(settings) -> list:
+    """The models the settings load: the full profile's (tools.full.models) and the lite tools' files."""
+    from tools.full.models import model_entries as full_entries
+
+    config = settings.tool_config()
+    return lite_entries(config) + full_entries(config)
+
+
+LITE_MODELS = (
+    ("tools.audio_tagger.model", "yamnet", "YAMNet (TFLite, ai-edge-litert)"),
+    ("tools.audio_tagger.class_map", "yamnet", "YAMNet's AudioSet class names (CSV)"),
+    ("tools.grounder.detector", "lite", "YOLOX-nano (ONNX, onnxruntime)"),
+    ("tools.grounder.segmenter", "lite", "DeepLabV3-MobileNetV2 VOC (TFLite)"),
+    ("tools.text_embedder.model", None, "all-MiniLM-L6-v2 sentence embedder (numpy)"),
+    ("tools.text_embedder.ontology", None, "AudioSet ontology (JSON)"),
+)
+"""The lite tools' files: config key, the impl that reads it (None: always read), what it is."""
+
+
+def lite_entries(config) -> list:
+    """One ``ModelEntry`` per lite file the settings read, and whether it is in the models folder."""
+    from tools.errors import UserError
+    from tools.full.models import ModelEntry
+    from tools.settings import resolve
+    from tools.text_matcher import resolve_model_dir
+
+    t = config.tools
+    impls = {"tools.audio_tagger": t.audio_tagger.impl, "tools.grounder": t.grounder.impl}
+    entries = []
+    for key, impl, loads in LITE_MODELS:
+        section, field = key.rsplit(".", 1)
+        if impl is not None and impls.get(section) != impl:
+            continue
+        value = getattr(getattr(t, section.split(".")[1]), field)
+        source = getattr(value, "source", value)
+        if not source:
+            continue
+        if key == "tools.text_embedder.model":  # a folder, or the hub id found in the bundled package
+            offline = os.environ.get("HF_HUB_OFFLINE")
+            os.environ["HF_HUB_OFFLINE"] = "1"  # listing looks, never downloads
+            try:
+                where, available = (
+                    str(resolve_model_dir(source, value.revision, config.models_dir, key)),
+                    True,
+                )
+            except UserError:
+                where, available = str(resolve(config.models_dir, source)), False
+            finally:
+                if offline is None:
+                    del os.environ["HF_HUB_OFFLINE"]
+        else:
+            path = resolve(config.models_dir, source)
+            where, available = str(path), path.exists()
+        entries.append(ModelEntry(key, impl or "lite", loads, source, None, where, True, available))
+    return entries
 
 
 def _with_progress(console, run):

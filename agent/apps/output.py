@@ -1,5 +1,6 @@
 """Writing an answer to disk: answer.json, masks/frame_0001.png (0/255 at the frame's resolution),
-overlays/frame_0001.png (the frame with the mask tinted and the boxes labelled), masks.json (COCO
+overlays/frame_0001.png (the frame with each object's mask tinted in its own colour and named at it,
+drawn by supervision's annotators), masks.json (COCO
 run-length encoding per frame and object), overlay.mp4 (the video with the masks and the audio) and
 timeline.png (audio tags and the seconds each object sounds)."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,10 @@ import numpy as np
 from tools.media import VIDEO_SUFFIXES, write_audio
 from tools.types import SAMPLE_RATE, Answer, Clip, Frame, FrameResult
 
-MASK_COLOUR = np.array([255, 40, 40], np.float32)
+NO_SOURCE = "no visible source"
+OPACITY = 0.5
+PNG_LEVEL = 1
+"""zlib level of the PNGs written (1: several times faster than Pillow's default 6, files ~20% larger)."""
 
 
 def answer_json(answer: Answer, files: dict[str, list[str]] | None = None) -> dict[str, Any]:
@@ -27,46 +33,137 @@ def answer_json(answer: Answer, files: dict[str, list[str]] | None = None) -> di
     return out
 
 
-def overlay(frame: Frame, mask: np.ndarray, result: FrameResult, alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8: the frame with the mask tinted red, boxes drawn and the labels written."""
-    return overlay_image(frame.image, mask, result, alpha)
+def area_text(share: float) -> str:
+    """A mask's share of the frame for people: '12.3%', '<0.1%' for a sliver (never a found object at
+    '0.0%'), '0%' for an empty mask."""
+    if share <= 0:
+        return "0%"
+    return "<0.1%" if share < 0.001 else f"{share * 100:.1f}%"
 
 
-def overlay_image(image: np.ndarray, mask: np.ndarray, result: FrameResult, alpha: float = 0.5) -> np.ndarray:
-    """``overlay`` on any (H, W, 3) uint8 image of the frame's size."""
-    from PIL import Image, ImageDraw
+def frame_objects(answer: Answer, i: int) -> dict[str, np.ndarray]:
+    """Frame i's sounding objects, label -> (H, W) bool mask (the union as one object when a producer
+    kept only the union)."""
+    objects = answer.object_masks[i] if i < len(answer.object_masks) else {}
+    if not objects and answer.masks[i].any():
+        objects = {", ".join(answer.frames[i].labels) or "source": answer.masks[i]}
+    return {label: m for label, m in objects.items() if m.any()}
 
-    h, w = image.shape[:2]
-    img = image.astype(np.float32)
-    img[mask] = img[mask] * (1 - alpha) + MASK_COLOUR * alpha
-    pil = Image.fromarray(img.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(pil)
-    label = ", ".join(result.labels) or "no visible source"
-    for box in result.boxes:
-        draw.rectangle(box, outline=(255, 220, 0), width=max(1, w // 200))
-    draw.rectangle([0, 0, min(w, 8 + 7 * len(label)), 14], fill=(0, 0, 0))
-    draw.text((4, 1), label, fill=(255, 255, 255))
-    return np.asarray(pil)
+
+class Layer:
+    """What the overlay adds to one analysed frame's slot, computed once and applied to every video
+    frame of that slot: ``out = a + span * frame / 255`` on the pixels it changes. supervision's
+    annotators draw it once on a black frame: a mask tints by ``OPACITY`` (``span`` = (1 - OPACITY) x
+    255 there), a label covers (``span`` 0). ``pixels`` are flat indices into the (H, W) frame."""
+
+    def __init__(self, objects: dict[str, np.ndarray], colour_of: dict[str, int], h: int, w: int):
+        import supervision as sv
+
+        scene = np.zeros((h, w, 3), np.uint8)
+        scale = max(0.35, min(w, h) / 600)  # ~17-px letters on 480p, readable at 224
+        thickness, padding = max(1, round(scale * 2)), max(3, round(scale * 8))
+        tinted = np.zeros((h, w), bool)
+        if objects:
+            labels = list(objects)
+            masks = np.stack([_fit(objects[k], h, w) for k in labels])
+            det = sv.Detections(
+                xyxy=sv.mask_to_xyxy(masks).astype(np.float32),
+                mask=masks,
+                class_id=np.array([colour_of.setdefault(k, len(colour_of)) for k in labels]),
+                data={"class_name": np.array(labels)},
+            )
+            sv.MaskAnnotator(opacity=OPACITY, color_lookup=sv.ColorLookup.CLASS).annotate(scene, det)
+            tinted = masks.any(axis=0)
+            before = scene.copy()
+            sv.LabelAnnotator(
+                color_lookup=sv.ColorLookup.CLASS,
+                text_scale=scale,
+                text_thickness=thickness,
+                text_padding=padding,
+                text_position=sv.Position.CENTER_OF_MASS,
+                smart_position=True,
+            ).annotate(scene, det, labels=labels)
+            covered = (scene != before).any(axis=2)
+        else:
+            sv.draw_text(
+                scene,
+                NO_SOURCE,
+                sv.Point(padding * 2 + len(NO_SOURCE) * 10 * scale, padding * 2 + 12 * scale),
+                text_color=sv.Color.WHITE,
+                text_scale=scale,
+                text_thickness=thickness,
+                text_padding=padding,
+                background_color=sv.Color(1, 1, 1),  # not 0: the black scene must show where it is
+            )
+            covered = scene.any(axis=2)
+        covered = covered.reshape(-1)
+        self.pixels = np.flatnonzero(tinted.reshape(-1) | covered)
+        self.a = scene[..., ::-1].reshape(-1, 3)[self.pixels].astype(np.int32)  # annotators draw BGR
+        self.span = np.where(covered[self.pixels], 0, round((1 - OPACITY) * 255))[:, None].astype(np.int32)
+        self.shape = (h, w)
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> a copy with this slot's masks and labels drawn."""
+        out = np.array(image, dtype=np.uint8, copy=True).reshape(-1, 3)
+        out[self.pixels] = self.a + (self.span * out[self.pixels] + 127) // 255
+        return out.reshape(*self.shape, 3)
+
+
+def _fit(mask: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A mask at another resolution (the analysed frame's) brought to (h, w), nearest neighbour."""
+    if mask.shape == (h, w):
+        return mask.astype(bool, copy=False)
+    import cv2
+
+    return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def overlay(frame: Frame, answer: Answer, i: int, colour_of: dict[str, int] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8: frame i with each sounding object's mask tinted in its own colour and named at
+    its mask (supervision's MaskAnnotator and LabelAnnotator), or "no visible source"."""
+    colour_of = {k: n for n, k in enumerate(answer.labels)} if colour_of is None else colour_of
+    return Layer(frame_objects(answer, i), colour_of, frame.height, frame.width).apply(frame.image)
 
 
 def write_outputs(answer: Answer, clip: Clip, out: Path, analysed_only: bool = False) -> dict[str, list[str]]:
-    """Write masks, overlays, masks.json, overlay.mp4, timeline.png and answer.json under ``out``;
-    returns the relative file names."""
+    """Write masks, overlays, masks.json, overlay.mp4, timeline.png and answer.json under ``out``, one
+    frame at a time (nothing at full resolution is held for the whole clip); returns the relative file
+    names."""
     from PIL import Image
 
     out = Path(out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     files: dict[str, list[str]] = {"masks": [], "overlays": []}
-    for frame, mask, result in zip(clip.frames, answer.masks, answer.frames, strict=True):
-        name = f"frame_{frame.index + 1:04d}.png"
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(out / "masks" / name)
-        Image.fromarray(overlay(frame, mask, result)).save(out / "overlays" / name)
-        files["masks"].append(f"masks/{name}")
-        files["overlays"].append(f"overlays/{name}")
-    (out / "masks.json").write_text(json.dumps(masks_json(answer, clip)))
-    write_overlay_video(answer, clip, out / "overlay.mp4", analysed_only)
-    write_timeline(answer, clip, out / "timeline.png")
+    colour_of = {label: n for n, label in enumerate(answer.labels)}  # one colour per object, every frame
+    names = [f"frame_{frame.index + 1:04d}.png" for frame in clip.frames]
+    drawn: set[int] = set()
+
+    def save_overlay(i: int, layer: Layer) -> None:
+        frame = clip.frames[i]
+        if i not in drawn and layer.shape == (frame.height, frame.width):  # the video's layer fits
+            Image.fromarray(layer.apply(frame.image)).save(
+                out / "overlays" / names[i], compress_level=PNG_LEVEL
+            )
+            drawn.add(i)
+
+    def side_outputs() -> None:  # beside the video (PNG's zlib and Agg's drawing release the GIL)
+        for i, mask in enumerate(answer.masks):
+            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(
+                out / "masks" / names[i], compress_level=PNG_LEVEL
+            )
+        (out / "masks.json").write_text(json.dumps(masks_json(answer, clip)))
+        write_timeline(answer, clip, out / "timeline.png")
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        side = pool.submit(side_outputs)
+        write_overlay_video(answer, clip, out / "overlay.mp4", analysed_only, colour_of, on_slot=save_overlay)
+        side.result()
+    for i, frame in enumerate(clip.frames):
+        if i not in drawn:  # the video is at another size, or never reached this slot
+            save_overlay(i, Layer(frame_objects(answer, i), colour_of, frame.height, frame.width))
+        files["masks"].append(f"masks/{names[i]}")
+        files["overlays"].append(f"overlays/{names[i]}")
     files |= {"masks_json": ["masks.json"], "video": ["overlay.mp4"], "timeline": ["timeline.png"]}
     tmp = out / "answer.json.tmp"
     tmp.write_text(json.dumps(answer_json(answer, files), indent=2))
@@ -86,10 +183,8 @@ def masks_json(answer: Answer, clip: Clip) -> dict[str, Any]:
         return {"size": [int(v) for v in code["size"]], "counts": code["counts"].decode("ascii")}
 
     frames = []
-    for i, (frame, mask, result) in enumerate(zip(clip.frames, answer.masks, answer.frames, strict=True)):
-        objects = answer.object_masks[i] if i < len(answer.object_masks) else {}
-        if not objects and mask.any():  # a producer that keeps only the union: one object
-            objects = {", ".join(result.labels) or "source": mask}
+    for i, (frame, result) in enumerate(zip(clip.frames, answer.frames, strict=True)):
+        objects = frame_objects(answer, i)
         frames.append(
             {
                 "index": frame.index,
@@ -129,33 +224,49 @@ def _object_score(mask: np.ndarray, result: FrameResult) -> float | None:
 
 
 # ------------------------------------------------------------------------------ overlay.mp4
-def write_overlay_video(answer: Answer, clip: Clip, path: Path, analysed_only: bool = False) -> Path:
-    """H.264 + AAC: the source video at its own frame rate (or the analysed frames, held for their slot,
-    for stills, frame folders, or ``analysed_only``) with each analysed frame's mask tinted and
-    labelled and held until the next, and the clip's audio (the 16 kHz mono the agent heard)."""
+VIDEO_MAX_SIDE = 1280
+X264_PRESET = "veryfast"
+"""overlay.mp4 keeps the source's size up to this longer side (a 4K source is written at 1280)."""
+
+
+def write_overlay_video(
+    answer: Answer,
+    clip: Clip,
+    path: Path,
+    analysed_only: bool = False,
+    colour_of: dict[str, int] | None = None,
+    on_slot: Callable[[int, Layer], None] | None = None,
+) -> Path:
+    """H.264 + AAC: the source video at its own size (up to ``VIDEO_MAX_SIDE``) and frame rate (or the
+    analysed frames, held for their slot, for stills, frame folders, or ``analysed_only``) with each
+    analysed frame's objects masked and named in their colours and held until the next, and the clip's
+    audio (the 16 kHz mono the agent heard). Streaming: one decoded frame and one slot's overlay
+    (``Layer``) are held at a time; ``on_slot(i, layer)`` sees each slot's layer as it is made."""
     import av
 
     fps = float(clip.meta.get("fps", 1.0))
     source = Path(clip.source)
     video_in = source.suffix.lower() in VIDEO_SUFFIXES and source.is_file() and not analysed_only
     duration = max(clip.duration_s, len(clip.frames) / fps)
+    colour_of = {k: n for n, k in enumerate(answer.labels)} if colour_of is None else colour_of
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp.mp4")
     with av.open(str(tmp), "w") as out:
         rate = int(round(clip.meta.get("source_fps") or 25)) if video_in else 10
-        h0, w0 = clip.frames[0].height, clip.frames[0].width
-        w, h = _even(w0), _even(h0)
+        w, h = _video_size(clip, video_in)
         vs = out.add_stream("libx264", rate=rate)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.options = {"preset": "veryfast", "crf": "23", "movflags": "+faststart"}
+        vs.options = {"preset": X264_PRESET, "crf": "23", "movflags": "+faststart"}
         aud = out.add_stream("aac", rate=SAMPLE_RATE)
         aud.layout = "mono"
-        for n, (t, image) in enumerate(_video_frames(clip, video_in, rate, duration)):
+        layer: tuple[int, Layer] | None = None
+        for n, (t, image) in enumerate(_video_frames(clip, video_in, rate, duration, w, h)):
             slot = min(len(clip.frames) - 1, int(t * fps))
-            img = overlay_image(image, answer.masks[slot], answer.frames[slot])
-            if img.shape[:2] != (h, w):
-                img = _resize(img, w, h)
-            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if layer is None or layer[0] != slot:
+                layer = (slot, Layer(frame_objects(answer, slot), colour_of, h, w))
+                if on_slot is not None:
+                    on_slot(slot, layer[1])
+            vf = av.VideoFrame.from_ndarray(layer[1].apply(image), format="rgb24")
             vf.pts = n
             for packet in vs.encode(vf):
                 out.mux(packet)
@@ -170,20 +281,28 @@ def _even(n: int) -> int:
     return max(2, n - n % 2)
 
 
-def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
-
-
-def _video_frames(clip: Clip, video_in: bool, rate: int, duration: float):
-    """(time, (H, W, 3) uint8 at the analysed frames' size) for each output frame."""
-    h, w = clip.frames[0].height, clip.frames[0].width
+def _video_size(clip: Clip, video_in: bool) -> tuple[int, int]:
+    """(width, height) of overlay.mp4: the source video's (or the analysed frames'), at most
+    ``VIDEO_MAX_SIDE`` on the longer side, even."""
+    w, h = clip.frames[0].width, clip.frames[0].height
     if video_in:
         import av
 
         with av.open(clip.source) as src:
             stream = src.streams.video[0]
+            w, h = stream.width or w, stream.height or h
+    scale = min(1.0, VIDEO_MAX_SIDE / max(w, h))
+    return _even(round(w * scale)), _even(round(h * scale))
+
+
+def _video_frames(clip: Clip, video_in: bool, rate: int, duration: float, w: int, h: int):
+    """(time, (h, w, 3) uint8 RGB) for each output frame, decoded and scaled one at a time."""
+    if video_in:
+        import av
+
+        with av.open(clip.source) as src:
+            stream = src.streams.video[0]
+            stream.thread_type = "AUTO"
             start = None
             for vf in src.decode(stream):
                 t = float(vf.time) if vf.time is not None else 0.0
@@ -191,23 +310,34 @@ def _video_frames(clip: Clip, video_in: bool, rate: int, duration: float):
                 t -= start
                 if t >= duration:
                     break
-                img = vf.to_ndarray(format="rgb24")
-                yield t, (img if img.shape[:2] == (h, w) else _resize(img, w, h))
+                yield t, vf.to_ndarray(width=w, height=h, format="rgb24")
         return
     fps = float(clip.meta.get("fps", 1.0))
+    last: tuple[int, np.ndarray] | None = None
     for n in range(max(1, int(round(duration * rate)))):
         t = n / rate
-        yield t, clip.frames[min(len(clip.frames) - 1, int(t * fps))].image
+        i = min(len(clip.frames) - 1, int(t * fps))
+        if last is None or last[0] != i:
+            image = clip.frames[i].image
+            last = (i, image if image.shape[:2] == (h, w) else _resize(image, w, h))
+        yield t, last[1]
+
+
+def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
 
 
 # ------------------------------------------------------------------------------ timeline.png
 def write_timeline(answer: Answer, clip: Clip, path: Path) -> Path:
     """The audio tags over time (top: each frame's strongest tags, shaded by score) and, per sounding
     object, the seconds in which it was found sounding (bottom): "which seconds?" as a picture."""
-    import matplotlib
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # no pyplot: drawn in a worker thread, with Agg
+    from supervision import ColorPalette
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    palette = ColorPalette.DEFAULT
 
     fps = float(clip.meta.get("fps", 1.0))
     slots = [(i / fps, 1.0 / fps) for i in range(len(clip.frames))]
@@ -216,22 +346,21 @@ def write_timeline(answer: Answer, clip: Clip, path: Path) -> Path:
         :8
     ]
     objects = answer.labels or []
-    fig, (top, bottom) = plt.subplots(
-        2,
-        1,
-        figsize=(8, 1.2 + 0.3 * (len(names) + len(objects))),
-        sharex=True,
-        gridspec_kw={"height_ratios": [max(1, len(names)), max(1, len(objects))]},
+    fig = Figure(figsize=(8, 1.2 + 0.3 * (len(names) + len(objects))))
+    top, bottom = fig.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [max(1, len(names)), max(1, len(objects))]}
     )
     for row, name in enumerate(names):
         for (x, width), t in zip(slots, tags, strict=False):
             if name in t:
-                top.broken_barh([(x, width)], (row - 0.4, 0.8), color=plt.cm.Blues(0.25 + 0.75 * t[name]))
+                top.broken_barh(
+                    [(x, width)], (row - 0.4, 0.8), color=colormaps["Blues"](0.25 + 0.75 * t[name])
+                )
     top.set_yticks(range(len(names)), names, fontsize=8)
     top.set_title("audio tags (darker: stronger)", fontsize=9)
     for row, obj in enumerate(objects):
         spans = [s for s, fr in zip(slots, answer.frames, strict=True) if obj in fr.labels]
-        bottom.broken_barh(spans, (row - 0.4, 0.8), color="tab:red")
+        bottom.broken_barh(spans, (row - 0.4, 0.8), color=palette.by_idx(row).as_hex())  # as in the overlays
     bottom.set_yticks(range(len(objects)), objects, fontsize=8)
     bottom.set_title("found sounding" if objects else "nothing visible makes this sound", fontsize=9)
     bottom.set_xlabel("seconds")
@@ -241,5 +370,4 @@ def write_timeline(answer: Answer, clip: Clip, path: Path) -> Path:
         ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

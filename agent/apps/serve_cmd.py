@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from agent.apps.options import ConfigOpt, ProfileOpt, SetOpt, settings_from
+from agent.apps.options import ConfigOpt, ProfileOpt, SetOpt, require, require_for, settings_from
 
 
 def register(app: typer.Typer) -> None:
@@ -39,10 +39,15 @@ def register(app: typer.Typer) -> None:
 
         Set AVS_AGENT_TOKEN to require it as a bearer token (required on a non-loopback host)."""
         from agent.apps.cli import err
+
+        require(["fastapi", "uvicorn"], "`avs-agent serve`")
+        if ray:
+            require(["ray"], "`avs-agent serve --ray`")
         from tools.server.app import check_bind
         from tools.server.settings import TOKEN_ENV
 
         settings = settings_from(profile, config, set_)
+        require_for(settings)
         host = host or settings.serve.host
         port = port if port is not None else settings.serve.port
         token = os.environ.get(TOKEN_ENV) or None

@@ -26,6 +26,8 @@ TITLE = "avs-agent: what is making the sound?"
 EXAMPLE_QUESTION = "what is making the sound?"
 CSS = """
 #status p { margin: 0.2em 0; }
+#overlays .caption-label { white-space: normal; max-width: calc(100% - 2 * var(--block-label-margin)); opacity: 0.9; }
+.panel-title p { margin: 0.4em 0 0.1em 0; font-weight: 600; }
 #answer { min-height: 3em; }
 #trace pre { max-height: 420px; overflow: auto; font-size: 0.8em; }
 """
@@ -136,9 +138,7 @@ class ChatPage:
     def ask(self, text: str, thread_id: str | None, progress=None) -> dict[str, Any]:
         """Answer one question. Returns the reply text and, when masks are (re)computed or first shown,
         the gallery items, the answer panel and the trace."""
-        text = (text or "").strip()
-        if not text:
-            return {"text": "Type a question, e.g. *what is making the sound?*"}
+        text = (text or "").strip() or EXAMPLE_QUESTION  # an empty box asks the question it shows
         if thread_id is None:
             return {"text": "Upload a video (or an image and its audio) first."}
         conv = self.conversation(thread_id)
@@ -213,14 +213,14 @@ def result_media(out_dir: Path) -> dict[str, str | None]:
 
 
 def gallery_items(reply, record: dict[str, Any]) -> list[tuple[str, str]]:
-    """(overlay PNG path, caption) per frame: 'frame 1 · 0.0 s · dog'."""
+    """(overlay PNG path, caption) per frame: '1 · 0.5 s · dog' (the page's CSS wraps a long one)."""
     frames = record.get("frames") or []
     items = []
     for i, path in enumerate(reply.overlays):
         fr = frames[i] if i < len(frames) else {}
         labels = ", ".join(fr.get("labels", [])) or "no visible source"
         time = f" · {fr['time_s']:.1f} s" if "time_s" in fr else ""
-        items.append((path, f"frame {i + 1}{time} · {labels}"))
+        items.append((path, f"{i + 1}{time} · {labels}"))
     return items
 
 
@@ -234,8 +234,11 @@ def answer_markdown(reply, record: dict[str, Any]) -> str:
     lines = [head, reply.text]
     frames = record.get("frames") or []
     if frames:
-        rows = [
-            f"| {fr['index'] + 1} | {fr['time_s']:.1f} | {', '.join(fr['labels']) or '-'} | {fr['mask_area'] * 100:.1f}% |"
+        from agent.apps.output import area_text
+
+        rows = [  # a label whose mask is empty on a frame is not shown as found there
+            f"| {fr['index'] + 1} | {fr['time_s']:.1f} | {(fr['mask_area'] > 0 and ', '.join(fr['labels'])) or '-'} "
+            f"| {area_text(fr['mask_area'])} |"
             for fr in frames
         ]
         lines += ["", "| frame | s | object | mask |", "|---|---|---|---|", *rows]
@@ -299,9 +302,7 @@ def build_app(settings: Settings, out_root: Path | None = None):
         )
 
     def on_submit(text, history):
-        text = (text or "").strip()
-        if not text:
-            return "", history
+        text = (text or "").strip() or EXAMPLE_QUESTION  # the placeholder's question, as shown
         return "", [*history, {"role": "user", "content": text}]
 
     def on_ask(history, thread, progress=gr.Progress()):  # noqa: B008 (gradio injects progress this way)
@@ -355,22 +356,29 @@ def build_app(settings: Settings, out_root: Path | None = None):
                     send = gr.Button("Ask", variant="primary", elem_id="ask", scale=1, min_width=80)
         with gr.Row():
             with gr.Column(scale=3):
+                gr.Markdown(
+                    "Frames: each sounding object masked in its colour and named", elem_classes="panel-title"
+                )
                 gallery = gr.Gallery(
-                    label="Frames: the sounding object masked in red and named",
+                    show_label=False,
                     elem_id="overlays",
                     columns=3,
                     object_fit="contain",
                     height="auto",
                 )
             with gr.Column(scale=2):
+                gr.Markdown("The answer as video, with the sound", elem_classes="panel-title")
                 result_video = gr.Video(
-                    label="The answer as video: masks over the frames, with the sound",
+                    show_label=False,
                     elem_id="overlay-video",
                     interactive=False,
                     height=240,
                 )
+                gr.Markdown(
+                    "Which seconds: audio tags and where each object sounds", elem_classes="panel-title"
+                )
                 timeline = gr.Image(
-                    label="Which seconds: audio tags and where each object sounds",
+                    show_label=False,
                     elem_id="timeline",
                     type="filepath",
                     interactive=False,
@@ -418,12 +426,15 @@ def launch(
             ssr_mode=False,
             allowed_paths=[str(page.out_root)],
             max_file_size="1gb",
-            prevent_thread_lock=not block,
-            quiet=not block,
+            prevent_thread_lock=True,
+            quiet=True,  # Gradio's own lines (its share=True hint) are not for a command-line user
             theme=theme,
             css=CSS,
             footer_links=[],
         )
     except OSError as exc:
         raise UserError(f"cannot serve the page on {host}:{port}: {exc}") from None
+    if block:
+        print(f"avs-agent page on {url} (Ctrl-C stops it)", flush=True)
+        demo.block_thread()
     return demo, url
