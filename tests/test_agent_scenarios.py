@@ -345,8 +345,16 @@ def test_the_source_is_followed_through_the_clip(matcher):
     tools = replace(
         scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), tracker=InstanceTracker()
     )
-    alone = run_clip(clip(3), load_settings(overrides=["agent.propagate=false", one]), tools)
+    frame_only = "agent.decision.instance_track_weight=0"
+    alone = run_clip(clip(3), load_settings(overrides=["agent.propagate=false", one, frame_only]), tools)
     assert alone.masks[1][50, 50] and not alone.masks[1][10, 10] and not alone.masks[2].any()
+    # without following it, but with each instance's salience over the clip weighing in (the default),
+    # the middle frame already takes the walking dog: its track is the more salient over the clip
+    tools = replace(
+        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), tracker=InstanceTracker()
+    )
+    tracked = run_clip(clip(3), load_settings(overrides=["agent.propagate=false", one]), tools)
+    assert tracked.masks[1][10, 10] and not tracked.masks[1][50, 50]
 
 
 def test_progress_streams_the_steps_as_they_happen(matcher):
