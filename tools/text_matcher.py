@@ -120,17 +120,42 @@ def default_embeddings_dir() -> Path:
     return Path(base).expanduser() / "avs-agent" / "embeddings"
 
 
+@functools.cache
+def _blas_pools():
+    """numpy's BLAS thread pools (found once: looking them up walks every loaded library)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl comes with the lite extra
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
 @contextlib.contextmanager
 def one_blas_thread():
     """numpy's BLAS on one thread while the block runs: its matrices here are tiny (a few tokens by 384),
-    and waking BLAS threads for each costs far more than the product (100x on a busy 2-core machine)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with the lite extra
+    and waking BLAS threads for each costs far more than the product (100x on a busy 2-core machine);
+    one thread also makes a product's rounding the same on every run."""
+    global _blas_users, _blas_limit
+    pools = _blas_pools()
+    if pools is None or not len(pools):
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _BLAS_LOCK:  # threads share one limit; the last one out restores the pools
+        if not _blas_users:
+            _blas_limit = pools.limit(limits=1)
+        _blas_users += 1
+    try:
         yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_users -= 1
+            if not _blas_users:
+                _blas_limit.restore_original_limits()
+
+
+_BLAS_LOCK = threading.Lock()
+_blas_users = 0
+_blas_limit = None
 
 
 class EmbeddingStore:
