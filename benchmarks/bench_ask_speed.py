@@ -163,17 +163,18 @@ def eval_throughput(env: dict, out: Path) -> dict:
     }
 
 
-def write_md(report: dict, path: Path) -> None:
+def _best_ratio(r: dict) -> float:
+    """``ask`` over models alone, each side's fastest run: on a shared machine the least disturbed one."""
+    return round(min(r["ask"]["runs"]) / min(r["models"]["runs"]), 2)
+
+
+def _table(rows: list[dict]) -> list[str]:
     lines = [
-        "# lite `ask` against its models alone (`benchmarks/bench_ask_speed.py`)",
-        "",
-        f"{report['video']}. Whole processes, median of {report['runs']} runs; {report['machine']['note']}.",
-        "",
-        "| video | fps | frames | `ask` s | models alone s | ratio | CPU s: `ask` / models | CPU ratio "
-        "| `ask` s/frame | `ask` peak MB | `ask --out` s | `--out` overhead |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| video | fps | frames | `ask` s (median, best) | models alone s (median, best) | ratio | ratio of bests "
+        "| CPU s: `ask` / models | CPU ratio | `ask` s/frame | `ask` peak MB | `ask --out` s | `--out` overhead |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in report["results"]:
+    for r in rows:
         out = r.get("ask_out") or {}
         over = ""
         if out:
@@ -181,12 +182,36 @@ def write_md(report: dict, path: Path) -> None:
                 f"{out['seconds'] / r['ask']['seconds'] - 1:+.0%} "
                 f"(CPU {out['cpu_seconds'] / r['ask']['cpu_seconds'] - 1:+.0%})"
             )
+        a, m = r["ask"], r["models"]
         lines.append(
-            f"| {r['size']} | {r['fps']:g} | {r['frames']} | {r['ask']['seconds']} | {r['models']['seconds']} "
-            f"| {r['ratio']}x | {r['ask']['cpu_seconds']} / {r['models']['cpu_seconds']} | {r['cpu_ratio']}x "
-            f"| {r['ask_seconds_per_frame']} | {r['ask']['peak_rss_mb']:.0f} "
-            f"| {out.get('seconds', '')} | {over} |"
+            f"| {r['size']} | {r['fps']:g} | {r['frames']} | {a['seconds']}, {min(a['runs'])} "
+            f"| {m['seconds']}, {min(m['runs'])} | {r['ratio']}x | {_best_ratio(r)}x "
+            f"| {a['cpu_seconds']} / {m['cpu_seconds']} | {r['cpu_ratio']}x "
+            f"| {r['ask_seconds_per_frame']} | {a['peak_rss_mb']:.0f} | {out.get('seconds', '')} | {over} |"
         )
+    return lines
+
+
+def write_md(report: dict, path: Path) -> None:
+    lines = [
+        "# lite `ask` against its models alone (`benchmarks/bench_ask_speed.py`)",
+        "",
+        f"{report['video']}. Whole processes (start, imports, decoding, model loading, run), "
+        f"median of {report['runs']} runs; {report['machine']['note']}: wall times vary by up to 2x between "
+        "runs, so the CPU time (user + system) and the ratio of each side's fastest run are given too. "
+        f"Measured {report['date']}.",
+        "",
+        *_table(report["results"]),
+    ]
+    if report.get("before"):
+        b = report["before"]
+        lines += [
+            "",
+            f"Before (the code of {b['commit']}, the same videos, median of {b['runs']} run(s), "
+            f"{b['date']}):",
+            "",
+            *_table(b["results"]),
+        ]
     if report.get("cold_store"):
         c = report["cold_store"]
         lines += ["", f"First ask on a machine ({c['what']}): {c['seconds']} s, {c['cpu_seconds']} s CPU."]
@@ -194,9 +219,15 @@ def write_md(report: dict, path: Path) -> None:
         e = report["eval"]
         lines += [
             "",
-            f"Dev-set eval (agent, one worker, no perception cache): {e['clips']} clips in "
-            f"{e['seconds']} s, {e['clips_per_s']} clips/s, peak {e['peak_rss_mb']:.0f} MB.",
+            f"Dev-set eval (agent, one worker, no perception cache): {e['clips']} clips in {e['seconds']} s "
+            f"({e['cpu_seconds']} s CPU), {e['clips_per_s']} clips/s, peak {e['peak_rss_mb']:.0f} MB.",
         ]
+        if e.get("before"):
+            eb = e["before"]
+            lines.append(
+                f"Before ({eb['commit']}): {eb['seconds']} s ({eb['cpu_seconds']} s CPU), "
+                f"{eb['clips_per_s']} clips/s, peak {eb['peak_rss_mb']:.0f} MB; {eb['note']}."
+            )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -210,10 +241,14 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true", help="also time one ask with an empty embedding store")
     ap.add_argument("--note", default="2 cores, shared with other jobs while measured")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ask_speed.json")
+    ap.add_argument("--md-from", type=Path, help="only write the .md of this JSON report (beside it)")
     ap.add_argument("--models-alone", nargs=2, metavar=("VIDEO", "FPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.models_alone:
         print(json.dumps(models_alone(args.models_alone[0], float(args.models_alone[1]))))
+        return
+    if args.md_from:
+        write_md(json.loads(args.md_from.read_text()), args.md_from.with_suffix(".md"))
         return
     env = dict(os.environ)
     env.setdefault("AVS_AGENT_MODELS_DIR", str(SHARED / "models"))
@@ -239,6 +274,7 @@ def main() -> None:
                     row["ask_out"], _ = median_run([*ask, "--out", str(Path(tmp) / "out")], env, args.runs)
                 row["ratio"] = round(row["ask"]["seconds"] / row["models"]["seconds"], 2)
                 row["cpu_ratio"] = round(row["ask"]["cpu_seconds"] / row["models"]["cpu_seconds"], 2)
+                row["best_ratio"] = _best_ratio(row)
                 row["ask_seconds_per_frame"] = round(row["ask"]["seconds"] / row["frames"], 3)
                 row["models_seconds_per_frame"] = round(row["models"]["seconds"] / row["frames"], 3)
                 results.append(row)

@@ -214,8 +214,11 @@ def test_embedding_store_key_follows_the_model_files(tmp_path):
     assert model_key(folder, tmp_path / "cache", "max_length=32") != key
     (folder / "model.safetensors").write_text("other weights")
     assert model_key(folder, tmp_path / "cache") != key
-    (tmp_path / "cache" / f"{key}.npz").write_text("torn")  # an unreadable store counts as empty
-    assert EmbeddingStore(tmp_path / "cache", key).load() == {}
+    store = EmbeddingStore(tmp_path / "cache", key)
+    store.add({"dog": np.ones(4, np.float32)})
+    assert list(store.load()) == ["dog"]
+    store.path.write_bytes(store.path.read_bytes()[:100])  # a torn or foreign file counts as empty
+    assert store.load() == {}
 
 
 def test_deeplab_upsample_aligns_corners_and_class_map_is_its_argmax():

@@ -22,6 +22,7 @@ import math
 import os
 import tempfile
 import threading
+import zipfile
 from functools import cached_property
 from pathlib import Path
 
@@ -171,7 +172,7 @@ class EmbeddingStore:
         try:
             with np.load(self.path, allow_pickle=False) as data:
                 texts, vectors = data["texts"], data["vectors"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return {}
         return {str(t): v for t, v in zip(texts.tolist(), vectors, strict=True)}
 
