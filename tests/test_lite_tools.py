@@ -178,3 +178,93 @@ def test_missing_weights_name_the_file(tmp_path):
     tagger = YamnetTagger(tmp_path / "nope.tflite", tmp_path / "map.csv")
     with pytest.raises(ModelNotFoundError, match="AVS_AGENT_MODELS_DIR"):
         tagger.tag([AudioSegment(0, 1, np.zeros(16000, np.float32))])
+
+
+def test_embeddings_are_kept_on_disk_and_equal_the_computed_ones(tmp_path, models_dir):
+    """A second process loads the vectors a first one computed (no weights loaded), bit for bit; and a
+    text's vector depends on the text alone (asked alone, in another order, or with no store)."""
+    from tools.text_matcher import MiniLMEmbedder
+
+    source = "sentence-transformers/all-MiniLM-L6-v2"
+    texts = ["a dog barking", "Vehicle horn, car horn, honking", "dog"]
+    first = MiniLMEmbedder(source, models_dir=models_dir, cache_dir=tmp_path)
+    computed = first.encode(texts)
+    assert first.computed == 3 and len(list(tmp_path.glob("*.npz"))) == 1
+    second = MiniLMEmbedder(source, models_dir=models_dir, cache_dir=tmp_path)
+    assert np.array_equal(second.encode(texts), computed)
+    assert second.computed == 0 and "_model" not in vars(second)  # the weights were never read
+    alone = MiniLMEmbedder(source, models_dir=models_dir, cache_dir=False)
+    assert np.array_equal(np.stack([alone.encode([t])[0] for t in reversed(texts)])[::-1], computed)
+    assert not list(tmp_path.glob(".tmp-*"))
+    second.encode(["a cat meowing", "dog"])  # a new text joins the store beside the others
+    assert second.computed == 1
+    third = MiniLMEmbedder(source, models_dir=models_dir, cache_dir=tmp_path)
+    assert np.array_equal(third.encode(["a cat meowing", *texts])[1:], computed) and third.computed == 0
+
+
+def test_embedding_store_key_follows_the_model_files(tmp_path):
+    from tools.text_matcher import MODEL_FILES, EmbeddingStore, model_key
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in MODEL_FILES:
+        (folder / name).write_text(name)
+    key = model_key(folder, tmp_path / "cache")
+    assert model_key(folder, tmp_path / "cache") == key and (tmp_path / "cache/file_hashes.json").is_file()
+    assert model_key(folder, tmp_path / "cache", "max_length=32") != key
+    (folder / "model.safetensors").write_text("other weights")
+    assert model_key(folder, tmp_path / "cache") != key
+    store = EmbeddingStore(tmp_path / "cache", key)
+    store.add({"dog": np.ones(4, np.float32)})
+    assert list(store.load()) == ["dog"]
+    store.path.write_bytes(store.path.read_bytes()[:100])  # a torn or foreign file counts as empty
+    assert store.load() == {}
+
+
+def test_deeplab_upsample_aligns_corners_and_class_map_is_its_argmax():
+    from tools.lite.deeplab import class_map, contenders, upsample
+
+    rng = np.random.default_rng(0)
+    grid = rng.standard_normal((33, 33, 21)).astype(np.float32)
+    h, w = 120, 213
+    # TF's resize_bilinear(align_corners=True), written out
+    ys, xs = np.linspace(0, 32, h), np.linspace(0, 32, w)
+    y0, x0 = np.minimum(ys.astype(int), 31), np.minimum(xs.astype(int), 31)
+    wy, wx = (ys - y0)[:, None], (xs - x0)[None, :]
+    g = grid[..., 3].astype(np.float64)
+    ref = (g[y0][:, x0] * (1 - wx) + g[y0][:, x0 + 1] * wx) * (1 - wy) + (
+        g[y0 + 1][:, x0] * (1 - wx) + g[y0 + 1][:, x0 + 1] * wx
+    ) * wy
+    up = upsample(grid[..., 3], h, w)
+    assert up.shape == (h, w) and up.dtype == np.float32
+    for y, x in [(0, 0), (0, -1), (-1, 0), (-1, -1)]:
+        assert up[y, x] == pytest.approx(ref[y, x], abs=1e-6)
+    step = max(np.abs(np.diff(g, axis=0)).max(), np.abs(np.diff(g, axis=1)).max())
+    assert np.abs(up - ref).max() <= step / 32  # sampling positions exact to 1/32 of a grid cell
+    # the class map is the arg-max over all classes, also when most classes never contend
+    for scores in (grid, np.concatenate([grid[..., :3], grid[..., 3:] - 6.0], -1)):
+        full = np.stack([upsample(scores[..., c], h, w) for c in range(21)], -1)
+        assert np.array_equal(class_map(scores, h, w), full.argmax(-1))
+    assert set(contenders(np.concatenate([grid[..., :3], grid[..., 3:] - 20.0], -1))) <= {0, 1, 2}
+
+
+def test_grounder_components_are_the_8_connected_parts_largest_first():
+    from scipy import ndimage
+
+    from tools.lite.grounder import _components
+    from tools.ops import box_from_mask
+
+    rng = np.random.default_rng(1)
+    mask = rng.random((60, 90)) > 0.62
+    mask[:, 40:44] = False
+    mask[4:10, 49:55] = mask[6:12, 1:7] = False
+    mask[5:9, 50:54] = mask[7:11, 2:6] = True  # two parts of the same size: the first in raster order first
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    ref = [labels == k for k in range(1, n + 1) if (labels == k).sum() >= 5]
+    ref.sort(key=lambda m: (-int(m.sum()), int(np.flatnonzero(m)[0])))
+    parts = _components(mask, min_pixels=5)
+    assert len(parts) == len(ref) >= 3
+    for (part, box, pixels), want in zip(parts, ref, strict=True):
+        assert np.array_equal(part, want) and pixels == want.sum()
+        assert box.tolist() == box_from_mask(want)
+    assert _components(np.zeros((10, 10), bool), 1) == []

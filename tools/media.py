@@ -239,8 +239,12 @@ def _decode_video(
 
 
 def _video_frame(vf, index: int, t: float, max_side: int) -> Frame:
+    """A decoded frame as RGB uint8, downscaled to ``max_side`` (the same pixels as through PIL)."""
+    if max(vf.width, vf.height) <= max_side:
+        # a view of PyAV's buffer (rows padded): one contiguous copy of our own
+        return Frame(index, round(t, 3), np.array(vf.to_ndarray(format="rgb24"), dtype=np.uint8, order="C"))
     image = _downscale(vf.to_image(), max_side)
-    return Frame(index, round(t, 3), np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+    return Frame(index, round(t, 3), np.asarray(image, dtype=np.uint8).copy())
 
 
 def decode_audio(path: Path, max_seconds: float = math.inf) -> np.ndarray:

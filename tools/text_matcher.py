@@ -3,7 +3,10 @@
 Two parts:
 - ``MiniLMEmbedder``: the sentence-transformers model all-MiniLM-L6-v2 (a 6-layer BERT, mean pooling,
   L2 normalisation) run in numpy from its ``model.safetensors`` and ``tokenizer.json``: no torch, so the
-  lite profile stays small. Any sentence-transformers BERT folder with those files works.
+  lite profile stays small. Any sentence-transformers BERT folder with those files works. Each text is
+  embedded on its own (no padding), so its vector depends on the text alone, and vectors are kept on
+  disk (``EmbeddingStore``, in the user's cache) keyed by the model files' hash and the text: a process
+  pays only for texts no process embedded before, and loads the weights only then.
 - ``EmbeddingTextMatcher``: cosine similarity between a phrase and each vocabulary entry's names
   (``tools.vocab.DESCRIPTIONS``), and, for audio labels, the AudioSet ontology: a label is tried with
   its own names, then its ancestors' ('Bark' -> 'Dog'), so a sound lands on the object that makes it.
@@ -11,10 +14,15 @@ Two parts:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
+import tempfile
+import threading
+import zipfile
 from functools import cached_property
 from pathlib import Path
 
@@ -104,73 +112,221 @@ def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.n
     return (x - mu) / np.sqrt(var + eps) * w + b
 
 
+FORWARD_VERSION = 2
+"""Part of the embedding store's key: bump it when ``MiniLMEmbedder._forward`` computes differently."""
+MODEL_FILES = ("config.json", "tokenizer.json", "model.safetensors")
+"""The files of a sentence-transformers folder the vectors depend on (hashed into the store's key)."""
+
+
+def default_embeddings_dir() -> Path:
+    """``$XDG_CACHE_HOME/avs-agent/embeddings``, else ``~/.cache/avs-agent/embeddings`` (beside the models)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "avs-agent" / "embeddings"
+
+
+@functools.cache
+def _blas_pools():
+    """numpy's BLAS thread pools (found once: looking them up walks every loaded library)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl comes with the lite extra
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """numpy's BLAS on one thread while the block runs: its matrices here are tiny (a few tokens by 384),
+    and waking BLAS threads for each costs far more than the product (100x on a busy 2-core machine);
+    one thread also makes a product's rounding the same on every run."""
+    global _blas_users, _blas_limit
+    pools = _blas_pools()
+    if pools is None or not len(pools):
+        yield
+        return
+    with _BLAS_LOCK:  # threads share one limit; the last one out restores the pools
+        if not _blas_users:
+            _blas_limit = pools.limit(limits=1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_users -= 1
+            if not _blas_users:
+                _blas_limit.restore_original_limits()
+
+
+_BLAS_LOCK = threading.Lock()
+_blas_users = 0
+_blas_limit = None
+
+
+class EmbeddingStore:
+    """Text vectors of one model on disk: ``{folder}/{key}.npz`` holding ``texts`` (unicode) and
+    ``vectors`` (n, d) float32, where ``key`` hashes the model's files (``model_key``) and the forward
+    pass's version. Written atomically (temporary file + rename) and merged with what other processes
+    wrote meanwhile, so concurrent workers never leave a torn file; an unreadable file counts as empty."""
+
+    def __init__(self, folder: Path, key: str):
+        self.path = Path(folder) / f"{key}.npz"
+
+    def load(self) -> dict[str, np.ndarray]:
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                texts, vectors = data["texts"], data["vectors"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return {}
+        return {str(t): v for t, v in zip(texts.tolist(), vectors, strict=True)}
+
+    def add(self, new: dict[str, np.ndarray]) -> None:
+        """Store ``new`` beside what the file already holds (the file's own vectors win a clash: they are
+        the same text's, computed the same way)."""
+        if not new:
+            return
+        merged = {**new, **self.load()}
+        texts = list(merged)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".npz")
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, texts=np.asarray(texts, dtype=str), vectors=np.stack([merged[t] for t in texts]))
+            os.replace(tmp, self.path)
+        except OSError:  # a read-only or full cache only costs the next process the same work
+            with contextlib.suppress(OSError, UnboundLocalError):
+                os.unlink(tmp)
+
+
+def model_key(folder: Path, cache_dir: Path, extra: str = "") -> str:
+    """sha256 over the model's files (``MODEL_FILES``) and ``extra``, 32 hex digits. A file's digest is
+    remembered in ``cache_dir/file_hashes.json`` by its path, size and modification time, so the 90 MB of
+    weights are read once per machine, not once per process."""
+    memo_path = Path(cache_dir) / "file_hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    h, changed = hashlib.sha256(), False
+    for name in MODEL_FILES:
+        path = (Path(folder) / name).resolve()
+        if not path.is_file():
+            h.update(f"{name}:missing;".encode())
+            continue
+        st = path.stat()
+        stamp = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        digest = memo.get(stamp)
+        if digest is None:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            memo[stamp], changed = digest, True
+        h.update(f"{name}:{digest};".encode())
+    if changed:
+        with contextlib.suppress(OSError):
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=memo_path.parent, prefix=".tmp-", suffix=".json")
+            with os.fdopen(fd, "w") as f:
+                json.dump(memo, f, indent=1, sort_keys=True)
+            os.replace(tmp, memo_path)
+    h.update(extra.encode())
+    return h.hexdigest()[:32]
+
+
 class MiniLMEmbedder:
-    """Sentence embeddings from a BERT sentence-transformers folder, in numpy. ``encode`` -> (n, 384) unit vectors."""
+    """Sentence embeddings from a BERT sentence-transformers folder, in numpy. ``encode`` -> (n, 384) unit vectors.
+
+    ``cache_dir``: where vectors are kept between processes (default ``default_embeddings_dir()``);
+    ``False`` keeps them in this process only."""
 
     name = "minilm-numpy"
 
     def __init__(
-        self, source: str, revision: str | None = None, models_dir: Path = Path("."), max_length: int = 64
+        self,
+        source: str,
+        revision: str | None = None,
+        models_dir: Path = Path("."),
+        max_length: int = 64,
+        cache_dir: Path | bool | None = None,
     ):
         self.source = source
         self.revision = revision
         self.models_dir = Path(models_dir)
         self.max_length = max_length
+        self.cache_dir = None if cache_dir is False else Path(cache_dir or default_embeddings_dir())
         self._memo: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self.computed = 0
+        """Texts this process ran the model on (the others came from the store or the memo)."""
+
+    @cached_property
+    def folder(self) -> Path:
+        return resolve_model_dir(self.source, self.revision, self.models_dir, "text embedder")
+
+    @cached_property
+    def store(self) -> EmbeddingStore | None:
+        """The disk store of this model's vectors; its contents are read into the memo once."""
+        if self.cache_dir is None:
+            return None
+        key = model_key(
+            self.folder, self.cache_dir, f"max_length={self.max_length};forward={FORWARD_VERSION}"
+        )
+        store = EmbeddingStore(self.cache_dir, key)
+        for text, vec in store.load().items():
+            self._memo.setdefault(text, vec)
+        return store
 
     @cached_property
     def _model(self) -> dict:
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
-        folder = resolve_model_dir(self.source, self.revision, self.models_dir, "text embedder")
+        folder = self.folder
         config = json.loads((folder / "config.json").read_text())
         weights = load_file(str(folder / "model.safetensors"))
         weights = {k.removeprefix("bert."): v for k, v in weights.items()}
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         tokenizer.enable_truncation(self.max_length)
-        tokenizer.enable_padding()
+        tokenizer.no_padding()
         return {"config": config, "w": weights, "tokenizer": tokenizer}
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
-        if todo:
-            for text, vec in zip(todo, self._forward(todo), strict=True):
-                self._memo[text] = vec
-        return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+        with self._lock:
+            store = self.store
+            todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
+            if todo:
+                with one_blas_thread():
+                    new = {text: self._forward(text) for text in todo}
+                self.computed += len(new)
+                self._memo.update(new)
+                if store is not None:
+                    store.add(new)
+            return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
+    def _forward(self, text: str) -> np.ndarray:
+        """One text -> (384,) float32 unit vector (mean of the last hidden states over its tokens)."""
         m = self._model
         cfg, w = m["config"], m["w"]
-        enc = m["tokenizer"].encode_batch(texts)
-        ids = np.asarray([e.ids for e in enc])
-        attn = np.asarray([e.attention_mask for e in enc], np.float32)
-        types = np.asarray([e.type_ids for e in enc])
+        ids = np.asarray(m["tokenizer"].encode(text).ids)
         eps = cfg.get("layer_norm_eps", 1e-12)
         heads = cfg["num_attention_heads"]
-        n, length = ids.shape
-        x = (
-            w["embeddings.word_embeddings.weight"][ids]
-            + w["embeddings.position_embeddings.weight"][np.arange(length)][None]
-        )
-        x = x + w["embeddings.token_type_embeddings.weight"][types]
+        length = len(ids)
+        x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:length]
+        x = x + w["embeddings.token_type_embeddings.weight"][0]
         x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
-        bias = (1.0 - attn)[:, None, None, :] * -1e9
         d = x.shape[-1] // heads
         for i in range(cfg["num_hidden_layers"]):
             p = f"encoder.layer.{i}."
 
-            def lin(t, name, p=p):
+            def lin(t, name, p=p):  # (length, in) @ (in, out): one BLAS call
                 return t @ w[p + name + ".weight"].T + w[p + name + ".bias"]
 
             def split(t):
-                return t.reshape(n, length, heads, d).transpose(0, 2, 1, 3)
+                return t.reshape(length, heads, d).transpose(1, 0, 2)
 
             q, k, v = (split(lin(x, f"attention.self.{s}")) for s in ("query", "key", "value"))
-            scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + bias
+            scores = q @ k.transpose(0, 2, 1) / math.sqrt(d)
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             probs = scores / scores.sum(-1, keepdims=True)
-            ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(n, length, heads * d)
+            ctx = (probs @ v).transpose(1, 0, 2).reshape(length, heads * d)
             x = _layer_norm(
                 lin(ctx, "attention.output.dense") + x,
                 w[p + "attention.output.LayerNorm.weight"],
@@ -185,8 +341,8 @@ class MiniLMEmbedder:
                 w[p + "output.LayerNorm.bias"],
                 eps,
             )
-        pooled = (x * attn[..., None]).sum(1) / np.maximum(attn.sum(1, keepdims=True), 1e-9)
-        return (pooled / np.linalg.norm(pooled, axis=1, keepdims=True)).astype(np.float32)
+        pooled = x.mean(0)
+        return (pooled / np.linalg.norm(pooled)).astype(np.float32)
 
 
 class AudioSetOntology:
@@ -270,27 +426,42 @@ class EmbeddingTextMatcher:
         self.ontology = AudioSetOntology(ontology_path)
         self.threshold = threshold
         self._specific: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
+        self._vocab: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._rows: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
 
     def _vocab_matrix(self, vocabulary: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        names, owners = [], []
-        for i, entry in enumerate(vocabulary):
-            for name in [entry, *DESCRIPTIONS.get(entry, [])]:
-                names.append(name)
-                owners.append(i)
-        return self.embedder.encode(names), np.asarray(owners)
+        """(embeddings of every entry's names, (len(vocabulary),) index of each entry's first name)."""
+        key = tuple(vocabulary)
+        if key not in self._vocab:
+            names, starts = [], []
+            for entry in vocabulary:
+                starts.append(len(names))
+                names += [entry, *DESCRIPTIONS.get(entry, [])]
+            self._vocab[key] = (self.embedder.encode(names), np.asarray(starts))
+        return self._vocab[key]
 
     def _similarity(self, texts: list[str], vocabulary: list[str]) -> np.ndarray:
-        """(len(texts), len(vocabulary)): best cosine over each entry's names; exact names score 1."""
-        emb, owners = self._vocab_matrix(vocabulary)
-        sims = self.embedder.encode(texts) @ emb.T
-        out = np.full((len(texts), len(vocabulary)), -1.0, np.float32)
-        for j in range(len(vocabulary)):
-            out[:, j] = sims[:, owners == j].max(axis=1)
-        lowered = [v.lower() for v in vocabulary]
-        for i, text in enumerate(texts):
-            if text.strip().lower() in lowered:
-                out[i, lowered.index(text.strip().lower())] = 1.0
-        return np.clip(out, 0.0, 1.0)
+        """(len(texts), len(vocabulary)): best cosine over each entry's names; exact names score 1.
+        Rows are computed one text at a time (so a text's row never depends on the others asked with it)
+        and remembered."""
+        if not texts or not vocabulary:
+            return np.zeros((len(texts), len(vocabulary)), np.float32)
+        key = tuple(vocabulary)
+        rows = self._rows.setdefault(key, {})
+        todo = [t for t in dict.fromkeys(texts) if t not in rows]
+        if todo:
+            emb, starts = self._vocab_matrix(vocabulary)
+            lowered = [v.lower() for v in vocabulary]
+            with one_blas_thread():
+                for text, vec in zip(todo, self.embedder.encode(todo), strict=True):
+                    sims = emb @ vec
+                    row = np.maximum.reduceat(sims, starts).astype(
+                        np.float32
+                    )  # each entry's names are contiguous
+                    if text.strip().lower() in lowered:
+                        row[lowered.index(text.strip().lower())] = 1.0
+                    rows[text] = np.clip(row, 0.0, 1.0)
+        return np.stack([rows[t] for t in texts])
 
     def match(self, phrases: list[str], vocabulary: list[str]) -> list[list[tuple[str, float]]]:
         if not phrases:

@@ -3,8 +3,10 @@
 Input uint8 (1, 513, 513, 3) RGB (the frame is resized to it). The model's own output is the arg-max class
 map (1, 513, 513); its logits, (1, 33, 33, 21) at output stride 16, are read from the interpreter too, so
 that several views of a frame (the frame and its mirror image: test-time flip) can be averaged before the
-arg-max, and the grounder can see how sure DeepLab is. Logits are upsampled bilinearly (corners aligned,
-as DeepLab's own resize does) straight to the frame's size.
+arg-max, and the grounder can see how sure DeepLab is. The views are averaged on the model's output grid
+(the mirror image's grid mirrored back: with corners aligned, upsampling and mirroring commute), and the
+mean is upsampled once, bilinearly with corners aligned as DeepLab's own resize does, straight to the
+frame's size (OpenCV), only for the classes that can win the arg-max somewhere.
 
 When a model file has no readable logits tensor, its arg-max map stands in (one-hot scores).
 """
@@ -55,18 +57,23 @@ class DeepLabSegmenter:
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) uint8 VOC class indices."""
-        return self.scores(image).argmax(-1).astype(np.uint8)
+        h, w = image.shape[:2]
+        return class_map(self.grid_scores(image), h, w)
+
+    def grid_scores(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (gh, gw, 21) float32 logits on the model's output grid (33x33): the mean
+        over the flip views."""
+        out = self._forward(self.preprocess(image))
+        if self.flip:
+            mirrored = self._forward(self.preprocess(np.ascontiguousarray(image[:, ::-1])))
+            out = (out + mirrored[:, ::-1]) * np.float32(0.5)
+        return out
 
     def scores(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W, 21) float32 class scores (logits; the mean over the flip views)."""
         h, w = image.shape[:2]
-        out = _upsample(self._forward(self.preprocess(image)), h, w)
-        if self.flip:
-            out += _upsample(self._forward(self.preprocess(np.ascontiguousarray(image[:, ::-1]))), h, w)[
-                :, ::-1
-            ]
-            out *= 0.5
-        return out
+        grid = self.grid_scores(image)
+        return np.stack([upsample(grid[..., c], h, w) for c in range(grid.shape[-1])], -1)
 
     @staticmethod
     def preprocess(image: np.ndarray) -> np.ndarray:
@@ -100,19 +107,46 @@ class DeepLabSegmenter:
         return np.asarray(small.resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
 
 
-def _upsample(grid: np.ndarray, h: int, w: int) -> np.ndarray:
-    """(gh, gw, C) -> (h, w, C) bilinear with aligned corners (TF ``resize_bilinear(align_corners=True)``)."""
+def upsample(grid: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(gh, gw) float32 -> (h, w) bilinear with aligned corners (TF ``resize_bilinear(align_corners=True)``):
+    OpenCV's affine warp, whose sampling positions are exact to 1/32 of a grid cell."""
+    import cv2
+
     gh, gw = grid.shape[:2]
     if (gh, gw) == (h, w):
         return grid.astype(np.float32, copy=True)
-    ys = np.linspace(0.0, gh - 1.0, h)
-    xs = np.linspace(0.0, gw - 1.0, w)
-    y0 = np.floor(ys).astype(np.int64)
-    x0 = np.floor(xs).astype(np.int64)
-    y1 = np.minimum(y0 + 1, gh - 1)
-    x1 = np.minimum(x0 + 1, gw - 1)
-    wy = (ys - y0).astype(np.float32)[:, None, None]
-    wx = (xs - x0).astype(np.float32)[None, :, None]
-    top = grid[y0][:, x0] * (1 - wx) + grid[y0][:, x1] * wx
-    bottom = grid[y1][:, x0] * (1 - wx) + grid[y1][:, x1] * wx
-    return (top * (1 - wy) + bottom * wy).astype(np.float32)
+    sx = (gw - 1) / (w - 1) if w > 1 else 0.0
+    sy = (gh - 1) / (h - 1) if h > 1 else 0.0
+    m = np.asarray([[sx, 0.0, 0.0], [0.0, sy, 0.0]], np.float64)
+    return cv2.warpAffine(
+        np.ascontiguousarray(grid, np.float32),
+        m,
+        (w, h),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+
+def contenders(grid: np.ndarray, margin: float = 1e-3) -> np.ndarray:
+    """Indices of the classes that can win the arg-max of the upsampled grid somewhere: a class below
+    another one at every grid point (by more than ``margin``, far above rounding) stays below it at
+    every interpolated point (a bilinear value is a weighted mean of grid values), so it never wins."""
+    flat = grid.reshape(-1, grid.shape[-1])
+    below = (flat[:, :, None] < flat[:, None, :] - margin).all(axis=0)  # (C, C): c below d everywhere
+    return np.flatnonzero(~below.any(axis=1))
+
+
+def class_map(grid: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(gh, gw, C) logits -> (h, w) uint8 arg-max of their bilinear upsampling (corners aligned); only
+    the contending classes are upsampled. Ties go to the lower class index, as ``np.argmax`` does."""
+    keep = contenders(grid)
+    out = np.full((h, w), keep[0], np.uint8)
+    if len(keep) == 1:
+        return out
+    best = upsample(grid[..., keep[0]], h, w)
+    for c in keep[1:]:
+        score = upsample(grid[..., c], h, w)
+        wins = score > best
+        out[wins] = c
+        np.maximum(best, score, out=best)
+    return out

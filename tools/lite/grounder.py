@@ -15,15 +15,16 @@ frame cost no model call.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tools.lite.deeplab import DeepLabSegmenter
+from tools.lite.deeplab import DeepLabSegmenter, class_map
 from tools.lite.yolox import YoloxDetector
-from tools.ops import box_from_mask, stretch_to_aspect
+from tools.ops import stretch_to_aspect
 from tools.protocols import TextMatcher
 from tools.types import Frame, Segments
 from tools.vocab import COCO80, COCO_TO_VOC, VOC21, VOC_TO_COCO
@@ -39,8 +40,9 @@ class _FrameAnalysis:
     boxes: np.ndarray  # (n, 4) xyxy in frame pixels
     scores: np.ndarray  # (n,)
     classes: np.ndarray  # (n,) COCO ids
-    semantic: np.ndarray  # (H, W) VOC ids
-    class_scores: np.ndarray  # (H, W, 21) DeepLab logits
+    semantic: np.ndarray  # (H, W) uint8 VOC ids
+    logits: np.ndarray  # (33, 33, 21) DeepLab's logits on its output grid (the mean over the flip views)
+    class_pixels: np.ndarray  # (21,) pixels of each VOC class in ``semantic``
 
 
 class LiteGrounder:
@@ -63,26 +65,38 @@ class LiteGrounder:
         self.top_k = top_k
         self._cache: OrderedDict[str, _FrameAnalysis] = OrderedDict()
         self._cache_size = cache_size
+        self._digests: dict[int, tuple[weakref.ref, str]] = {}
         self.model_calls = 0
 
     # --- per-frame model outputs (cached) -------------------------------------------------------
+    def _digest(self, image: np.ndarray) -> str:
+        """The image's content hash, computed once per image array (a frame is looked up many times:
+        once per phrase and class)."""
+        known = self._digests.get(id(image))
+        if known is not None and known[0]() is image:
+            return known[1]
+        digest = hashlib.blake2b(
+            memoryview(np.ascontiguousarray(image)).cast("B"), digest_size=16
+        ).hexdigest()
+        digests, key = self._digests, id(image)
+        self._digests[key] = (weakref.ref(image, lambda _: digests.pop(key, None)), digest)
+        return digest
+
     def analyse(self, frame: Frame) -> _FrameAnalysis:
-        key = (
-            hashlib.blake2b(frame.image.tobytes(), digest_size=16).hexdigest()
-            + f"{frame.image.shape}{frame.aspect}"
-        )
+        key = self._digest(frame.image) + f"{frame.image.shape}{frame.aspect}"
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
         image, sx = stretch_to_aspect(frame)
         boxes, scores, classes = self.detector.detect(image)
-        class_scores = self.segmenter.scores(frame.image)
-        semantic = class_scores.argmax(-1).astype(np.uint8)
+        logits = self.segmenter.grid_scores(frame.image)
+        semantic = class_map(logits, frame.height, frame.width)
         boxes = boxes.copy()
         boxes[:, [0, 2]] /= sx
         self.model_calls += 1
-        result = _FrameAnalysis(boxes, scores, classes, semantic, class_scores)
+        counts = np.bincount(semantic.ravel(), minlength=len(VOC21))
+        result = _FrameAnalysis(boxes, scores, classes, semantic, logits, counts)
         self._cache[key] = result
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -106,7 +120,7 @@ class LiteGrounder:
         analysis = self.analyse(frame)
         names = {COCO80[c] for c in analysis.classes[analysis.scores >= self.box_threshold]}
         # a region DeepLab paints is one object under one name: its VOC class's first COCO class
-        names |= {coco for voc, coco in VOC_TO_COCO.items() if (analysis.semantic == VOC21.index(voc)).any()}
+        names |= {coco for voc, coco in VOC_TO_COCO.items() if analysis.class_pixels[VOC21.index(voc)]}
         found = [self._find_class(frame, name, self.box_threshold) for name in sorted(names)]
         return Segments.concat(found, frame.height, frame.width)
 
@@ -124,31 +138,35 @@ class LiteGrounder:
         idx = np.flatnonzero((a.classes == cid) & (a.scores >= thr))[: self.top_k]
         for i in idx:
             box = a.boxes[i]
-            inside = _box_mask(box, h, w)
+            rows, cols = _box_slices(box, h, w)
             if sem_class is not None:
-                fg = (foreground & inside).sum()
-                cls_px = (sem_class & inside).sum()
+                fg = np.count_nonzero(foreground[rows, cols])
+                cls_px = np.count_nonzero(sem_class[rows, cols])
                 if fg and cls_px / fg < MIN_PURITY:
                     continue  # DeepLab sees another object in this box: the detection is not trusted
-                mask, source = (sem_class & inside, "deeplab") if cls_px else (inside, "box")
+                mask, source = (
+                    (_within(sem_class, rows, cols), "deeplab") if cls_px else (_box_mask(box, h, w), "box")
+                )
             else:
-                fg_in = foreground & inside
-                mask, source = (fg_in, "foreground") if fg_in.sum() > 0.2 * inside.sum() else (inside, "box")
+                fg_in = np.count_nonzero(foreground[rows, cols])
+                area = len(range(h)[rows]) * len(range(w)[cols])
+                if fg_in > 0.2 * area:
+                    mask, source = _within(foreground, rows, cols), "foreground"
+                else:
+                    mask, source = _box_mask(box, h, w), "box"
             items.append((box, mask, float(a.scores[i]), source))
 
         if sem_class is not None:
             # only a confident box hides what DeepLab paints: under a weaker one (asked for by a lower
             # box_threshold, to link an object through time) a clear region still counts on its own
-            covered = np.zeros((h, w), bool)
+            rest = sem_class.copy()
             for _, m, score, _ in items:
                 if score >= self.box_threshold:
-                    covered |= m
-            rest = sem_class & ~covered
-            for part in _components(rest, min_pixels=MIN_REGION * h * w):
-                box = np.asarray(box_from_mask(part), np.float32)
-                region = _box_mask(box, h, w)
-                fg = (foreground & region).sum()
-                purity = float(part.sum() / fg) if fg else 0.0
+                    rest &= ~m
+            for part, box, pixels in _components(rest, min_pixels=MIN_REGION * h * w):
+                rows, cols = _box_slices(box, h, w)
+                fg = np.count_nonzero(foreground[rows, cols])
+                purity = float(pixels / fg) if fg else 0.0
                 if purity >= MIN_PURITY and purity >= thr:
                     items.append((box, part, purity, "deeplab-region"))
 
@@ -164,46 +182,49 @@ class LiteGrounder:
         )
 
 
-def _dilate(mask: np.ndarray, r: int = 1, diagonal: bool = False) -> np.ndarray:
-    out = mask.copy()
-    for _ in range(r):
-        m = out.copy()
-        m[1:] |= out[:-1]
-        m[:-1] |= out[1:]
-        m[:, 1:] |= out[:, :-1]
-        m[:, :-1] |= out[:, 1:]
-        if diagonal:
-            m[1:, 1:] |= out[:-1, :-1]
-            m[1:, :-1] |= out[:-1, 1:]
-            m[:-1, 1:] |= out[1:, :-1]
-            m[:-1, :-1] |= out[1:, 1:]
-        out = m
-    return out
-
-
-def _reconstruct(seed: np.ndarray, within: np.ndarray, diagonal: bool = False) -> np.ndarray:
-    """The parts of ``within`` connected (4-neighbourhood, or 8 with ``diagonal``) to ``seed``:
-    geodesic dilation to a fixed point."""
-    cur = seed & within
-    while True:
-        nxt = _dilate(cur, diagonal=diagonal) & within
-        if nxt.sum() == cur.sum():
-            return nxt
-        cur = nxt
-
-
-def _components(mask: np.ndarray, min_pixels: float) -> list[np.ndarray]:
+def _components(mask: np.ndarray, min_pixels: float) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """The connected parts (8-neighbourhood, so a thin gap in DeepLab's paint does not split an object)
-    of ``mask`` with at least ``min_pixels`` pixels, largest first: each is one object DeepLab paints."""
-    left, parts = mask.copy(), []
-    while left.sum() >= min_pixels:
-        seed = np.zeros_like(left)
-        seed.flat[int(np.flatnonzero(left)[0])] = True
-        part = _reconstruct(seed, left, diagonal=True)
-        left &= ~part
-        if part.sum() >= min_pixels:
-            parts.append(part)
-    return sorted(parts, key=lambda m: -int(m.sum()))
+    of ``mask`` with at least ``min_pixels`` pixels, largest first (equal sizes: the one whose first
+    pixel comes first in raster order): each is one object DeepLab paints. Returns (part (H, W) bool,
+    its box xyxy float32 as ``box_from_mask`` gives it, its pixel count) for each."""
+    import cv2
+
+    u8 = mask.view(np.uint8)
+    if not u8.any() or np.count_nonzero(u8) < min_pixels:
+        return []
+    x0, y0, cw, ch = cv2.boundingRect(u8)  # label only the part of the frame the mask spans
+    crop = u8[y0 : y0 + ch, x0 : x0 + cw]
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8, ltype=cv2.CV_32S)
+    found = []
+    for k in range(1, n):
+        x, y, bw, bh, area = (int(v) for v in stats[k])
+        if area < min_pixels:
+            continue
+        first = (
+            (y0 + y) * mask.shape[1] + x0 + int(np.argmax(labels[y] == k))
+        )  # its first pixel, raster order
+        box = np.asarray([x0 + x, y0 + y, x0 + x + bw, y0 + y + bh], np.float32)
+        found.append((-area, first, k, box))
+    found.sort(key=lambda f: f[:2])
+    parts = []
+    for neg_area, _, k, box in found:
+        part = np.zeros(mask.shape, bool)
+        part[y0 : y0 + ch, x0 : x0 + cw] = labels == k
+        parts.append((part, box, -neg_area))
+    return parts
+
+
+def _box_slices(box: np.ndarray, h: int, w: int) -> tuple[slice, slice]:
+    """The rows and columns of the frame a box covers (as ``_box_mask`` paints them)."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    return slice(max(0, y0), max(0, min(h, y1))), slice(max(0, x0), max(0, min(w, x1)))
+
+
+def _within(mask: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+    """``mask`` inside the rows and columns, False elsewhere."""
+    out = np.zeros(mask.shape, bool)
+    out[rows, cols] = mask[rows, cols]
+    return out
 
 
 def _box_mask(box: np.ndarray, h: int, w: int) -> np.ndarray:
