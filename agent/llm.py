@@ -88,8 +88,11 @@ def propose_schema(table: list[D.FrameEvidence]) -> dict | None:
     candidate phrases, best clip rank first, or 'none'), a second one or 'none', and a short reason.
     None when the menu is 'none' alone (no frame has a candidate: nothing to ask)."""
     menu = _menu(table)
-    if not menu:
-        return None
+    return propose_schema_from_menu(menu) if menu else None
+
+
+def propose_schema_from_menu(menu: list[str]) -> dict:
+    """``propose_schema`` for a menu of candidate phrases ('none' is added)."""
     enum = [*menu, NONE]
     return _object(
         "propose",
