@@ -75,7 +75,7 @@ _FOUND: dict[tuple, str] = {}
 """(backend, base_url, model) -> the structured-output method that server accepted (this process)."""
 
 
-REASON_CHARS = 160
+REASON_CHARS = 120
 """The one free-text field of an answer, a short reason, is at most this long (the schema says so where
 the server constrains lengths; we cut it where it does not)."""
 NONE = "none"
@@ -703,18 +703,34 @@ class LLMReasoner(RulesReasoner):
 
 
 def _candidate_lines(table: list[D.FrameEvidence]) -> str:
-    """The clip's candidates, one line each: the frames where each is a candidate, its mean score
-    and rank over the clip (what the clip-level answer weighs), against the mean score of 'none'."""
-    n = len(table)
+    """The evidence table read for a clip-level answer, one line per candidate: in how many frames it
+    is a candidate, its mean score (weighed against 'none') and rank (against the other candidates)
+    over the clip, and its evidence terms where it scores best; then 'none' with the clip's mean none
+    score, what is heard but not in view, and the clip's verdict."""
+    n = max(len(table), 1)
     scores, ranks = D.clip_scores(table), D.clip_scores(table, key="rank")
     lines = []
     for ph in sorted(ranks, key=lambda p: -ranks[p]):
-        frames = [t for t, row in enumerate(table) if any(c.phrase == ph for c in row.candidates)]
+        seen = [c for row in table for c in row.candidates if c.phrase == ph]
+        best = max(seen, key=lambda c: c.score)
         lines.append(
-            f"- {ph}: candidate in {len(frames)} of {n} frames, clip score {scores[ph]:.3f}, clip rank {ranks[ph]:.3f}"
+            f"- {ph}: a candidate in {len(seen)} of {n} frames; score {scores[ph]:.3f}, rank {ranks[ph]:.3f}; "
+            f"audio {best.audio:.2f} ({', '.join(best.sources)}), salience {best.salience:.3f}, support {best.support:.2f}"
         )
-    none = sum(row.none_score for row in table) / max(n, 1)
-    lines.append(f"- none (the source is not visible): clip score {none:.3f}")
+    none = sum(row.none_score for row in table) / n
+    heard = sorted(
+        {(row.offscreen_from, row.offscreen) for row in table if row.offscreen_from}, key=lambda x: -x[1]
+    )
+    off = ", ".join(dict.fromkeys(f"{lab} {v:.2f}" for lab, v in heard[:3]))
+    verdict = next((D.CLIP_VERDICT[row.clip] for row in table if row.clip), "")
+    lines.append(
+        f"- none (the source is not visible): score {none:.3f}"
+        + (f"; heard but not in view: {off}" if off else "")
+        + (f" ({verdict})" if verdict else "")
+    )
+    silent = sum(row.silent for row in table)
+    if silent:
+        lines.append(f"(the audio is silent in {silent} of {n} frames)")
     return "\n".join(lines)
 
 

@@ -85,11 +85,12 @@ def q(values: list[float]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (1 on a loaded machine)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "llm_local.json")
     args = parser.parse_args()
     os.environ.setdefault("AVS_AGENT_MODELS_DIR", str(SHARED / "models"))
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+    sys.path.insert(0, str(ROOT))  # this checkout's code, not an installed copy
 
     from agent.settings import load_settings
     from evals import runner as R
