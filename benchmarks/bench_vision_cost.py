@@ -58,9 +58,8 @@ def main() -> None:
     from tools.wiring import get_toolset
 
     def first_boxes(body: dict) -> dict:  # an answer of typical length: each frame's first box
-        return {
-            "frames": [{"frame": t, "boxes": [b[0][0]] if b else []} for t, b in legend(body).items()],
-            "reasoning": "The dog in the middle of every frame is barking; nothing else is heard.",
+        return {f"frame_{t}": [b[0][0]] for t, b in legend(body).items() if b} | {
+            "reason": "The dog in the middle of every frame is barking; nothing else is heard.",
         }
 
     dev = SHARED / "data" / "davis_av_dev"

@@ -235,3 +235,20 @@ def legend(body: dict) -> dict[int, list[tuple[int, str]]]:
         if m and ("box " in m.group(2) or m.group(2) == "no boxes"):
             out[int(m.group(1))] = [(int(n), ph) for n, ph in re.findall(r"box (\d+) = ([^,]+)", m.group(2))]
     return out
+
+
+def sent_schema(body: dict) -> tuple[str, dict]:
+    """How a request asked for structure, and the JSON schema it sent: ('json_schema', ...) for
+    OpenAI's response_format (``strict`` in ``body['response_format']['json_schema']``),
+    ('json_object', ...) for llama.cpp's, ('format', ...) for Ollama's, ('tool', ...) for a tool's
+    parameters."""
+    rf = body.get("response_format") or {}
+    if rf.get("type") == "json_schema":
+        return "json_schema", rf["json_schema"]["schema"]
+    if rf.get("type") == "json_object" and "schema" in rf:
+        return "json_object", rf["schema"]
+    if isinstance(body.get("format"), dict):
+        return "format", body["format"]
+    if body.get("tools"):
+        return "tool", body["tools"][0]["function"]["parameters"]
+    raise AssertionError(f"no schema in the request: {sorted(body)}")

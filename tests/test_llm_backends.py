@@ -13,15 +13,16 @@ from agent.apps.cli import app
 from agent.run import run_clip
 from agent.settings import load_settings
 from tests.conftest import LLM_CLIP, LLM_EVIDENCE, LLM_SETS, dev_clip_paths, llm_settings
-from tests.fake_llm import FakeLLMServer
+from tests.fake_llm import FakeLLMServer, sent_schema
 from tools.media import load_clip
 from tools.wiring import get_toolset
 
 CLIP = LLM_CLIP
 _settings = llm_settings
 PEOPLE = {  # the car: a candidate of every frame's evidence table that the rules do not choose
-    "frames": [{"frame": i, "sounding": ["car"], "not_visible": []} for i in range(5)],
-    "reasoning": "scripted: the car",
+    "source": "car",
+    "second_source": "none",
+    "reason": "scripted: the car",
 }
 
 
@@ -46,17 +47,68 @@ def test_llm_decisions_are_used(llm_clip, llm_rules_answer, protocol, method, it
     assert ans.text.endswith("reasoned: scripted: the car")  # its reading is quoted, no extra call
     assert "reasoned" not in llm_rules_answer.text
     assert len(srv.requests) == 1
+    # the menu reached the server as the answer's schema: the clip's candidates or none
+    kind, schema = sent_schema(srv.requests[0]["body"])
+    assert schema["properties"]["source"]["enum"] == ["dog", "car", "none"], schema
+    assert kind == {"json_schema": "json_schema" if protocol == "openai" else "format"}.get(method, "tool")
 
 
-def test_a_phrase_the_table_does_not_hold_falls_back_to_the_rules(llm_clip, llm_rules_answer):
-    """The people are in view but nothing in the audio points to them: not a candidate, so an LLM
-    answer naming them is not used and the trace says why."""
-    people = {"frames": [{"frame": i, "sounding": ["person"]} for i in range(5)], "reasoning": "people"}
+@pytest.mark.parametrize("server", ["openai", "ollama", "llama.cpp"])
+def test_the_menu_reaches_every_backend_that_constrains_decoding(llm_clip, server):
+    """OpenAI gets a strict json_schema (its strict subset: no length keywords), Ollama the schema as
+    ``format``, llama.cpp's server (which refuses json_schema) json_object with the schema; each holds
+    the model to the clip's candidates or 'none', with a bounded reason, and caps the answer's tokens
+    at what the schema allows."""
+    from agent import llm as L
+
+    L._FOUND.clear()
+    protocol = "ollama" if server == "ollama" else "openai"
+    refuse = ("json_schema",) if server == "llama.cpp" else ()
+    with FakeLLMServer(protocol, [{"json": PEOPLE}], refuse=refuse) as srv:
+        s = _settings(srv, **{"llm.max_retries": 0, "llm.max_tokens": 4096})
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
+    L._FOUND.clear()
+    body = srv.requests[-1]["body"]
+    kind, schema = sent_schema(body)
+    assert kind == {"openai": "json_schema", "ollama": "format", "llama.cpp": "json_object"}[server]
+    props = schema["properties"]
+    assert list(props) == ["source", "second_source", "reason"] and schema["required"] == list(props)
+    assert schema["additionalProperties"] is False
+    assert props["source"]["enum"] == props["second_source"]["enum"] == ["dog", "car", "none"]
+    if server == "openai":
+        assert body["response_format"]["json_schema"]["strict"] is True
+        assert "maxLength" not in props["reason"]  # outside OpenAI's strict subset; we cut it ourselves
+        cap = body.get("max_tokens", body.get("max_completion_tokens"))
+    else:
+        assert props["reason"]["maxLength"] == L.REASON_CHARS
+        cap = body["options"]["num_predict"] if server == "ollama" else body["max_tokens"]
+    assert cap == L.answer_tokens(schema) < 400  # (a string without maxLength counts as REASON_CHARS)
+    assert ans.labels == ["car"]
+
+
+def test_a_phrase_the_table_does_not_hold_is_off_the_menu(llm_clip, llm_rules_answer):
+    """The people are in view but nothing in the audio points to them: not a candidate. A server that
+    does not constrain decoding answers 'person' anyway: held to the schema on our side, the answer
+    gets one repair request, then the rules decide and the trace names what was off the menu."""
+    people = {"source": "person", "second_source": "none", "reason": "people"}
     with FakeLLMServer("openai", [{"json": people}]) as srv:
         s = _settings(srv)
         ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
-    assert ans.labels == llm_rules_answer.labels
-    assert any("not candidates: person" in s.message for s in ans.trace)
+    assert len(srv.requests) == 2 and ans.labels == llm_rules_answer.labels
+    assert any(
+        "LLM propose failed" in t.message
+        and 'off the menu: answer.source: "person" is not one of' in t.message
+        for t in ans.trace
+    ), [t.message for t in ans.trace]
+
+
+def test_a_candidate_named_loosely_is_read_back(llm_clip):
+    """'The Car.' from a server that does not constrain is the candidate 'car'."""
+    loose = {"source": "The Car.", "second_source": "none", "reason": "x"}
+    with FakeLLMServer("openai", [{"json": loose}]) as srv:
+        s = _settings(srv)
+        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
+    assert ans.labels == ["car"] and len(srv.requests) == 1
 
 
 @pytest.mark.parametrize("protocol", ["openai", "ollama"])
@@ -156,7 +208,7 @@ def test_missing_api_key_is_one_line(tmp_path, dev_set, monkeypatch):
 def test_llm_calls_per_clip_over_the_dev_set(dev_set):
     """Target: <= 1.2 LLM calls per clip on average (one proposal per clip; retries add at most one)."""
     rows = list(csv.DictReader(open(dev_set / "s4_meta_data.csv")))
-    dog = {"frames": [{"frame": i, "sounding": ["dog"]} for i in range(5)], "reasoning": "scripted"}
+    dog = {"source": "dog", "second_source": "none", "reason": "scripted"}
     calls = 0
     with FakeLLMServer("openai", [{"json": dog}]) as srv:
         s = _settings(srv)
@@ -171,9 +223,10 @@ def test_llm_calls_per_clip_over_the_dev_set(dev_set):
 
 @pytest.mark.parametrize("protocol", ["openai", "ollama"])
 def test_each_call_caps_its_output_tokens(llm_clip, protocol):
-    """Small local models run to the timeout without a cap: every request carries llm.max_tokens."""
+    """Small local models run to the timeout without a cap: every request carries the schema's cap,
+    or llm.max_tokens where that is lower."""
     with FakeLLMServer(protocol, [{"json": PEOPLE}]) as srv:
-        s = _settings(srv, **{"llm.max_tokens": 200})
+        s = _settings(srv, **{"llm.max_tokens": 100})
         run_clip(llm_clip, s, get_toolset(s.tool_config()))
     body = srv.requests[0]["body"]
     cap = (
@@ -181,7 +234,7 @@ def test_each_call_caps_its_output_tokens(llm_clip, protocol):
         if protocol == "openai"
         else body["options"]["num_predict"]
     )
-    assert cap == 200
+    assert cap == 100
 
 
 def test_the_clip_time_budget_hands_the_rest_to_the_rules(llm_clip, llm_rules_answer):
@@ -210,7 +263,8 @@ def test_auto_finds_what_a_llama_cpp_like_server_takes(llm_clip):
         again = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     kinds = [(r["body"].get("response_format") or {}).get("type") for r in srv.requests]
     assert kinds == ["json_schema", "json_object", "json_object"]
-    assert srv.requests[1]["body"]["response_format"]["schema"]["title"] == "Proposal"
+    schema = srv.requests[1]["body"]["response_format"]["schema"]
+    assert schema["title"] == "propose" and schema["properties"]["source"]["enum"] == ["dog", "car", "none"]
     assert ans.labels == again.labels == ["car"]
     steps = [t.message for t in ans.trace if t.node == "verify"]
     assert any("json_schema: refused" in m for m in steps) and any(
@@ -237,3 +291,38 @@ def test_a_slow_server_cannot_run_a_call_past_the_clip_budget(llm_clip, llm_rule
         assert len(srv.requests) == 1
     assert ans.labels == llm_rules_answer.labels and ans.stats["llm_seconds"] < 5  # not 15 s and more
     assert any("time budget is spent (3 s of 3)" in t.message for t in ans.trace if t.node == "verify")
+
+
+def test_the_schema_is_held_on_our_side():
+    """What a server that does not constrain decoding may send back: an enum value as named (or as
+    _clean reads it back), a reason cut to its bound, unknown keys dropped; anything off the menu
+    raises, naming it."""
+    from agent import llm as L
+
+    schema = L.retry_schema({0: ["car", "person"], 2: []})
+    assert list(schema["properties"]) == ["frame_0", "reason"]  # a frame with nothing to try is not asked
+    assert schema["properties"]["frame_0"]["enum"] == ["car", "person", "none"]
+    ok = L.validate(schema, {"frame_0": "the car", "reason": "x" * 500, "extra": 1})
+    assert ok == {"frame_0": "car", "reason": "x" * L.REASON_CHARS}
+    for bad, why in [
+        ({"frame_0": "dog", "reason": ""}, 'answer.frame_0: "dog" is not one of "car", "person", "none"'),
+        ({"reason": ""}, "answer: missing frame_0"),
+        ({"frame_0": 3, "reason": ""}, "answer.frame_0: 3 is not one of"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            L.validate(schema, bad)
+    vision = L.vision_schema({0: [1, 2], 3: [5], 4: []})
+    assert list(vision["properties"]) == ["frame_0", "frame_3", "reason"]
+    assert L.validate(vision, {"frame_0": [2, 1, 1], "frame_3": [], "reason": ""})["frame_0"] == [2, 1]
+    with pytest.raises(ValueError, match="answer.frame_3\\[0\\]: 1 is not one of 5"):
+        L.validate(vision, {"frame_0": [], "frame_3": [1], "reason": ""})
+    assert L.retry_schema({0: []}) is None and L.vision_schema({0: []}) is None
+    # OpenAI's strict subset keeps the menu and drops only length keywords
+    strict = L.strict_subset(vision)
+    assert strict["properties"]["frame_0"] == {
+        "type": "array",
+        "items": {"type": "integer", "enum": [1, 2]},
+        "description": vision["properties"]["frame_0"]["description"],
+    }
+    assert "maxLength" not in strict["properties"]["reason"]
+    assert L.answer_tokens(schema) < 260 and L.answer_tokens(vision) < 280

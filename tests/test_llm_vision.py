@@ -12,7 +12,7 @@ from agent.apps.cli import app
 from agent.run import run_clip
 from agent.settings import load_settings
 from tests.conftest import LLM_CLIP, LLM_SETS, dev_clip_paths, llm_settings
-from tests.fake_llm import FakeLLMServer, images, legend, user_text
+from tests.fake_llm import FakeLLMServer, images, legend, sent_schema, user_text
 from tools.media import load_clip
 from tools.wiring import get_toolset
 
@@ -28,12 +28,8 @@ def pick(phrase: str):
 
     def reply(body: dict) -> dict:
         boxes = legend(body)
-        return {
-            "frames": [
-                {"frame": t, "boxes": [n for n, ph in b if ph == phrase][:1]} for t, b in boxes.items()
-            ],
-            "reasoning": f"scripted: the {phrase}",
-        }
+        answer = {f"frame_{t}": [n for n, ph in b if ph == phrase][:1] for t, b in boxes.items() if b}
+        return answer | {"reason": f"scripted: the {phrase}"}
 
     return reply
 
@@ -67,28 +63,35 @@ def test_the_frames_go_as_one_tiled_image_and_the_chosen_box_is_segmented(
         car = D.mask_of(found, ["car"], s.agent.decision, (frame.height, frame.width))
         assert car.any() and (ans.masks[t] & car).sum() / (ans.masks[t] | car).sum() > 0.9
     step = next(t for t in ans.trace if t.message.startswith("vision LLM"))
-    assert "decided frames [0, 1, 2, 3, 4]" in step.message and step.data["images"] == [list(imgs[0].size)]
+    assert "chose boxes {0: [" in step.message and step.data["images"] == [list(imgs[0].size)]
+    # the schema: per shown frame, an enum of that frame's box numbers (OpenAI: strict; Ollama: format)
+    kind, schema = sent_schema(body)
+    assert kind == ("json_schema" if protocol == "openai" else "format")
+    assert list(schema["properties"]) == [*(f"frame_{t}" for t in range(5)), "reason"]
+    for t, b in boxes.items():
+        assert schema["properties"][f"frame_{t}"]["items"]["enum"] == [n for n, _ in b]
+    if protocol == "openai":
+        assert body["response_format"]["json_schema"]["strict"] is True
 
 
-def test_a_box_that_does_not_exist_leaves_the_frame_to_the_rules(llm_clip, llm_rules_answer):
-    answer = {"frames": [{"frame": t, "boxes": [99]} for t in range(5)], "reasoning": "box 99"}
+@pytest.mark.parametrize(
+    "wrong,why",
+    [
+        ({"frame_0": [99]}, "answer.frame_0[0]: 99 is not one of"),  # no such box
+        ({"frame_3": [1]}, "answer.frame_3[0]: 1 is not one of"),  # box 1 is frame 0's
+    ],
+)
+def test_a_box_off_the_frames_menu_is_refused(llm_clip, llm_rules_answer, wrong, why):
+    """From a server that does not constrain: a number that is not a box of its frame is off the menu,
+    one repair, then the rules decide the clip (the trace says what was wrong)."""
+    answer = {f"frame_{t}": [2 * t + 1] for t in range(5)} | wrong | {"reason": "x"}
     with FakeLLMServer("openai", [{"json": answer}]) as srv:
         s = _settings(srv)
         ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
-    assert ans.labels == llm_rules_answer.labels
+    assert len(srv.requests) == 2 and ans.labels == llm_rules_answer.labels
     for a, b in zip(ans.masks, llm_rules_answer.masks, strict=True):
         assert np.array_equal(a, b)
-    assert any("not a box of that frame: box 99 on frame 0" in t.message for t in ans.trace)
-
-
-def test_a_box_of_another_frame_is_not_taken(llm_clip, llm_rules_answer):
-    """Box 1 is frame 0's; named for frame 3 it is refused there, taken on frame 0."""
-    answer = {"frames": [{"frame": 0, "boxes": [1]}, {"frame": 3, "boxes": [1]}], "reasoning": "x"}
-    with FakeLLMServer("openai", [{"json": answer}]) as srv:
-        s = _settings(srv)
-        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
-    msg = next(t.message for t in ans.trace if t.message.startswith("vision LLM"))
-    assert "decided frames [0]" in msg and "box 1 on frame 3" in msg
+    assert any("LLM vision propose failed" in t.message and why in t.message for t in ans.trace)
 
 
 @pytest.mark.parametrize("protocol", ["openai", "ollama"])
@@ -107,14 +110,6 @@ def test_a_timeout_falls_back_to_the_rules(llm_clip, llm_rules_answer):
         ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     assert ans.labels == llm_rules_answer.labels
     assert any("LLM vision propose failed" in t.message for t in ans.trace)
-
-
-def test_no_box_but_a_phrase_segments_the_phrase(llm_clip):
-    answer = {"frames": [{"frame": t, "boxes": [], "phrase": "the car"} for t in range(5)], "reasoning": "x"}
-    with FakeLLMServer("openai", [{"json": answer}]) as srv:
-        s = _settings(srv)
-        ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
-    assert ans.labels == ["car"]
 
 
 def test_auto_shows_images_to_known_vision_models_only(llm_clip):
@@ -198,13 +193,13 @@ def test_a_vision_model_picking_the_rules_boxes_reproduces_the_rules_eval(dev_se
     def as_the_rules(body: dict) -> dict:
         if "numbered box" in user_text(body):
             boxes = legend(body)
-            frames = [
-                {"frame": t, "boxes": [n for ph in picked["decide"][t] for n, p in b if p == ph]}
+            answer = {
+                f"frame_{t}": [n for ph in picked["decide"][t] for n, p in b if p == ph]
                 for t, b in boxes.items()
-            ]
-            return {"frames": frames, "reasoning": "as the rules"}
+            }
+            return answer | {"reason": "as the rules"}
         failing, phrases = picked["retry"]
-        return {"frames": [{"frame": t, "phrase": (phrases[t] or [None])[0]} for t in failing]}
+        return {f"frame_{t}": (phrases[t] or ["none"])[0] for t in failing} | {"reason": "as the rules"}
 
     cache = tmp_path / "cache"
     rules = R.run_eval(
@@ -233,19 +228,19 @@ def test_a_vision_model_picking_the_rules_boxes_reproduces_the_rules_eval(dev_se
     traces = R.read_jsonl(tmp_path / "vision" / "traces.jsonl")
     for tr in traces:
         steps = [t["message"] for t in tr["trace"]]
-        assert any(m.startswith("vision LLM (openai:fake)") for m in steps), tr["key"]
+        assert any(m.startswith("vision LLM (openai:fake)") or m.startswith("no LLM call") for m in steps), (
+            tr["key"]
+        )
         assert not any("the rules decided" in m for m in steps), tr["key"]
     calls = [r["stats"]["llm_calls"] for r in R.read_jsonl(tmp_path / "vision" / "clips.jsonl")]
     assert sum(calls) == len(srv.requests) and max(calls) <= 2
 
 
-def test_what_the_model_says_is_not_visible_is_in_the_trace(llm_clip):
-    answer = {
-        "frames": [{"frame": t, "boxes": [2 * t + 1], "not_visible": ["the helicopter"]} for t in range(5)],
-        "reasoning": "a dog barks; a helicopter is heard but not seen",
-    }
+def test_the_reason_is_quoted(llm_clip):
+    answer = {f"frame_{t}": [2 * t + 1] for t in range(5)} | {"reason": "a dog barks; a helicopter is heard"}
     with FakeLLMServer("ollama", [{"json": answer}]) as srv:
         s = _settings(srv)
         ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     msg = next(t.message for t in ans.trace if t.message.startswith("vision LLM"))
-    assert msg.endswith("; not visible, it says: helicopter") and ans.labels == ["dog"]
+    assert msg.endswith(": a dog barks; a helicopter is heard") and ans.labels == ["dog"]
+    assert ans.text.endswith("reasoned: a dog barks; a helicopter is heard")
