@@ -357,12 +357,17 @@ def test_one_object_never_carries_two_labels(matcher):
     assert [list(o) for o in decided.objects] == [["car"], ["car"]]  # ... the answer one object, one name
     assert (decided.masks((20, 20))[0] == (car.mask[0] | truck.mask[0])).all()
     apart = _perception([{"car": car, "truck": _seg("truck", (15, 15, 20, 20))}], [terms])
-    assert list(D.decide_clip(apart, p, cfg, matcher).objects[0]) == ["car", "truck"]  # two objects: two names
+    assert list(D.decide_clip(apart, p, cfg, matcher).objects[0]) == [
+        "car",
+        "truck",
+    ]  # two objects: two names
 
 
 def _linked(found):
     """Instances linked by their position in each frame's list (a stand-in for ByteTrack's ids)."""
-    return D.link_tracks(found, lambda per: [np.arange(len(s)) if s is not None else np.zeros(0, int) for s in per])
+    return D.link_tracks(
+        found, lambda per: [np.arange(len(s)) if s is not None else np.zeros(0, int) for s in per]
+    )
 
 
 def test_the_instance_salient_over_the_clip_wins_when_tracks_weigh_in():
