@@ -252,3 +252,18 @@ def sent_schema(body: dict) -> tuple[str, dict]:
     if body.get("tools"):
         return "tool", body["tools"][0]["function"]["parameters"]
     raise AssertionError(f"no schema in the request: {sorted(body)}")
+
+
+def menu_answer(body: dict) -> dict:
+    """A valid answer to whatever schema a request sent, as a model that keeps to the menu: each enum
+    field its first entry (the best-ranked candidate), arrays empty, strings a word."""
+    _, schema = sent_schema(body)
+    out: dict = {}
+    for key, prop in schema.get("properties", {}).items():
+        if "enum" in prop:
+            out[key] = prop["enum"][0]
+        elif prop.get("type") == "array":
+            out[key] = []
+        else:
+            out[key] = "scripted"
+    return out

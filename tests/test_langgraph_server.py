@@ -108,5 +108,5 @@ def test_langgraph_dev_server_answers_like_ask(dev_set, tmp_path):
     assert len(masks) == len(expected.masks)
     assert all((a == b).all() for a, b in zip(masks, expected.masks, strict=True))
     (asked,) = paused["__interrupt__"]
-    assert "1 = car, 2 = truck" in asked["value"]["question"] and "answer" not in paused
-    assert resumed["answer"]["labels"] == ["car"]
+    assert "1 = truck, 2 = car" in asked["value"]["question"] and "answer" not in paused
+    assert resumed["answer"]["labels"] == ["truck"]

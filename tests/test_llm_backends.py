@@ -208,9 +208,10 @@ def test_missing_api_key_is_one_line(tmp_path, dev_set, monkeypatch):
 def test_llm_calls_per_clip_over_the_dev_set(dev_set):
     """Target: <= 1.2 LLM calls per clip on average (one proposal per clip; retries add at most one)."""
     rows = list(csv.DictReader(open(dev_set / "s4_meta_data.csv")))
-    dog = {"source": "dog", "second_source": "none", "reason": "scripted"}
+    from tests.fake_llm import menu_answer
+
     calls = 0
-    with FakeLLMServer("openai", [{"json": dog}]) as srv:
+    with FakeLLMServer("openai", [{"reply": menu_answer}]) as srv:
         s = _settings(srv)
         tools = get_toolset(s.tool_config())
         for r in rows:
