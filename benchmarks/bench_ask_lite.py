@@ -33,10 +33,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("AVS_AGENT_MODELS_DIR", str(SHARED / "models"))
 
-    from agent.run import run_clip
-    from agent.settings import load_settings
-    from tools.media import load_clip
-    from tools.wiring import get_toolset
+    from avs_agent.agent.run import run_clip
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.tools.media import load_clip
+    from avs_agent.tools.wiring import get_toolset
 
     dev = SHARED / "data" / "davis_av_dev"
     rows = list(csv.DictReader(open(dev / "s4_meta_data.csv")))[: args.clips]

@@ -6,7 +6,7 @@ at 224x224, 854x480 and 1280x720.
 
 Both sides are whole processes, timed from the outside (start, imports, decoding, model loading, run),
 median of ``--runs``:
-- ``ask``: ``python -m agent.apps.cli ask VIDEO --fps N`` (and once more with ``--out DIR``);
+- ``ask``: ``python -m avs_agent.agent.apps.cli ask VIDEO --fps N`` (and once more with ``--out DIR``);
 - models alone: one process that decodes the same frames and audio (``tools.media.load_clip``) and runs
   only the three lite models on them as ``ask`` does: YOLOX-nano at 416 on each frame (stretched to its
   display aspect), DeepLab at 513 on each frame and its mirror image, YAMNet over each frame's second
@@ -45,7 +45,7 @@ def make_video(path: Path, width: int, height: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from tools.media import decode_audio, write_audio
+    from avs_agent.tools.media import decode_audio, write_audio
 
     cat, name = CLIP
     base = SHARED / "data/davis_av_dev/s4_data"
@@ -78,12 +78,12 @@ def models_alone(video: str, fps: float) -> dict:
     """In this process: decode ``video`` as ``ask`` does and run only the three lite models on it."""
     import numpy as np
 
-    from agent.settings import load_settings
-    from tools.lite.deeplab import DeepLabSegmenter
-    from tools.lite.yamnet import YamnetTagger
-    from tools.lite.yolox import YoloxDetector
-    from tools.media import open_clip
-    from tools.ops import stretch_to_aspect
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.tools.lite.deeplab import DeepLabSegmenter
+    from avs_agent.tools.lite.yamnet import YamnetTagger
+    from avs_agent.tools.lite.yolox import YoloxDetector
+    from avs_agent.tools.media import open_clip
+    from avs_agent.tools.ops import stretch_to_aspect
 
     settings = load_settings("lite", overrides=[f"media.fps={fps}"])
     tools = settings.tool_config()
@@ -138,7 +138,7 @@ def eval_throughput(env: dict, out: Path) -> dict:
     cmd = [
         sys.executable,
         "-m",
-        "agent.apps.cli",
+        "avs_agent.apps.cli",
         "eval",
         "--dataset",
         "avsbench-s4",
@@ -259,12 +259,12 @@ def main() -> None:
         # the steady state: the label embeddings of these clips are in the store (the first ask on a
         # machine computes them once; timed separately below, with an empty store)
         warm = str(make_video(Path(tmp) / "warm.mp4", *SIZES[224]))
-        timed([py, "-m", "agent.apps.cli", "ask", warm, "--json"], env)
+        timed([py, "-m", "avs_agent.apps.cli", "ask", warm, "--json"], env)
         for size in [int(s) for s in args.sizes.split(",")]:
             w, h = SIZES[size]
             video = str(make_video(Path(tmp) / f"video_{size}.mp4", w, h))
             for fps in [float(r) for r in args.rates.split(",")]:
-                ask = [py, "-m", "agent.apps.cli", "ask", video, "--fps", f"{fps:g}", "--json"]
+                ask = [py, "-m", "avs_agent.apps.cli", "ask", video, "--fps", f"{fps:g}", "--json"]
                 row = {"size": f"{w}x{h}", "fps": fps}
                 row["ask"], _ = median_run(ask, env, args.runs)
                 models = [py, __file__, "--models-alone", video, f"{fps:g}"]
@@ -296,7 +296,7 @@ def main() -> None:
         }
         if args.cold:
             cold_env = {**env, "XDG_CACHE_HOME": str(Path(tmp) / "empty_cache")}
-            s, c, peak, _ = timed([py, "-m", "agent.apps.cli", "ask", warm, "--json"], cold_env)
+            s, c, peak, _ = timed([py, "-m", "avs_agent.apps.cli", "ask", warm, "--json"], cold_env)
             report["cold_store"] = {
                 "what": "one ask (224 px, 1 fps) with an empty embedding store: the vocabularies embedded once",
                 "seconds": round(s, 2),

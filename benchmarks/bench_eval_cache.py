@@ -38,20 +38,20 @@ def main() -> None:
 
     import numpy as np
 
-    from agent.settings import load_settings
-    from evals.datasets import load_dataset
-    from evals.runner import run_eval
-    from evals.strategies import get_strategy
-    from tools.cache import cached_toolset, settings_fingerprint
-    from tools.media import _assemble
-    from tools.types import SAMPLE_RATE, Frame
-    from tools.wiring import build_toolset
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.evals.datasets import load_dataset
+    from avs_agent.evals.runner import run_eval
+    from avs_agent.evals.strategies import get_strategy
+    from avs_agent.tools.cache import cached_toolset, settings_fingerprint
+    from avs_agent.tools.media import assemble_clip
+    from avs_agent.tools.types import SAMPLE_RATE, Frame
+    from avs_agent.tools.wiring import build_toolset
 
     settings = load_settings("lite")
     ds = load_dataset("avsbench-s4", args.root, "test", limit=args.limit)
     rng = np.random.default_rng(0)
     frames = [Frame(i, i + 0.5, rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)) for i in range(2)]
-    warm_clip = _assemble(
+    warm_clip = assemble_clip(
         "warm-up",
         frames,
         (0.1 * rng.standard_normal(2 * SAMPLE_RATE)).astype(np.float32),

@@ -34,7 +34,7 @@ def make_video(path: Path, noise: bool = False) -> Path:
     import numpy as np
     from PIL import Image
 
-    from tools.media import decode_audio, write_audio
+    from avs_agent.tools.media import decode_audio, write_audio
 
     cat, name = CLIP
     base = SHARED / "data/davis_av_dev/s4_data"
@@ -66,8 +66,8 @@ def make_video(path: Path, noise: bool = False) -> Path:
 
 def one_rate(video: str, warm: str, fps: float) -> dict:
     """In this process: warm up on the noise video, then time one ask at ``fps``."""
-    from agent.run import run_media
-    from agent.settings import load_settings
+    from avs_agent.agent.run import run_media
+    from avs_agent.agent.settings import load_settings
 
     settings = load_settings("lite", overrides=[f"media.fps={fps}"])
     run_media(warm, load_settings("lite"))  # loads and warms the models, caching nothing of ``video``

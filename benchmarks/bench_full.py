@@ -34,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests import tiny_models as tm  # noqa: E402  (offline tokenizers)
-from tools.errors import ModelNotFoundError  # noqa: E402
-from tools.full import hf  # noqa: E402
-from tools.types import AudioSegment, Frame  # noqa: E402
+
+from avs_agent.tools.errors import ModelNotFoundError  # noqa: E402
+from avs_agent.tools.full import hf  # noqa: E402
+from avs_agent.tools.types import AudioSegment, Frame  # noqa: E402
 
 
 def peak_gb() -> float:
@@ -240,7 +241,7 @@ def main() -> None:
             )
 
         # Grounded-SAM and the embedding reuse
-        from tools.full.grounded_sam import GroundedSam
+        from avs_agent.tools.full.grounded_sam import GroundedSam
 
         seg_dir = save_sam2(tmp / "sam2") if args.sam2 else save_sam(tmp / "sam")
         g = GroundedSam(
@@ -263,8 +264,8 @@ def main() -> None:
             t, _ = timed(lambda f=f: (g.ground(f, ["a guitar"], box_threshold=0.0001), sync(device)))
             retry_thr.append(t)
         # the parts, measured alone
-        from tools.full.grounded_sam import frame_key
-        from tools.ops import stretch_to_aspect
+        from avs_agent.tools.full.grounded_sam import frame_key
+        from avs_agent.tools.ops import stretch_to_aspect
 
         img, _ = stretch_to_aspect(frame)
         enc_s, _ = timed(lambda: (g._embed(img), sync(device)), args.repeat)
@@ -337,7 +338,7 @@ def main() -> None:
             print(f"written {args.out}")
             return
 
-        from tools.full.clap import ClapScorer
+        from avs_agent.tools.full.clap import ClapScorer
 
         c = ClapScorer(loc(save_clap(tmp / "clap")), options=opts)
         load_s, _ = timed(lambda: c._load())
@@ -345,7 +346,7 @@ def main() -> None:
         warm, _ = timed(lambda: c.score(seconds + [clip], ["dog", "guitar", "car", "man"]), args.repeat)
         record("clap", load_s, first, warm, call="5 x 1 s + one 5 s clip vs 4 texts")
 
-        from tools.full.ast_tagger import AstTagger
+        from avs_agent.tools.full.ast_tagger import AstTagger
 
         a = AstTagger(loc(save_ast(tmp / "ast")), options=opts)
         load_s, _ = timed(lambda: a._load())
@@ -353,7 +354,7 @@ def main() -> None:
         warm, _ = timed(lambda: a.tag_clip(clip), args.repeat)
         record("ast", load_s, first, warm, call="tag_clip of 5 s: 5 seconds + the clip (6 windows)")
 
-        from tools.full.blip_captioner import BlipCaptioner
+        from avs_agent.tools.full.blip_captioner import BlipCaptioner
 
         b = BlipCaptioner(
             loc(save_blip(tmp / "blip")), options={**opts, "max_new_tokens": 20, "num_beams": 1}
@@ -364,7 +365,7 @@ def main() -> None:
         warm, _ = timed(lambda: b.caption([frame]), args.repeat)
         record("blip", load_s, first, warm, call="one frame, 20 new tokens, greedy")
 
-        from tools.full.blip_captioner import NounPhraseExtractor
+        from avs_agent.tools.full.blip_captioner import NounPhraseExtractor
 
         n = NounPhraseExtractor()
         try:
@@ -377,7 +378,7 @@ def main() -> None:
             )
             record("spacy", load_s, warm, warm, call="noun phrases of 5 captions")
 
-        from tools.full.clip_check import ClipCropChecker
+        from avs_agent.tools.full.clip_check import ClipCropChecker
 
         k = ClipCropChecker(loc(save_clip(tmp / "clip")), options=opts)
         masks = np.zeros((3, 224, 224), bool)
@@ -392,7 +393,7 @@ def main() -> None:
         results["meets_ram_target_without_audio_captioner"] = bool(peak_gb() <= 6.0)
 
         if args.with_audio_captioner:
-            from tools.full.audio_captioner import Qwen2AudioCaptioner
+            from avs_agent.tools.full.audio_captioner import Qwen2AudioCaptioner
 
             q = Qwen2AudioCaptioner(
                 loc(save_qwen2_audio(tmp / "qwen2_audio")),

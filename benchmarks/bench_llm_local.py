@@ -110,10 +110,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("AVS_AGENT_MODELS_DIR", str(SHARED / "models"))
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
-    sys.path.insert(0, str(ROOT))  # this checkout's code, not an installed copy
+    sys.path.insert(0, str(ROOT / "src"))  # this checkout's code, not an installed copy
 
-    from agent.settings import load_settings
-    from evals import runner as R
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.evals import runner as R
 
     dev = SHARED / "data" / "davis_av_dev"
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_llm_local_"))

@@ -62,9 +62,9 @@ def compare(
     root: Path, settings, toolset, names: list[str] | None = None, workdir: Path | None = None
 ) -> list[dict]:
     """Per clip: J (or left empty) from frames + wav and from the mp4, and the labels both ways."""
-    from agent.run import run_clip, run_media
-    from evals.datasets import load_dataset
-    from evals.metrics import frame_ious
+    from avs_agent.agent.run import run_clip, run_media
+    from avs_agent.evals.datasets import load_dataset
+    from avs_agent.evals.metrics import frame_ious
 
     rows = {r["name"]: r["case_type"] for r in csv.DictReader(open(root / "cases.csv"))}
     ds = load_dataset("avsbench-s4", root, "test")
@@ -103,8 +103,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/reencode.json"))
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
-    from agent.settings import load_settings
-    from tools.wiring import get_toolset
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.tools.wiring import get_toolset
 
     settings = load_settings(overrides=args.set)
     toolset = get_toolset(settings.tool_config())

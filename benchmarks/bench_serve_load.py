@@ -69,7 +69,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, AVS_AGENT_TOKEN=token, AVS_AGENT_MODELS_DIR=str(SHARED / "models"))
-        cmd = [sys.executable, "-m", "agent.apps.cli", "serve", "--port", str(self.port), "--log-level", "warning",
+        cmd = [sys.executable, "-m", "avs_agent.apps.cli", "serve", "--port", str(self.port), "--log-level", "warning",
                "--set", f"serve.max_batch_size={batch}", "--set", f"serve.batch_wait_s={wait_s}"]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT
@@ -125,8 +125,8 @@ def make_jobs(workload: str, n: int) -> list:
     audio lists, or clips."""
     from PIL import Image
 
-    from tools.media import load_clip
-    from tools.types import Frame
+    from avs_agent.tools.media import load_clip
+    from avs_agent.tools.types import Frame
 
     clips = dev_clips()
     if workload == "detect":
@@ -191,7 +191,7 @@ def run_clients(fn, jobs: list, clients: int, max_seconds: float) -> dict:
 
 
 def call_for(workload: str, toolset, settings):
-    from agent.run import run_clip
+    from avs_agent.agent.run import run_clip
 
     if workload == "detect":
         return toolset.grounder.detect_all
@@ -213,11 +213,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load.json")
     args = ap.parse_args()
     os.environ.setdefault("AVS_AGENT_MODELS_DIR", str(SHARED / "models"))
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "src"))
 
-    from agent.settings import load_settings
-    from tools.server.remote import build_remote_toolset
-    from tools.wiring import build_toolset
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.tools.server.remote import build_remote_toolset
+    from avs_agent.tools.wiring import build_toolset
 
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     jobs = {w: make_jobs(w, args.requests if w in ("detect", "tag") else args.clients) for w in workloads}
@@ -235,7 +235,7 @@ def main() -> None:
     # in-process: one thread calling the tools directly (fresh toolset: empty caches, models warmed first)
     local_settings = load_settings()
     local = build_toolset(local_settings.tool_config())
-    from tools.server.app import warm_up
+    from avs_agent.tools.server.app import warm_up
 
     for name in ("tagger", "grounder", "scorer", "matcher"):
         warm_up(name, getattr(local, name), local.vocabulary)

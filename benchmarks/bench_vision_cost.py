@@ -50,12 +50,12 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
 
     from langchain_core.messages.utils import count_tokens_approximately
-
-    from agent.run import run_clip
-    from agent.settings import load_settings
     from tests.fake_llm import FakeLLMServer, images, legend
-    from tools.media import load_clip
-    from tools.wiring import get_toolset
+
+    from avs_agent.agent.run import run_clip
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.tools.media import load_clip
+    from avs_agent.tools.wiring import get_toolset
 
     def first_boxes(body: dict) -> dict:  # an answer of typical length: each frame's first box
         return {f"frame_{t}": [b[0][0]] for t, b in legend(body).items() if b} | {

@@ -83,7 +83,7 @@ LLM_SETS = tuple(x for o in LLM_EVIDENCE for x in ("--set", o))
 
 @pytest.fixture(scope="session")
 def llm_clip(dev_set):
-    from tools.media import load_clip
+    from avs_agent.tools.media import load_clip
 
     frames, wav, _ = dev_clip_paths(LLM_CLIP)
     return load_clip(frames, wav)
@@ -92,9 +92,9 @@ def llm_clip(dev_set):
 @pytest.fixture(scope="session")
 def llm_rules_answer(llm_clip):
     """What the rules answer on the LLM tests' clip (what an LLM falling back must reproduce)."""
-    from agent.run import run_clip
-    from agent.settings import load_settings
-    from tools.wiring import get_toolset
+    from avs_agent.agent.run import run_clip
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.tools.wiring import get_toolset
 
     s = load_settings(overrides=[*LLM_EVIDENCE])
     return run_clip(llm_clip, s, get_toolset(s.tool_config()))
@@ -102,7 +102,7 @@ def llm_rules_answer(llm_clip):
 
 def llm_settings(srv, *overrides: str, **extra):
     """Settings pointing the LLM backend at a fake server (its protocol), at the LLM tests' floor."""
-    from agent.settings import load_settings
+    from avs_agent.agent.settings import load_settings
 
     over = [
         f"llm.backend={srv.protocol}",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tools.types import AudioSegment, AudioTags, Frame, Segments
-from tools.wiring import Toolset
+from avs_agent.tools.types import AudioSegment, AudioTags, Frame, Segments
+from avs_agent.tools.wiring import Toolset
 
 H = W = 64
 
@@ -103,7 +103,7 @@ def scripted_toolset(
 
 
 def clip(n_frames: int = 2):
-    from tools.types import Clip
+    from avs_agent.tools.types import Clip
 
     wave = (0.1 * np.sin(np.arange(16000 * n_frames) / 10)).astype(np.float32)
     segs = [AudioSegment(float(i), float(i + 1), wave[i * 16000 : (i + 1) * 16000]) for i in range(n_frames)]

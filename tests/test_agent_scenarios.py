@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-
-from agent.run import run_clip
-from agent.settings import load_settings
 from tests.fake_llm import FakeLLMServer
 from tests.scripted_tools import box_segment, clip, scripted_toolset
-from tools.wiring import get_toolset
+
+from avs_agent.agent.run import run_clip
+from avs_agent.agent.settings import load_settings
+from avs_agent.tools.wiring import get_toolset
 
 VOCAB = ["dog", "person", "bee", "electric shaver", "car", "guitar"]
 """An open vocabulary, as the full profile has (phrases are grounded as they are)."""
@@ -152,7 +152,7 @@ class _Captioner:
         self.nouns = nouns
 
     def caption(self, frames):
-        from tools.types import Captions
+        from avs_agent.tools.types import Captions
 
         return [
             Captions(texts=[f"a photo of a {' and a '.join(self.nouns)}"], noun_phrases=self.nouns)
@@ -310,8 +310,9 @@ def test_the_source_is_followed_through_the_clip(matcher):
     from dataclasses import replace
 
     from tests.scripted_tools import H, W
-    from tools.lite.tracker import InstanceTracker
-    from tools.types import Segments
+
+    from avs_agent.tools.lite.tracker import InstanceTracker
+    from avs_agent.tools.types import Segments
 
     def dogs(*items):
         return Segments.concat([box_segment("dog", box, conf) for box, conf in items], H, W)

@@ -13,15 +13,15 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
-
-from agent.apps.chat_cmd import ChatSession, describe_reply
-from agent.apps.cli import app
 from tests.conftest import PROJECT_ROOT, dev_clip_paths
 from tests.media_factory import write_image
+from typer.testing import CliRunner
+
+from avs_agent.apps.chat_cmd import ChatSession, describe_reply
+from avs_agent.apps.cli import app
 
 runner = CliRunner()
-CLI = [sys.executable, "-c", "from agent.apps.cli import main; main()"]
+CLI = [sys.executable, "-c", "from avs_agent.apps.cli import main; main()"]
 CLIP = "pets_great_pyrenees_176_bark_01"  # a barking dog, visible on all 5 frames
 
 
@@ -108,7 +108,7 @@ def test_chat_media_argument_errors_are_one_line(tmp_path):
 
 def test_chat_session_without_media_and_bad_opens(tmp_path):
     """No model is needed to refuse: questions before /open, a text file, an image without audio."""
-    from agent.settings import load_settings
+    from avs_agent.agent.settings import load_settings
 
     lines: list[str] = []
     session = ChatSession(load_settings(), None, tmp_path, echo=lines.append)
@@ -134,7 +134,7 @@ def test_chat_session_without_media_and_bad_opens(tmp_path):
 
 
 def test_describe_reply_says_where_files_are():
-    from agent.apps.conversation import Reply
+    from avs_agent.apps.conversation import Reply
 
     reply = Reply(
         text="The dog.",
@@ -155,7 +155,7 @@ def test_describe_reply_says_where_files_are():
 def test_chat_in_a_real_terminal(tmp_path, monkeypatch):
     """The installed command in a pseudo-terminal: prompt, /help, a bad /open, Ctrl-D."""
     pexpect = pytest.importorskip("pexpect")
-    cmd = f"{sys.executable} -c 'from agent.apps.cli import main; main()'"
+    cmd = f"{sys.executable} -c 'from avs_agent.apps.cli import main; main()'"
     (tmp_path / "notes.txt").write_text("not a video")
     child = pexpect.spawn(
         cmd + " chat", cwd=str(PROJECT_ROOT), encoding="utf-8", timeout=60, dimensions=(40, 200)

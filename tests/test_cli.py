@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
-
-from agent.apps.cli import app
 from tests.conftest import dev_clip_paths
 from tests.media_factory import write_image, write_video, write_wav
+from typer.testing import CliRunner
+
+from avs_agent.apps.cli import app
 
 runner = CliRunner()
 
@@ -70,7 +70,7 @@ def test_ask_on_a_real_video_file(tmp_path, dev_set):
     import av
 
     frames, wav, gt_dir = dev_clip_paths("pets_great_pyrenees_176_bark_01")
-    from tools.media import decode_audio
+    from avs_agent.tools.media import decode_audio
 
     audio = decode_audio(wav)
     path = tmp_path / "clip.mp4"
@@ -110,7 +110,7 @@ def test_ask_on_a_real_video_file(tmp_path, dev_set):
 
 def _run(*args):
     return subprocess.run(
-        [sys.executable, "-m", "agent.apps.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "avs_agent.apps.cli", *args], capture_output=True, text=True, timeout=120
     )
 
 
@@ -177,10 +177,10 @@ def test_the_graph_runs_from_plain_configuration(dev_set):
     """What a LangGraph server does with langgraph.json: build the run context from JSON (here the
     profile and one override, or nothing at all) and invoke the graph with the media path as input; the
     answer equals `ask`'s."""
-    from agent.graph import graph
-    from agent.nodes import RunContext
-    from agent.run import run_media
-    from agent.settings import load_settings
+    from avs_agent.agent.graph import graph
+    from avs_agent.agent.nodes import RunContext
+    from avs_agent.agent.run import run_media
+    from avs_agent.agent.settings import load_settings
 
     frames, wav, _ = dev_clip_paths("pets_great_pyrenees_176_bark_01")
     expected, _ = run_media(frames, load_settings(), audio=wav)
@@ -202,7 +202,7 @@ def test_the_graph_runs_from_plain_configuration(dev_set):
 def _run_without(modules: list[str], *args):
     """The CLI in a process where ``modules`` cannot be imported (as after a lite-only install)."""
     blocked = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
-    code = blocked + "from agent.apps.cli import main\nmain()\n"
+    code = blocked + "from avs_agent.apps.cli import main\nmain()\n"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
 
 
@@ -273,7 +273,7 @@ def test_question_with_the_rules_reasoner_says_it_is_not_read(tmp_path):
 
 
 def test_explanations_count_frames_and_name_the_tag_behind_an_unseen_object():
-    from agent.rules import RulesReasoner
+    from avs_agent.agent.rules import RulesReasoner
 
     text = RulesReasoner.explain(
         ["dog"],

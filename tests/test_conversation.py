@@ -1,8 +1,9 @@
 """Chat memory: follow-ups answered from the stored state, re-segmentation, resume by thread id."""
 
-from agent.apps.conversation import Conversation, classify
-from agent.settings import load_settings
 from tests.conftest import dev_clip_paths
+
+from avs_agent.agent.settings import load_settings
+from avs_agent.apps.conversation import Conversation, classify
 
 
 def test_classify_follow_ups():
@@ -93,7 +94,7 @@ def test_a_close_call_asks_the_person_and_resumes_with_their_choice(tmp_path, de
 
 def test_follow_ups_while_a_close_call_waits():
     """Which messages are questions (answered, the close call kept) and what they are told."""
-    from agent.apps.conversation import answer_while_asking, is_question
+    from avs_agent.apps.conversation import answer_while_asking, is_question
 
     for text in ("why not the person?", "which seconds?", "which seconds", "is it 2?", "why", "the person?"):
         assert is_question(text), text
@@ -118,7 +119,7 @@ def test_follow_ups_while_a_close_call_waits():
 
 
 def test_follow_up_answers_name_each_object_and_count_frames_right():
-    from agent.apps.conversation import _frames_text, split_objects
+    from avs_agent.apps.conversation import _frames_text, split_objects
 
     assert split_objects("truck or the car") == ["truck", "car"]
     assert split_objects("dog, the cat and a bird") == ["dog", "cat", "bird"]
@@ -127,7 +128,7 @@ def test_follow_up_answers_name_each_object_and_count_frames_right():
 
 
 def test_person_choice():
-    from agent.nodes import person_choice
+    from avs_agent.agent.nodes import person_choice
 
     options = {"1": ["car"], "2": ["truck"], "both": ["car", "truck"]}
     assert person_choice("1", options) == ["car"]

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from agent import decision as D
-from agent.settings import AgentSettings, DecisionSettings, load_settings
-from tools.types import AudioTags, Segments
-from tools.wiring import get_toolset
+from avs_agent.agent import decision as D
+from avs_agent.agent.settings import AgentSettings, DecisionSettings, load_settings
+from avs_agent.tools.types import AudioTags, Segments
+from avs_agent.tools.wiring import get_toolset
 
 P = DecisionSettings(
     clip_weight=0.5,
@@ -232,7 +232,7 @@ def test_decide_clip_retries_the_next_candidate_after_a_failed_check(matcher):
 
 
 def test_crossval_groups_keep_visuals_and_recordings_on_one_side(dev_set):
-    from evals.crossval import groups
+    from avs_agent.evals.crossval import groups
 
     g = groups(dev_set / "cases.csv")
     assert len(g) == 40
@@ -252,9 +252,9 @@ def test_the_widened_set_pairs_dev_visuals_with_other_recordings(dev_set, tmp_pa
     import numpy as np
     from PIL import Image
 
-    from evals.augment import build
-    from evals.crossval import groups
-    from evals.datasets import load_dataset
+    from avs_agent.evals.augment import build
+    from avs_agent.evals.crossval import groups
+    from avs_agent.evals.datasets import load_dataset
 
     new = build(dev_set, tmp_path / "w", per_visual=2, seed=0)
     rows = list(csv.DictReader(open(tmp_path / "w" / "cases.csv")))
@@ -285,7 +285,7 @@ def test_crossval_never_draws_the_defaults_and_reports_its_spread_and_ceiling(de
     brackets its mean; the markdown holds every row."""
     import json
 
-    from evals.crossval import SPACE, draws, main
+    from avs_agent.evals.crossval import SPACE, draws, main
 
     base = DecisionSettings()
     pool = draws(6, 0, base)
@@ -318,7 +318,7 @@ def test_a_fit_is_the_mean_of_the_best_draws_not_the_luckiest_one():
     single best draw."""
     from types import SimpleNamespace
 
-    from evals.crossval import SPACE, fit
+    from avs_agent.evals.crossval import SPACE, fit
 
     data = [SimpleNamespace(case="matched"), SimpleNamespace(case="offscreen")]
     pool = [DecisionSettings(none_bias=b) for b in (0.1, 0.2, 0.3, 0.4)]

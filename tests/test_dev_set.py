@@ -32,10 +32,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.run import run_clip
-from agent.settings import load_settings
-from tools.media import load_clip
-from tools.wiring import get_toolset
+from avs_agent.agent.run import run_clip
+from avs_agent.agent.settings import load_settings
+from avs_agent.tools.media import load_clip
+from avs_agent.tools.wiring import get_toolset
 
 
 @pytest.mark.slow

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_eval_runner import fake_toolset
 
-from tools.cache import cached_toolset, content_key
-from tools.types import AudioSegment, Frame
+from avs_agent.tools.cache import cached_toolset, content_key
+from avs_agent.tools.types import AudioSegment, Frame
+from test_eval_runner import fake_toolset
 
 
 def seg(freq: float, start: float = 0.0) -> AudioSegment:

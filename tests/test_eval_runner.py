@@ -8,17 +8,17 @@ import json
 import numpy as np
 import pytest
 import typer
-from test_loaders import H, W, make_s4
-from test_metrics import port_fmeasure, port_mask_iou
 from typer.testing import CliRunner
 
-from agent.settings import load_settings
-from evals import cli as eval_cli
-from evals import datasets as D
-from evals import runner as R
-from tools.errors import UserError
-from tools.types import AudioTags, Segments
-from tools.wiring import Toolset
+from avs_agent.agent.settings import load_settings
+from avs_agent.evals import cli as eval_cli
+from avs_agent.evals import datasets as D
+from avs_agent.evals import runner as R
+from avs_agent.tools.errors import UserError
+from avs_agent.tools.types import AudioTags, Segments
+from avs_agent.tools.wiring import Toolset
+from test_loaders import H, W, make_s4
+from test_metrics import port_fmeasure, port_mask_iou
 
 
 class FakeTagger:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+
+from avs_agent.agent.settings import load_settings
+from avs_agent.evals import datasets as D
+from avs_agent.evals.strategies import STRATEGIES, StrategyError, get_strategy
+from avs_agent.tools.types import Captions
 from test_eval_runner import fake_toolset
 from test_loaders import make_s4
-
-from agent.settings import load_settings
-from evals import datasets as D
-from evals.strategies import STRATEGIES, StrategyError, get_strategy
-from tools.types import Captions
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_only_the_oracle_gets_the_label(clips):
 @pytest.mark.slow
 def test_lite_strategies_on_dev_set(dev_set, tmp_path):
     """Every lite strategy over all 40 dev clips; the agent leaves off-screen clips empty."""
-    from evals.runner import run_eval
+    from avs_agent.evals.runner import run_eval
 
     settings = load_settings("lite")
     cache = tmp_path / "cache"

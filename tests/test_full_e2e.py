@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.full
 
-from agent.apps.cli import app  # noqa: E402
 from tests import tiny_models as tm  # noqa: E402
 from tests.media_factory import write_video  # noqa: E402
+
+from avs_agent.apps.cli import app  # noqa: E402
 
 runner = CliRunner()
 
@@ -96,7 +97,7 @@ def test_ask_full_profile_end_to_end(tmp_path, tiny_sets):
 
 
 def test_ask_full_profile_missing_weights_is_one_line(tmp_path):
-    from agent.apps.cli import main  # noqa: F401 - main prints UserErrors as one line
+    from avs_agent.apps.cli import main  # noqa: F401 - main prints UserErrors as one line
 
     video = write_video(tmp_path / "clip.mp4", seconds=1.0, size=(64, 48))
     res = runner.invoke(
@@ -110,7 +111,7 @@ def test_ask_full_profile_missing_weights_is_one_line(tmp_path):
         ],
     )
     assert res.exit_code != 0
-    from tools.errors import ModelNotFoundError
+    from avs_agent.tools.errors import ModelNotFoundError
 
     assert isinstance(res.exception, ModelNotFoundError)
     assert "tools.audio_tagger.model" in str(res.exception) and "\n" not in str(res.exception)

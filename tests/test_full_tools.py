@@ -14,9 +14,10 @@ pytest.importorskip("transformers")
 pytestmark = pytest.mark.full
 
 from tests import tiny_models as tm  # noqa: E402
-from tools.errors import ModelNotFoundError  # noqa: E402
-from tools.full import hf  # noqa: E402
-from tools.protocols import (  # noqa: E402
+
+from avs_agent.tools.errors import ModelNotFoundError  # noqa: E402
+from avs_agent.tools.full import hf  # noqa: E402
+from avs_agent.tools.protocols import (  # noqa: E402
     AudioCaptioner,
     AudioTagger,
     AudioTextScorer,
@@ -24,7 +25,7 @@ from tools.protocols import (  # noqa: E402
     Grounder,
     ImageCaptioner,
 )
-from tools.types import AudioSegment, Captions, Frame, Segments  # noqa: E402
+from avs_agent.tools.types import AudioSegment, Captions, Frame, Segments  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +66,7 @@ def check_segments(seg: Segments, f: Frame, phrases: list[str]) -> None:
 
 @pytest.mark.parametrize("segmenter", ["tools.grounder.segmenter", "sam2"])
 def test_grounded_sam_transformers(tiny, segmenter):
-    from tools.full.grounded_sam import GroundedSam, union_by_label
+    from avs_agent.tools.full.grounded_sam import GroundedSam, union_by_label
 
     g = GroundedSam(
         loc(tiny["tools.grounder.detector"]),
@@ -94,7 +95,7 @@ def test_grounded_sam_transformers(tiny, segmenter):
 
 
 def test_image_embedding_reused_across_phrases_and_retries(tiny):
-    from tools.full.grounded_sam import GroundedSam
+    from avs_agent.tools.full.grounded_sam import GroundedSam
 
     g = GroundedSam(
         loc(tiny["tools.grounder.detector"]),
@@ -119,7 +120,7 @@ def test_image_embedding_reused_across_phrases_and_retries(tiny):
 def test_prefetch_batches_the_heavy_forwards_with_the_same_results(tiny, segmenter, monkeypatch):
     """A tool server's batch of ground() calls: one detector forward and one image-encoder forward for
     all of them (prefetch), then each call from the caches, giving what the calls give one by one."""
-    from tools.full.grounded_sam import GroundedSam
+    from avs_agent.tools.full.grounded_sam import GroundedSam
 
     def make(**options):
         return GroundedSam(
@@ -170,8 +171,8 @@ def test_prefetch_batches_the_heavy_forwards_with_the_same_results(tiny, segment
 
 
 def test_aspect_stretch_maps_back_to_frame(tiny):
-    from tools.full.grounded_sam import GroundedSam
-    from tools.ops import stretch_to_aspect
+    from avs_agent.tools.full.grounded_sam import GroundedSam
+    from avs_agent.tools.ops import stretch_to_aspect
 
     f = frame(h=40, w=40, aspect=16 / 9)
     img, sx = stretch_to_aspect(f)
@@ -187,7 +188,7 @@ def test_aspect_stretch_maps_back_to_frame(tiny):
 
 
 def test_detect_all_grounds_caption_phrases(tiny):
-    from tools.full.grounded_sam import GroundedSam
+    from avs_agent.tools.full.grounded_sam import GroundedSam
 
     asked = []
 
@@ -207,8 +208,8 @@ def test_detect_all_grounds_caption_phrases(tiny):
 
 
 def test_original_backend_same_interface(tiny):
-    from tools.full.grounded_sam import GroundedSam
-    from tools.full.grounded_sam_original import GroundedSamOriginal
+    from avs_agent.tools.full.grounded_sam import GroundedSam
+    from avs_agent.tools.full.grounded_sam_original import GroundedSamOriginal
 
     tm.register_tiny_sam_original()
     uninstall, _ = tm.install_fake_groundingdino(tiny["dino_original"] / "_tok")
@@ -244,7 +245,7 @@ def test_original_backend_same_interface(tiny):
 def test_original_backend_without_groundingdino_is_a_clear_error(tiny, tmp_path):
     import shutil
 
-    from tools.full.grounded_sam_original import GroundedSamOriginal
+    from avs_agent.tools.full.grounded_sam_original import GroundedSamOriginal
 
     dino = shutil.copytree(tiny["dino_original"], tmp_path / "dino")  # not in the process cache yet
 
@@ -268,7 +269,7 @@ def test_original_backend_without_groundingdino_is_a_clear_error(tiny, tmp_path)
 
 
 def test_clap_transformers_scores(tiny):
-    from tools.full.clap import ClapScorer, apply_templates
+    from avs_agent.tools.full.clap import ClapScorer, apply_templates
 
     s = ClapScorer(
         loc(tiny["tools.audio_text_scorer.model"]), templates=["the sound of a {x}", "a {x} is heard"]
@@ -292,7 +293,7 @@ def test_clap_transformers_scores(tiny):
 
 def test_laion_clap_backend_same_interface(tiny, tmp_path, monkeypatch):
     """laion-clap pins numpy<2 and cannot be installed here: a stand-in module with its API."""
-    from tools.full.clap import ClapScorer, LaionClapScorer
+    from avs_agent.tools.full.clap import ClapScorer, LaionClapScorer
 
     calls = {}
 
@@ -325,7 +326,7 @@ def test_laion_clap_backend_same_interface(tiny, tmp_path, monkeypatch):
 
 
 def test_laion_clap_missing_package_is_clear(tmp_path, monkeypatch):
-    from tools.full.clap import LaionClapScorer
+    from avs_agent.tools.full.clap import LaionClapScorer
 
     monkeypatch.setitem(sys.modules, "laion_clap", None)
     with pytest.raises(ModelNotFoundError, match="laion-clap"):
@@ -336,7 +337,7 @@ def test_laion_clap_missing_package_is_clear(tmp_path, monkeypatch):
 
 
 def test_ast_tagger_per_second_and_clip(tiny):
-    from tools.full.ast_tagger import AstTagger
+    from avs_agent.tools.full.ast_tagger import AstTagger
 
     t = AstTagger(loc(tiny["tools.audio_tagger.model"]))
     assert isinstance(t, AudioTagger) and len(t.labels) == 527
@@ -358,7 +359,7 @@ def test_ast_tagger_per_second_and_clip(tiny):
 
 def test_noun_phrases_lemmatised_and_generic_dropped():
     pytest.importorskip("spacy")
-    from tools.full.blip_captioner import NounPhraseExtractor
+    from avs_agent.tools.full.blip_captioner import NounPhraseExtractor
 
     n = NounPhraseExtractor()
     got = n(
@@ -376,7 +377,7 @@ def test_noun_phrases_lemmatised_and_generic_dropped():
 
 
 def test_blip_captioner(tiny):
-    from tools.full.blip_captioner import BlipCaptioner
+    from avs_agent.tools.full.blip_captioner import BlipCaptioner
 
     c = BlipCaptioner(loc(tiny["tools.image_captioner.model"]), options={"max_new_tokens": 5, "num_beams": 1})
     assert isinstance(c, ImageCaptioner)
@@ -387,7 +388,7 @@ def test_blip_captioner(tiny):
 
 
 def test_qwen2_audio_captioner_several_prompts(tiny):
-    from tools.full.audio_captioner import Qwen2AudioCaptioner
+    from avs_agent.tools.full.audio_captioner import Qwen2AudioCaptioner
 
     c = Qwen2AudioCaptioner(loc(tiny["tools.audio_captioner.model"]), options={"max_new_tokens": 4})
     assert isinstance(c, AudioCaptioner) and len(c.prompts) >= 2
@@ -405,7 +406,7 @@ def test_qwen2_audio_captioner_several_prompts(tiny):
 
 
 def test_square_crop_geometry():
-    from tools.full.clip_check import square_crop
+    from avs_agent.tools.full.clip_check import square_crop
 
     img = np.zeros((40, 60, 3), np.uint8)
     img[10:20, 50:60] = 200
@@ -418,7 +419,7 @@ def test_square_crop_geometry():
 
 
 def test_clip_check(tiny):
-    from tools.full.clip_check import ClipCropChecker
+    from avs_agent.tools.full.clip_check import ClipCropChecker
 
     c = ClipCropChecker(loc(tiny["tools.clip_check.model"]))
     assert isinstance(c, CropChecker)
@@ -435,8 +436,8 @@ def test_clip_check(tiny):
 
 
 def test_missing_weights_are_one_clear_error(tmp_path, monkeypatch):
-    from tools.full.ast_tagger import AstTagger
-    from tools.full.grounded_sam import GroundedSam
+    from avs_agent.tools.full.ast_tagger import AstTagger
+    from avs_agent.tools.full.grounded_sam import GroundedSam
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))

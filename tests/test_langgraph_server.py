@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tests.conftest import PROJECT_ROOT, dev_clip_paths
 
 pytestmark = pytest.mark.slow
@@ -39,8 +38,8 @@ def test_langgraph_dev_server_answers_like_ask(dev_set, tmp_path):
         if os.environ.get("CI"):
             pytest.fail("langgraph-cli[inmem] is not installed (the dev extra has it)")
         pytest.skip("langgraph-cli[inmem] is not installed")
-    from agent.run import run_media
-    from agent.settings import load_settings
+    from avs_agent.agent.run import run_media
+    from avs_agent.agent.settings import load_settings
 
     frames, wav, _ = dev_clip_paths("pets_great_pyrenees_176_bark_01")
     expected, _ = run_media(frames, load_settings(), audio=wav)

@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 from PIL import Image
-
-from agent.settings import load_settings
 from tests.conftest import dev_clip_paths
-from tools.errors import ModelNotFoundError
-from tools.lite.yamnet import YamnetTagger
-from tools.media import load_clip
-from tools.ops import mask_iou
-from tools.types import AudioSegment
-from tools.vocab import COCO80
-from tools.wiring import get_toolset
+
+from avs_agent.agent.settings import load_settings
+from avs_agent.tools.errors import ModelNotFoundError
+from avs_agent.tools.lite.yamnet import YamnetTagger
+from avs_agent.tools.media import load_clip
+from avs_agent.tools.ops import mask_iou
+from avs_agent.tools.types import AudioSegment
+from avs_agent.tools.vocab import COCO80
+from avs_agent.tools.wiring import get_toolset
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_emergency_vehicles_and_jets_name_their_vehicle(toolset):
 def test_minilm_numpy_matches_transformers(toolset):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from tools.text_matcher import resolve_model_dir
+    from avs_agent.tools.text_matcher import resolve_model_dir
 
     emb = toolset.matcher.embedder
     folder = resolve_model_dir(emb.source, None, emb.models_dir, "text embedder")
@@ -183,7 +183,7 @@ def test_missing_weights_name_the_file(tmp_path):
 def test_embeddings_are_kept_on_disk_and_equal_the_computed_ones(tmp_path, models_dir):
     """A second process loads the vectors a first one computed (no weights loaded), bit for bit; and a
     text's vector depends on the text alone (asked alone, in another order, or with no store)."""
-    from tools.text_matcher import MiniLMEmbedder
+    from avs_agent.tools.text_matcher import MiniLMEmbedder
 
     source = "sentence-transformers/all-MiniLM-L6-v2"
     texts = ["a dog barking", "Vehicle horn, car horn, honking", "dog"]
@@ -203,7 +203,7 @@ def test_embeddings_are_kept_on_disk_and_equal_the_computed_ones(tmp_path, model
 
 
 def test_embedding_store_key_follows_the_model_files(tmp_path):
-    from tools.text_matcher import MODEL_FILES, EmbeddingStore, model_key
+    from avs_agent.tools.text_matcher import MODEL_FILES, EmbeddingStore, model_key
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -222,7 +222,7 @@ def test_embedding_store_key_follows_the_model_files(tmp_path):
 
 
 def test_deeplab_upsample_aligns_corners_and_class_map_is_its_argmax():
-    from tools.lite.deeplab import class_map, contenders, upsample
+    from avs_agent.tools.lite.deeplab import class_map, contenders, upsample
 
     rng = np.random.default_rng(0)
     grid = rng.standard_normal((33, 33, 21)).astype(np.float32)
@@ -251,8 +251,8 @@ def test_deeplab_upsample_aligns_corners_and_class_map_is_its_argmax():
 def test_grounder_components_are_the_8_connected_parts_largest_first():
     from scipy import ndimage
 
-    from tools.lite.grounder import _components
-    from tools.ops import box_from_mask
+    from avs_agent.tools.lite.grounder import _components
+    from avs_agent.tools.ops import box_from_mask
 
     rng = np.random.default_rng(1)
     mask = rng.random((60, 90)) > 0.62

@@ -7,15 +7,15 @@ import sys
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from agent.apps.cli import app
-from agent.run import run_clip
-from agent.settings import load_settings
 from tests.conftest import LLM_CLIP, LLM_EVIDENCE, LLM_SETS, dev_clip_paths, llm_settings
 from tests.fake_llm import FakeLLMServer, sent_schema
-from tools.media import load_clip
-from tools.wiring import get_toolset
+from typer.testing import CliRunner
+
+from avs_agent.agent.run import run_clip
+from avs_agent.agent.settings import load_settings
+from avs_agent.apps.cli import app
+from avs_agent.tools.media import load_clip
+from avs_agent.tools.wiring import get_toolset
 
 CLIP = LLM_CLIP
 _settings = llm_settings
@@ -59,7 +59,7 @@ def test_the_menu_reaches_every_backend_that_constrains_decoding(llm_clip, serve
     ``format``, llama.cpp's server (which refuses json_schema) json_object with the schema; each holds
     the model to the clip's candidates or 'none', with a bounded reason, and caps the answer's tokens
     at what the schema allows."""
-    from agent import llm as L
+    from avs_agent.agent import llm as L
 
     L._FOUND.clear()
     protocol = "ollama" if server == "ollama" else "openai"
@@ -188,7 +188,7 @@ def test_missing_api_key_is_one_line(tmp_path, dev_set, monkeypatch):
         [
             sys.executable,
             "-m",
-            "agent.apps.cli",
+            "avs_agent.apps.cli",
             "ask",
             str(frames),
             "--audio",
@@ -255,7 +255,7 @@ def test_the_clip_time_budget_hands_the_rest_to_the_rules(llm_clip, llm_rules_an
 def test_auto_finds_what_a_llama_cpp_like_server_takes(llm_clip):
     """llama.cpp's server refuses a json_schema response_format (HTTP 500) but takes json_object with a
     schema: auto tries, says so in the trace, and the LLM decides; the next clip asks the found way."""
-    from agent import llm as L
+    from avs_agent.agent import llm as L
 
     L._FOUND.clear()
     with FakeLLMServer("openai", [{"json": PEOPLE}], refuse=("json_schema",)) as srv:
@@ -276,7 +276,7 @@ def test_auto_finds_what_a_llama_cpp_like_server_takes(llm_clip):
 
 def test_phrases_copied_with_their_table_scores_are_read_back():
     """Small models copy the evidence table's entries ("dog 3.946 [audio ...]"): the phrase is kept."""
-    from agent.llm import _clean
+    from avs_agent.agent.llm import _clean
 
     assert _clean("The dog 3.946") == "dog"
     assert _clean("electric shaver [audio 0.51: tag:Shaver 0.5]") == "electric shaver"
@@ -298,7 +298,7 @@ def test_the_schema_is_held_on_our_side():
     """What a server that does not constrain decoding may send back: an enum value as named (or as
     _clean reads it back), a reason cut to its bound, unknown keys dropped; anything off the menu
     raises, naming it."""
-    from agent import llm as L
+    from avs_agent.agent import llm as L
 
     schema = L.retry_schema({0: ["car", "person"], 2: []})
     assert list(schema["properties"]) == ["frame_0", "reason"]  # a frame with nothing to try is not asked

@@ -114,7 +114,7 @@ def _post(base: str, body: dict) -> dict:
 def test_the_grammar_holds_the_model_to_the_menu(smollm2_server):
     """Told to answer 'speech' (the issue's off-menu answer), the grammar-constrained model still
     names a candidate or 'none': the server constrains decoding with the schema we send."""
-    from agent import llm as L
+    from avs_agent.agent import llm as L
 
     schema = L.propose_schema_from_menu(["dog", "car"])
     body = {
@@ -143,7 +143,7 @@ def _same_start(base: str) -> None:
 def _table():
     """The evidence of the LLM tests' clip (a barking dog, a car behind it, a helicopter heard), as
     the agent builds it, canned: three frames of it keep the prompt short and need no perception."""
-    from agent import decision as D
+    from avs_agent.agent import decision as D
 
     def row(dog_audio: float, car_audio: float, none: float) -> D.FrameEvidence:
         dog = D.Candidate(
@@ -162,7 +162,7 @@ def _table():
 
 
 def _evidence():
-    from agent.rules import Evidence
+    from avs_agent.agent.rules import Evidence
 
     return Evidence(
         text={
@@ -183,8 +183,8 @@ def test_smollm2_decides_a_clip_from_its_candidates(smollm2_server):
     LLM's decision is used (no fallback), each frame takes the chosen phrases, and asking again gives
     the same answer. (The agent around it is tested against fake servers, tests/test_llm_backends.py;
     the whole dev set with this model is benchmarks/bench_llm_local.py.)"""
-    from agent import llm as L
-    from agent.settings import load_settings
+    from avs_agent.agent import llm as L
+    from avs_agent.agent.settings import load_settings
 
     s = load_settings(
         overrides=[

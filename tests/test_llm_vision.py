@@ -5,16 +5,16 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from agent import decision as D
-from agent.apps.cli import app
-from agent.run import run_clip
-from agent.settings import load_settings
 from tests.conftest import LLM_CLIP, LLM_SETS, dev_clip_paths, llm_settings
 from tests.fake_llm import FakeLLMServer, images, legend, sent_schema, user_text
-from tools.media import load_clip
-from tools.wiring import get_toolset
+from typer.testing import CliRunner
+
+from avs_agent.agent import decision as D
+from avs_agent.agent.run import run_clip
+from avs_agent.agent.settings import load_settings
+from avs_agent.apps.cli import app
+from avs_agent.tools.media import load_clip
+from avs_agent.tools.wiring import get_toolset
 
 CLIP = LLM_CLIP
 
@@ -171,8 +171,8 @@ def test_a_vision_model_picking_the_rules_boxes_reproduces_the_rules_eval(dev_se
     the plumbing (tiles, numbers, legend, answer -> phrases -> masks) adds nothing of its own."""
     from PIL import Image
 
-    from agent.rules import RulesReasoner
-    from evals import runner as R
+    from avs_agent.agent.rules import RulesReasoner
+    from avs_agent.evals import runner as R
 
     picked: dict = {}
     decide, retry = RulesReasoner.decide, RulesReasoner.retry

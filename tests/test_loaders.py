@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evals import datasets as D
-from evals import metrics as M
+from avs_agent.evals import datasets as D
+from avs_agent.evals import metrics as M
 
 H = W = 16
 

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
-
 from tests.media_factory import write_image, write_video, write_wav
-from tools.errors import MediaError
-from tools.media import load_clip
-from tools.types import SAMPLE_RATE
+
+from avs_agent.tools.errors import MediaError
+from avs_agent.tools.media import load_clip
+from avs_agent.tools.types import SAMPLE_RATE
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm", ".avi", ".mov"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evals import metrics as M
+from avs_agent.evals import metrics as M
 
 # ----------------------------------------------------------------------------- independent ports
 

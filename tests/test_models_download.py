@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import download as dl
+from avs_agent.tools import download as dl
 
 
 class RangeHandler(SimpleHTTPRequestHandler):
@@ -85,7 +85,7 @@ def _sha(path: Path) -> str:
 
 def _cli(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "agent.apps.cli", "models", "download", *args],
+        [sys.executable, "-m", "avs_agent.apps.cli", "models", "download", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -105,8 +105,8 @@ def test_download_from_an_http_mirror_checks_every_pin(tmp_path, models_dir):
         again = _cli("--profile", "lite", "--mirror", srv.url, "--to", str(dest))
     assert again.returncode == 0 and again.stderr.count("already here") == len(dl.LITE_FILES)
     # the downloaded folder is a models folder the lite tools load from
-    from agent.settings import load_settings
-    from tools.wiring import build_toolset
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.tools.wiring import build_toolset
 
     ts = build_toolset(load_settings(overrides=[f"models_dir={dest}"]).tool_config())
     assert ts.matcher.match(["puppy"], ["dog", "car"])[0][0][0] == "dog"

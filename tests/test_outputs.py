@@ -9,16 +9,16 @@ import sys
 
 import numpy as np
 import pytest
-from media_factory import write_video
 from PIL import Image
-
 from tests.conftest import dev_clip_paths
-from tools.media import load_clip, write_audio
+
+from avs_agent.tools.media import load_clip, write_audio
+from media_factory import write_video
 
 
 def _cli(*args, timeout=300):
     return subprocess.run(
-        [sys.executable, "-m", "agent.apps.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "avs_agent.apps.cli", *args], capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -53,9 +53,9 @@ def test_masks_json_decodes_to_the_png_masks(tmp_path, dev_set):
     """On a real dev clip with a found source: each frame's RLE objects, OR-ed, are its PNG mask."""
     from pycocotools import mask as rle
 
-    from agent.apps.output import write_outputs
-    from agent.run import run_media
-    from agent.settings import load_settings
+    from avs_agent.agent.run import run_media
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.apps.output import write_outputs
 
     frames, wav, _ = dev_clip_paths("pets_great_pyrenees_176_bark_01")
     answer, clip = run_media(frames, load_settings("lite"), audio=wav)
@@ -117,9 +117,8 @@ def test_a_video_without_a_frame_is_one_line_and_exit_2(tmp_path):
 
 def _two_objects(tmp_path, size=(854, 480)):
     """An image + 2-s sound clip (two slots of the one image) with a person and a motorcycle found."""
+    from avs_agent.tools.types import Answer, FrameResult
     from media_factory import write_image, write_wav
-
-    from tools.types import Answer, FrameResult
 
     w, h = size
     clip = load_clip(write_image(tmp_path / "still.png", size=size), write_wav(tmp_path / "s.wav", 2.0))
@@ -150,7 +149,7 @@ def test_overlays_give_each_object_its_colour_and_a_label_at_its_mask(tmp_path):
     letters sized to the frame (480p: at least 14 px), in the PNGs and in overlay.mp4."""
     import av
 
-    from agent.apps.output import Layer, write_outputs
+    from avs_agent.apps.output import Layer, write_outputs
 
     answer, clip, person, bike = _two_objects(tmp_path)
     write_outputs(answer, clip, tmp_path / "out")

@@ -4,10 +4,10 @@ clips still apart by more than 0.1 -- davis_dance_twirl_people_01, davis_libby_b
 davis_scooter_black_engine_03, where the re-encoded audio moves a knife-edge decision)."""
 
 import pytest
-
-from agent.settings import load_settings
 from benchmarks.bench_reencode import compare
-from tools.wiring import get_toolset
+
+from avs_agent.agent.settings import load_settings
+from avs_agent.tools.wiring import get_toolset
 
 CLIPS = [
     "davis_scooter_black_engine_02",  # several scooters, the moving one with its rider

@@ -20,11 +20,12 @@ if not hasattr(transformers, "Sam2VideoModel"):
     pytest.skip("transformers has no Sam2Video classes", allow_module_level=True)
 
 from tests.tiny_models import build_sam2_video as build_tiny_sam2_video  # noqa: E402
-from tools.errors import ModelNotFoundError  # noqa: E402
-from tools.full import hf  # noqa: E402
-from tools.full.sam2_video import Sam2VideoPropagator  # noqa: E402
-from tools.protocols import Propagator  # noqa: E402
-from tools.types import Frame  # noqa: E402
+
+from avs_agent.tools.errors import ModelNotFoundError  # noqa: E402
+from avs_agent.tools.full import hf  # noqa: E402
+from avs_agent.tools.full.sam2_video import Sam2VideoPropagator  # noqa: E402
+from avs_agent.tools.protocols import Propagator  # noqa: E402
+from avs_agent.tools.types import Frame  # noqa: E402
 
 pytestmark = pytest.mark.full
 

@@ -21,17 +21,17 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from tests.conftest import SHARED, dev_clip_paths
 from typer.testing import CliRunner
 
-from agent.apps.cli import app as cli_app
-from agent.settings import load_settings
-from tests.conftest import SHARED, dev_clip_paths
-from tools.errors import ConfigError, ModelNotFoundError, UserError
-from tools.server import wire
-from tools.server.app import LocalDispatcher, check_bind, create_app, parse_tools, run_batch
-from tools.server.remote import RemoteClient, ToolServerError, build_remote_toolset
-from tools.server.settings import is_loopback
-from tools.types import AudioSegment, AudioTags, Captions, Frame, Segments
+from avs_agent.agent.settings import load_settings
+from avs_agent.apps.cli import app as cli_app
+from avs_agent.tools.errors import ConfigError, ModelNotFoundError, UserError
+from avs_agent.tools.server import wire
+from avs_agent.tools.server.app import LocalDispatcher, check_bind, create_app, parse_tools, run_batch
+from avs_agent.tools.server.remote import RemoteClient, ToolServerError, build_remote_toolset
+from avs_agent.tools.server.settings import is_loopback
+from avs_agent.tools.types import AudioSegment, AudioTags, Captions, Frame, Segments
 
 TOKEN = "test-token-0123456789"
 runner = CliRunner()
@@ -483,7 +483,7 @@ def test_bind_rules_and_tool_selection():
 
 def test_serve_refuses_a_public_host_without_a_token():
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.apps.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        [sys.executable, "-m", "avs_agent.apps.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
@@ -546,7 +546,7 @@ def test_remote_backend_reports_a_server_that_is_down():
 @pytest.fixture(scope="module")
 def lite_server():
     """The real lite tools behind the server (token required), batching window 20 ms, batches up to 8."""
-    from tools.wiring import get_toolset
+    from avs_agent.tools.wiring import get_toolset
 
     settings = load_settings(
         overrides=[f"models_dir={SHARED / 'models'}", "serve.max_batch_size=8", "serve.batch_wait_s=0.02"]

@@ -13,16 +13,16 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
-
-from agent.apps.cli import app as cli_app
-from agent.settings import load_settings
 from tests.conftest import SHARED, dev_clip_paths
 from tests.test_serve import TOKEN, batches_over_one, free_port, metric_samples
-from tools.errors import ConfigError
-from tools.server import wire
-from tools.server.remote import RemoteClient, ToolServerError
-from tools.types import AudioSegment
+from typer.testing import CliRunner
+
+from avs_agent.agent.settings import load_settings
+from avs_agent.apps.cli import app as cli_app
+from avs_agent.tools.errors import ConfigError
+from avs_agent.tools.server import wire
+from avs_agent.tools.server.remote import RemoteClient, ToolServerError
+from avs_agent.tools.types import AudioSegment
 
 try:
     import ray.serve  # noqa: F401
@@ -40,7 +40,7 @@ def ray_server():
     import ray
     from ray import serve
 
-    from tools.server.ray_serve import build_ray_app, start_ray
+    from avs_agent.tools.server.ray_serve import build_ray_app, start_ray
 
     settings = load_settings(
         overrides=[
@@ -62,7 +62,7 @@ def ray_server():
 
 
 def test_ray_deployment_options():
-    from tools.server.ray_serve import tool_options
+    from avs_agent.tools.server.ray_serve import tool_options
 
     settings = load_settings(
         overrides=[

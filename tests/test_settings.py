@@ -1,7 +1,7 @@
 import pytest
 
-from agent.settings import load_settings, parse_overrides
-from tools.errors import ConfigError
+from avs_agent.agent.settings import load_settings, parse_overrides
+from avs_agent.tools.errors import ConfigError
 
 
 def test_defaults_are_lite_rules():

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tools.ops import batched_nms, box_iou_batch, mask_iou, nms
-from tools.types import Answer, AudioSegment, Clip, Frame, FrameResult, Segments
+from avs_agent.tools.ops import batched_nms, box_iou_batch, mask_iou, nms
+from avs_agent.tools.types import Answer, AudioSegment, Clip, Frame, FrameResult, Segments
 
 
 def _seg(n=3, h=10, w=12):

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from tests.conftest import SHARED, dev_clip_paths
 
 gr = pytest.importorskip("gradio")
@@ -38,7 +37,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 CLIP = "davis_car_shadow_horn_01"  # a car sounding its horn; the car moves across 5 different frames
-CLI = [sys.executable, "-c", "from agent.apps.cli import main; main()"]
+CLI = [sys.executable, "-c", "from avs_agent.apps.cli import main; main()"]
 
 
 def _free_port() -> int:
@@ -51,7 +50,7 @@ def build_mp4(name: str, path: Path, fps: int = 2) -> Path:
     """A dev clip as a real video: each of its 5 frames shown for one second (``fps`` copies), its wav as AAC."""
     import av
 
-    from tools.media import decode_audio
+    from avs_agent.tools.media import decode_audio
 
     frames, wav, _ = dev_clip_paths(name)
     audio = decode_audio(wav)
@@ -114,8 +113,8 @@ def browser():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The page served in this process (the lite models load once), on a free loopback port."""
-    from agent.apps.ui import launch
-    from agent.settings import load_settings
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.apps.ui import launch
 
     root = tmp_path_factory.mktemp("ui")
     settings = load_settings(
@@ -263,8 +262,8 @@ def _assert_layout_clear(page) -> None:
 @pytest.fixture(scope="module")
 def close_call_server(tmp_path_factory):
     """The page with a margin at which the engine clip's car and truck are a close call (it asks)."""
-    from agent.apps.ui import launch
-    from agent.settings import load_settings
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.apps.ui import launch
 
     root = tmp_path_factory.mktemp("ui_close")
     settings = load_settings(
@@ -429,10 +428,10 @@ def test_ui_command_refuses_a_public_address_without_auth():
 
 def test_page_handlers_without_a_browser(tmp_path):
     """The page's messages: path names hidden, CLI flags translated, questions before media."""
-    from agent.apps.ui import ChatPage, message_text, page_message
-    from agent.settings import load_settings
-    from tools.errors import MediaError
-    from tools.server.settings import is_loopback
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.apps.ui import ChatPage, message_text, page_message
+    from avs_agent.tools.errors import MediaError
+    from avs_agent.tools.server.settings import is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
@@ -452,9 +451,10 @@ def test_page_handlers_without_a_browser(tmp_path):
 def test_page_asks_on_a_close_call_and_segments_the_choice(tmp_path, dev_set):
     """The page's handlers on a close call: the question with the numbered frame in the gallery, then
     the typed choice resumes the paused run and the gallery shows what the person chose."""
-    from agent.apps.ui import ChatPage
-    from agent.settings import load_settings
     from tests.conftest import dev_clip_paths
+
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.apps.ui import ChatPage
 
     frames, wav, _ = dev_clip_paths("davis_car_shadow_engine_02")
     page = ChatPage(load_settings(overrides=["agent.ask_margin=0.5"]), tmp_path)

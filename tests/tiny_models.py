@@ -533,7 +533,7 @@ def register_tiny_sam_original() -> None:
     the real ones, 1 block of width 32)."""
     from functools import partial
 
-    from tools.full.grounded_sam_original import import_segment_anything
+    from avs_agent.tools.full.grounded_sam_original import import_segment_anything
 
     build_sam = import_segment_anything()
     build_sam.sam_model_registry[TINY_SAM_TYPE] = partial(
@@ -549,7 +549,7 @@ def build_sam_original(folder: Path) -> Path:
     """A random tiny segment-anything checkpoint file ``sam_vit_tiny.pth`` in ``folder``; returns the file."""
     import torch
 
-    from tools.full.grounded_sam_original import import_segment_anything
+    from avs_agent.tools.full.grounded_sam_original import import_segment_anything
 
     register_tiny_sam_original()
     folder = Path(folder)
