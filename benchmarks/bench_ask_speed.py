@@ -6,7 +6,7 @@ at 224x224, 854x480 and 1280x720.
 
 Both sides are whole processes, timed from the outside (start, imports, decoding, model loading, run),
 median of ``--runs``:
-- ``ask``: ``python -m avs_agent.agent.apps.cli ask VIDEO --fps N`` (and once more with ``--out DIR``);
+- ``ask``: ``python -m avs_agent.apps.cli ask VIDEO --fps N`` (and once more with ``--out DIR``);
 - models alone: one process that decodes the same frames and audio (``tools.media.load_clip``) and runs
   only the three lite models on them as ``ask`` does: YOLOX-nano at 416 on each frame (stretched to its
   display aspect), DeepLab at 513 on each frame and its mirror image, YAMNet over each frame's second

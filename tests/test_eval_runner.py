@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from avs_agent.agent.settings import load_settings
-from avs_agent.evals import cli as eval_cli
+from avs_agent.apps import eval_cmd as eval_cli
 from avs_agent.evals import datasets as D
 from avs_agent.evals import runner as R
 from avs_agent.tools.errors import UserError

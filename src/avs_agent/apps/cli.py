@@ -12,6 +12,7 @@ from rich.console import Console
 
 from avs_agent.agent.state import DEFAULT_QUESTION
 from avs_agent.apps import chat_cmd, models_cmd, serve_cmd
+from avs_agent.apps import eval_cmd as eval_commands
 from avs_agent.apps.options import (
     ConfigOpt,
     FpsOpt,
@@ -21,7 +22,6 @@ from avs_agent.apps.options import (
     require_for,
     settings_from,
 )
-from avs_agent.evals import cli as eval_commands
 from avs_agent.tools.errors import UserError
 
 app = typer.Typer(
