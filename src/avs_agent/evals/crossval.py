@@ -514,4 +514,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run through the imported module, so the perception cache pickles ClipData under its real name
+    # (avs_agent.evals.crossval), not __main__, and other scripts can read it.
+    from avs_agent.evals.crossval import main as _main
+
+    _main()
