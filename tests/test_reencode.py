@@ -1,7 +1,6 @@
 """The same dev clips given as an H.264 mp4 (1 fps, AAC) and as frames + wav get the same answer
-(benchmarks/bench_reencode.py runs all 40 and writes the mean |dJ|: 0.045 on 2026-12-03, with three
-clips still apart by more than 0.1 -- davis_dance_twirl_people_01, davis_libby_bark_05 and
-davis_scooter_black_engine_03, where the re-encoded audio moves a knife-edge decision)."""
+(benchmarks/bench_reencode.py runs all 40 and writes the mean |dJ| to benchmarks/results/reencode.json,
+with the clips still apart by more than 0.1: there the re-encoded audio moves a knife-edge decision)."""
 
 import pytest
 from benchmarks.bench_reencode import compare

@@ -43,10 +43,9 @@ from avs_agent.tools.settings import (
 class DecisionSettings(Section):
     """The decision model's parameters (agent/decision.py says how each enters the score). The defaults
     are fitted on the dev set by ``python -m avs_agent.evals.crossval`` with propagation and none per clip on: the
-    mean of the best 5% of 300 random draws of all thirteen on all 40 clips (2026-12-03, after the
-    instance terms joined: instance_track_weight and rider_overlap; the fit and its cross-validated
-    numbers are in benchmarks/results/crossval.json). Fourteen in all, thirteen fitted; w_crop needs
-    the full profile's crop check and is set, not fitted."""
+    mean of the best 5% of 300 random draws of all thirteen on all 40 clips (the fit and its
+    cross-validated numbers are in benchmarks/results/crossval.json). Fourteen in all, thirteen fitted;
+    w_crop needs the full profile's crop check and is set, not fitted."""
 
     clip_weight: float = Field(
         0.443, description="share of the whole clip's audio evidence each second inherits"
@@ -141,13 +140,19 @@ class AgentSettings(Section):
 
 
 class LLMSettings(Section):
+    """Who decides: the rules, or an LLM behind LangChain's chat models (agent/llm.py)."""
+
     backend: Literal["rules", "openai", "ollama"] = "rules"
+    """rules (no LLM), openai (also any OpenAI-compatible server, with base_url) or ollama."""
     model: str = "gpt-4o"
+    """The model's name on the backend (openai, ollama)."""
     base_url: str | None = None
+    """The server's URL (an OpenAI-compatible server, Ollama's host); none: the backend's default."""
     api_key_env: str = Field(
         "OPENAI_API_KEY", description="environment variable holding the API key (openai)"
     )
     temperature: float = 0.0
+    """Sampling temperature sent with every request (0: greedy)."""
     seed: int | None = Field(
         0, description="sampling seed sent with every request (with temperature 0: repeatable answers)"
     )
@@ -187,7 +192,7 @@ class LLMSettings(Section):
 
 
 class OutputSettings(Section):
-    """What ask, the chat and the page write beside answer.json (agent/apps/output.py)."""
+    """What ask, the chat and the page write beside answer.json (apps/output.py)."""
 
     analysed_only: bool = Field(
         False, description="overlay.mp4 holds the analysed frames only (not every frame of the source video)"
@@ -195,6 +200,8 @@ class OutputSettings(Section):
 
 
 class ChatSettings(Section):
+    """The terminal chat and the web page."""
+
     checkpoint_path: str = Field(
         "~/.cache/avs-agent/chat.sqlite", description="SQLite file of the chat checkpointer"
     )
@@ -223,6 +230,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AVS_AGENT_", env_nested_delimiter="__", extra="forbid")
 
     profile: Profile = "lite"
+    """lite (small CPU models) or full (foundation models, GPU): which profile file and tools (--profile)."""
     models_dir: Path = Field(
         default_factory=default_models_dir,
         description="folder of local weights (lite models live here); `avs-agent models download` fills it",

@@ -57,11 +57,8 @@ SPACE: dict[str, tuple[float, float]] = {
 TOP_SHARE = 0.05
 """A fit is the mean of the best ``TOP_SHARE`` of the draws (by the objective on the fitting clips),
 not the single best one: among hundreds of random draws the best on a few dozen clips is partly
-luck, and the mean of the good ones sits inside the region that scores well. Measured 2026-12-01
-(README, "How it decides"): fitted on the 40 dev clips and applied to the widened set's 140 new
-cases, J 0.524 (0.522-0.527 over 3 seeds) with 93.7% of off-screen cases empty, against the single
-best draw's 0.532 (0.509-0.545) with 91.8%; cross-validated on the dev set, none per frame 0.544
-(0.543-0.544) against 0.509 (0.487-0.529)."""
+luck, and the mean of the good ones sits inside the region that scores well: about the same J on
+unseen cases, a spread over seeds several times smaller (CHANGELOG.md has the comparison)."""
 
 
 @dataclass

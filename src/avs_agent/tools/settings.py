@@ -49,7 +49,10 @@ class ModelSpec(Section):
 
 
 class AudioTaggerSettings(Section):
+    """AudioSet tags per second and for the whole clip."""
+
     impl: Literal["yamnet", "ast"] = "yamnet"
+    """yamnet (lite: YAMNet TFLite) or ast (full: the Audio Spectrogram Transformer)."""
     model: ModelSpec = ModelSpec(source="yamnet/yamnet.tflite")
     class_map: str | None = Field("yamnet/yamnet_class_map.csv", description="YAMNet's class-name CSV (lite)")
 
@@ -58,6 +61,8 @@ class GrounderSettings(Section):
     """Text-prompted detection + masks (Grounded-SAM in the full profile; YOLOX + DeepLab in lite)."""
 
     impl: Literal["lite", "transformers", "original"] = "lite"
+    """lite (YOLOX-nano + DeepLabV3), transformers (GroundingDINO + SAM/SAM2) or original
+    (groundingdino-py + segment-anything, in an environment of their own)."""
     detector: ModelSpec = ModelSpec(source="yolox_nano/yolox_nano.onnx")
     segmenter: ModelSpec = ModelSpec(source="deeplabv3_mnv2_voc/deeplabv3_mnv2_pascal_quant.tflite")
     box_threshold: float = Field(0.3, description="minimum detection score for a box to count")
@@ -70,6 +75,8 @@ class GrounderSettings(Section):
 
 
 class TextEmbedderSettings(Section):
+    """The sentence embedder that maps phrases and AudioSet labels onto object names (MiniLM)."""
+
     model: ModelSpec = ModelSpec(source="sentence-transformers/all-MiniLM-L6-v2")
     ontology: str = Field("audioset_ontology/ontology.json", description="AudioSet ontology JSON")
     match_threshold: float = Field(
@@ -78,12 +85,18 @@ class TextEmbedderSettings(Section):
 
 
 class OptionalToolSettings(Section):
+    """A tool a profile may leave out (``impl: none``)."""
+
     impl: str = Field("none", description="'none' turns the tool off")
     model: ModelSpec | None = None
+    """Where its weights live (``source``, ``revision``); none for a tool without weights."""
     options: dict[str, Any] = Field(default_factory=dict)
+    """Backend extras, passed to the tool (configs/full.yaml shows each one's)."""
 
 
 class ToolsSettings(Section):
+    """Which implementation each tool uses and where its weights are (tools/wiring.py builds them)."""
+
     backend: str = Field(
         "local", description="'local' runs models in-process; 'http://host:port' uses a tool server"
     )
@@ -91,14 +104,21 @@ class ToolsSettings(Section):
     grounder: GrounderSettings = GrounderSettings()
     text_embedder: TextEmbedderSettings = TextEmbedderSettings()
     audio_captioner: OptionalToolSettings = OptionalToolSettings()
+    """Free-text audio descriptions: qwen2_audio (full) or none."""
     image_captioner: OptionalToolSettings = OptionalToolSettings()
+    """Image captions and their noun phrases: blip (full, with spaCy) or none."""
     audio_text_scorer: OptionalToolSettings = OptionalToolSettings()
+    """Each visible object scored against the audio: clap or laion_clap (full), tag_embedding (lite:
+    the audio's tags x sentence-embedding similarity), or none."""
     clip_check: OptionalToolSettings = OptionalToolSettings()
+    """Does a mask's crop show its label: clip (full) or none."""
     propagator: OptionalToolSettings = OptionalToolSettings()
     """SAM2's video predictor (full); with 'none' the lite ByteTrack linking follows the source."""
 
 
 class MediaSettings(Section):
+    """How media is read: frames per second, frame size, length."""
+
     max_seconds: float = Field(120.0, description="only the first N seconds of longer media are analysed")
     max_side: int = Field(1280, description="frames are downscaled to this longer side")
     aspect: float | None = Field(

@@ -43,9 +43,9 @@ for _coco, _voc in COCO_TO_VOC.items():
 # A sound name here also lends the object to everything under the AudioSet node it matches (the
 # matcher walks a label's ancestors), so it names a node whose sounds this object makes: 'engine'
 # stays (Idling, Accelerating, Engine starting ...; the three light-engine tools under it are the
-# price), 'bicycle bell' and 'tap water' went on 2026-12-02 (they matched 'Bell' and 'Water', and made
-# a bicycle of every Chime, Jingle bell and Church bell and a sink of Rain, Ocean and Stream; the
-# labels 'Bicycle bell' and 'Water tap, faucet' name their objects by the objects' own names).
+# price); 'bicycle bell' and 'tap water' are not among the names (they would match 'Bell' and 'Water',
+# and make a bicycle of every Chime, Jingle bell and Church bell and a sink of Rain, Ocean and Stream;
+# the labels 'Bicycle bell' and 'Water tap, faucet' name their objects by the objects' own names).
 # Vehicles are named by their kinds' names, so a siren lands on its vehicle ('police car',
 # 'ambulance') and 'Jet engine' on the airplane, not through 'engine' on the car; 'fire truck' is
 # not one of them: it matches 'Fire' and 'Crackle' too.

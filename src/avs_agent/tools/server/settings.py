@@ -24,15 +24,24 @@ def is_loopback(host: str) -> bool:
 
 
 class ServeSettings(BaseModel):
+    """The tool server (``avs-agent serve``) and the remote backend that calls it."""
+
     model_config = ConfigDict(extra="forbid")
 
     host: str = "127.0.0.1"
+    """Address the server binds (``--host``); other than loopback only with ``AVS_AGENT_TOKEN`` set."""
     port: int = 8000
+    """Port the server listens on (``--port``)."""
     max_batch_size: int = 8
+    """Concurrent requests for one tool method run as one batch of at most this many."""
     batch_wait_s: float = 0.01
+    """Seconds a batch waits for more requests after its first."""
     max_request_mb: float = 64.0
+    """Largest request body, MB (413 above)."""
     max_media_seconds: float = 600.0
+    """Most media one request may carry, seconds (413 above)."""
     request_timeout_s: float = 120.0
+    """Seconds one request may take on the server (504 after); the client waits 10 s longer."""
     client_retries: int = Field(
         3, description="remote backend: retries on connection errors and 503 (models loading)"
     )
