@@ -49,7 +49,7 @@ def reference() -> str:
     configs = ROOT / "src/avs_agent/configs"
     profiles = {p: yaml.safe_load((configs / f"{p}.yaml").read_text()) or {} for p in ("lite", "full")}
     out: list[str] = []
-    _section(Settings, None, "", profiles, out, BaseModel, intro="The top level.")
+    _section(Settings, None, "", profiles, out, BaseModel)
     return "\n".join(out)
 
 
