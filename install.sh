@@ -25,7 +25,7 @@ fi
 "$py" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$extras]"
 # The lite models (and MiniLM) into the models folder (default: the user's cache), each checked against
 # its sha256 pin. Where ../shared/models sits beside the checkout (the machines this project is built
-# on), it is the mirror; elsewhere the files come from their public origins (README "Models").
+# on), it is the mirror; elsewhere the files come from their public origins (docs/getting-started.md).
 mirror=()
 if [ -d ../shared/models ]; then
   mirror=(--mirror "$(cd ../shared/models && pwd)")

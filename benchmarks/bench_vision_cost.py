@@ -8,7 +8,7 @@ Writes benchmarks/results/vision_cost.json.
     .venv/bin/python benchmarks/bench_vision_cost.py [--clips N] [--detail high|low]
         [--usd-in 2.5 --usd-out 10]   # GPT-4o's list price per million tokens when this was written
 
-A real run: point ``llm.base_url``/``OPENAI_API_KEY`` at the provider and use ``avs-agent eval`` (README).
+A real run: point ``llm.base_url``/``OPENAI_API_KEY`` at the provider and use ``avs-agent eval`` (docs/llm.md).
 """
 
 from __future__ import annotations

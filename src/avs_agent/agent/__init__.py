@@ -1,1 +1,1 @@
-"""The agent: LangGraph state machine, decisions (rules or LLM), settings, CLI."""
+"""The agent: LangGraph state machine, decisions (rules or LLM), settings."""
