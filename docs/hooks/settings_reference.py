@@ -4,7 +4,8 @@ The page holds the marker ``<!-- settings-reference -->``; this hook replaces it
 settings section, walked from ``avs_agent.agent.settings.Settings``: each field's dotted key (what
 ``--set`` takes), its type, its default, the values the profile files (``configs/lite.yaml``,
 ``configs/full.yaml``) set, and its description (``Field(description=...)``, else the docstring under
-the field). The code is the only source, so the page cannot drift from it.
+the field). The code is the only source, so the page cannot drift from it. A field without a
+description is a warning, so ``mkdocs build --strict`` fails on it.
 
 The checkout's ``src/`` comes first on ``sys.path``: the page documents this tree, not whatever
 version of avs-agent is installed.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import logging
 import sys
 import textwrap
 import types
@@ -24,6 +26,7 @@ from typing import Any
 
 from mkdocs.exceptions import PluginError
 
+log = logging.getLogger("mkdocs.plugins.settings_reference")
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- settings-reference -->"
 PAGE = "settings.md"
@@ -65,15 +68,14 @@ def _section(cls, value, prefix: str, profiles: dict, out: list[str], base, intr
         if sub is not None and default is not None:
             nested.append((sub, default, key, _describe(cls, name, field)))
             continue
-        rows.append(
-            "| `{}` | {} | {} | {} | {} |".format(
-                key,
-                _type(field.annotation),
-                _default(field, default),
-                _profiles(profiles, key),
-                _cell(_describe(cls, name, field)) or "",
+        description = _describe(cls, name, field)
+        if not description:
+            log.warning(
+                f"settings reference: {key} ({cls.__name__}) has no description: give it "
+                "Field(description=...) or a docstring under the field"
             )
-        )
+        cells = [f"`{key}`", _type(field.annotation), _default(field, default), _profiles(profiles, key)]
+        rows.append("| " + " | ".join([*cells, _cell(description)]) + " |")
     title = prefix.rstrip(".") or "top level"
     out.append(f"## `{title}`\n" if prefix.count(".") <= 1 else f"### `{title}`\n")
     doc = intro or _class_doc(cls)
