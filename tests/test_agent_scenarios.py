@@ -323,7 +323,7 @@ def test_the_source_is_followed_through_the_clip(matcher):
         "dog": [dogs((walking[0], 0.9)), dogs((walking[1], 0.5), (other, 0.85)), dogs((walking[2], 0.08))]
     }
     tools = replace(
-        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), tracker=InstanceTracker()
+        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), linker=InstanceTracker()
     )
     one = "agent.decision.instance_share=0.9"  # a dog 0.81 as salient as the top one is not kept as well
     followed = run_clip(clip(3), load_settings(overrides=[one]), tools)
@@ -337,7 +337,7 @@ def test_the_source_is_followed_through_the_clip(matcher):
     assert any("followed from frame 1 (bytetrack)" in m for m in steps) and any("held" in m for m in steps)
 
     tools = replace(
-        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), tracker=InstanceTracker()
+        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), linker=InstanceTracker()
     )
     frame_only = "agent.decision.instance_track_weight=0"
     alone = run_clip(clip(3), load_settings(overrides=["agent.propagate=false", one, frame_only]), tools)
@@ -345,7 +345,7 @@ def test_the_source_is_followed_through_the_clip(matcher):
     # without following it, but with each instance's salience over the clip weighing in (the default),
     # the middle frame already takes the walking dog: its track is the more salient over the clip
     tools = replace(
-        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), tracker=InstanceTracker()
+        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), linker=InstanceTracker()
     )
     tracked = run_clip(clip(3), load_settings(overrides=["agent.propagate=false", one]), tools)
     assert tracked.masks[1][10, 10] and not tracked.masks[1][50, 50]

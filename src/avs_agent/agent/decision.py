@@ -537,10 +537,11 @@ def pivot_frame(table: list[FrameEvidence], accepted: list[list[str]], phrase: s
 
 
 def link_tracks(
-    found: list[dict[str, Segments]], link: Callable[[list[Segments | None]], list[np.ndarray]]
+    found: list[dict[str, Segments]], link: Callable[[list[Segments | None]], list[np.ndarray] | None]
 ) -> list[dict[str, Segments]]:
-    """Each phrase's instances linked through the clip (``link``: the tracker, per frame the track id of
-    each instance, -1 unlinked): every instance carries ``data['track']`` and ``data['track_salience']``,
+    """Each phrase's instances linked through the clip (``link``: the linker's ``tracks``, per frame the
+    track id of each instance, -1 unlinked; None from a linker that links no detections, which leaves
+    them as they are): every instance carries ``data['track']`` and ``data['track_salience']``,
     its track's mean salience over the clip's frames (mask share x score, 0 where the track is absent;
     an unlinked instance counts its own frame only)."""
     n = len(found)
@@ -548,6 +549,8 @@ def link_tracks(
     for ph in dict.fromkeys(x for f in found for x in f):
         per_frame = [f.get(ph) for f in found]
         ids = link(per_frame)
+        if ids is None:
+            continue
         total: dict[int, float] = {}
         for seg, tid in zip(per_frame, ids, strict=True):
             if seg is None:

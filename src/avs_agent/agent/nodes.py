@@ -11,11 +11,10 @@ import numpy as np
 from langgraph.runtime import Runtime
 
 from avs_agent.agent import decision as D
-from avs_agent.agent.rules import Decision, Evidence, Reasoner
+from avs_agent.agent.rules import Evidence, PersonReasoner, Reasoner
 from avs_agent.agent.settings import Settings
 from avs_agent.agent.state import AgentState, Choice
 from avs_agent.tools.media import open_clip
-from avs_agent.tools.ops import box_from_mask
 from avs_agent.tools.types import Answer, FrameResult, Segments, TraceStep
 from avs_agent.tools.wiring import Toolset
 
@@ -32,6 +31,9 @@ class RunContext:
     profile: str | None = None
     config_file: str | None = None
     overrides: list[str] = field(default_factory=list)
+    segment: list[str] = field(default_factory=list)
+    """Objects the person asked to segment ("segment the car instead"): they replace the reasoner's
+    proposal (``rules.PersonReasoner``)."""
     settings: Settings | None = None
     toolset: Toolset | None = None
     reasoner: Reasoner | None = None
@@ -49,6 +51,8 @@ class RunContext:
             from avs_agent.agent.llm import make_reasoner
 
             self.reasoner = make_reasoner(self.settings.agent, self.settings.llm)
+        if self.segment:
+            self.reasoner = PersonReasoner(self.segment, self.reasoner)
 
 
 def _progress(runtime: Runtime[RunContext], message: str) -> None:
@@ -120,12 +124,10 @@ def _fmt(pairs: list[tuple[str, float]]) -> str:
     return ", ".join(f"{label} {score:.2f}" for label, score in pairs) or "none"
 
 
-def _nouns(caps: list | None, closed: bool, ctx: RunContext) -> list[str]:
-    """Caption noun phrases as the grounder's words (mapped onto a closed vocabulary)."""
+def _nouns(caps: list | None, ctx: RunContext) -> list[str]:
+    """Caption noun phrases as the grounder's words (``Grounder.words``)."""
     nouns = list(dict.fromkeys(n for c in caps or [] for n in c.noun_phrases))
-    if not nouns or not closed:
-        return nouns
-    return list(dict.fromkeys(m[0][0] for m in ctx.toolset.matcher.match(nouns, ctx.toolset.vocabulary) if m))
+    return ctx.toolset.grounder.words(nouns) if nouns else []
 
 
 # ---------------------------------------------------------------------------------------------- propose
@@ -138,25 +140,24 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     clip = state["clip"]
     cfg = ctx.settings.agent
     t0 = time.perf_counter()
-    closed = ctx.toolset.closed_vocabulary
-    heard = _nouns(state.get("audio_captions"), closed, ctx)
-    seen = [_nouns([c], closed, ctx) for c in state.get("image_captions") or []]
-    forced = state.get("force_phrases") or []
-    phrases = list(dict.fromkeys([*ctx.toolset.vocabulary, *heard, *(n for f in seen for n in f), *forced]))
+    heard = _nouns(state.get("audio_captions"), ctx)
+    seen = [_nouns([c], ctx) for c in state.get("image_captions") or []]
+    asked = ctx.reasoner.requested
+    phrases = list(dict.fromkeys([*ctx.toolset.vocabulary, *heard, *(n for f in seen for n in f), *asked]))
     frame_terms = [D.tag_terms(t, phrases, ctx.toolset.matcher, cfg) for t in state["frame_tags"]]
     clip_terms = D.tag_terms(state["clip_tags"], phrases, ctx.toolset.matcher, cfg)
-    if ctx.toolset.independent_scorer:
-        # visible -> audio and audio-caption nouns: CLAP scores every phrase some side proposes
-        scored = list(
-            dict.fromkeys(
-                [*D.audio_phrases([*frame_terms, clip_terms]), *heard, *(n for f in seen for n in f), *forced]
-            )
+    # visible -> audio and audio-caption nouns: the scorer's own term (CLAP's; none from the lite
+    # scorer, whose evidence is the tags') for every phrase some side proposes
+    scored = list(
+        dict.fromkeys(
+            [*D.audio_phrases([*frame_terms, clip_terms]), *heard, *(n for f in seen for n in f), *asked]
         )
-        if scored:
-            clap = ctx.toolset.scorer.score([*clip.segments, clip.audio], scored)
-            for row, terms in zip(clap, [*frame_terms, clip_terms], strict=True):
-                for ph, v in zip(scored, row, strict=True):
-                    terms[ph].clap = float(v)
+    )
+    if scored:
+        term = ctx.toolset.scorer.evidence([*clip.segments, clip.audio], scored)
+        for row, terms in zip(term, [*frame_terms, clip_terms], strict=True):
+            for ph, v in zip(scored, row, strict=True):
+                terms[ph].clap = float(v)
     origin = {n: "audio-caption" for n in heard} | {n: "caption" for f in seen for n in f}
     candidates = D.audio_phrases([*frame_terms, clip_terms])
     steps = [
@@ -165,7 +166,7 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             f"sound sources the audio names: {', '.join(p for p in candidates if p not in origin) or 'none'}"
             + (f"; from captions: {', '.join(f'{k}:{p}' for p, k in origin.items())}" if origin else ""),
             t0,
-            scorer=ctx.toolset.scorer.name if ctx.toolset.independent_scorer else "tags",
+            scorer=ctx.toolset.scorer.name,
         )
     ]
     return {
@@ -209,15 +210,15 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     p = ctx.settings.agent.decision
     _progress(runtime, "finding candidates in the frames")
     frame_terms, clip_terms = state["frame_terms"], state["clip_terms"]
-    forced = state.get("force_phrases") or []
+    asked = ctx.reasoner.requested
     audio_side = D.audio_phrases([*frame_terms, clip_terms])
     captions = state.get("caption_nouns") or []
     groundings, steps = [], []
     for i, frame in enumerate(clip.frames):
         t0 = time.perf_counter()
-        shown = ctx.toolset.grounder.detect_all(frame).labels if ctx.toolset.closed_vocabulary else []
+        shown = ctx.toolset.grounder.proposals(frame)
         phrases = list(
-            dict.fromkeys([*audio_side, *(captions[i] if i < len(captions) else []), *shown, *forced])
+            dict.fromkeys([*audio_side, *(captions[i] if i < len(captions) else []), *shown, *asked])
         )
         seg = (
             ctx.toolset.grounder.ground(frame, phrases, box_threshold=grounding_floor(ctx))
@@ -226,21 +227,15 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         )
         groundings.append(D.split_by_phrase(seg, phrases))
         steps.append(_step("verify", f"found: {', '.join(groundings[-1]) or 'nothing'}", t0, frame=i))
-    if ctx.toolset.tracker is not None and len(groundings) > 1:
-        # instances linked through the clip: which one is the source weighs its salience over time
-        groundings = D.link_tracks(groundings, ctx.toolset.tracker.link)
+    if len(groundings) > 1:
+        # instances linked through the clip (ByteTrack's tracks; SAM2 follows masks instead): which
+        # one is the source weighs its salience over time
+        groundings = D.link_tracks(groundings, ctx.toolset.linker.tracks)
     table = D.evidence_table(perception(state, ctx, groundings), p, ctx.settings.agent, ctx.toolset.matcher)
     for i, row in enumerate(table):
         steps.append(TraceStep(node="verify", frame=i, message=f"evidence: {D.describe(row)}"))
-    if forced:
-        picks = [[ph for ph in forced if ph in groundings[i]] for i in range(len(table))]
-        steps.append(
-            TraceStep(node="verify", message=f"segmenting what the person asked for: {', '.join(forced)}")
-        )
-        decided = Decision(picks)
-    else:
-        decided = ctx.reasoner.decide(table, _prompt_data(state, ctx, table, groundings))
-        steps += decided.steps
+    decided = ctx.reasoner.decide(table, _prompt_data(state, ctx, table, groundings))
+    steps += decided.steps
     choices = [
         Choice(
             phrases=phrases,
@@ -249,12 +244,12 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         )
         for i, phrases in enumerate(decided.phrases)
     ]
-    close = D.close_call(table, ctx.settings.agent.ask_margin) if ctx.settings.agent.ask_person else None
+    close = ctx.reasoner.close_call(table)
     return {
         "groundings": groundings,
         "table": table,
         "choices": choices,
-        "close_call": list(close) if close and not forced else None,
+        "close_call": list(close) if close else None,
         "trace": steps,
         "llm_stats": decided.stats,
         "llm_reasoning": decided.reasoning,
@@ -431,14 +426,14 @@ def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             continue
         frame = clip.frames[i]
         shape = (frame.height, frame.width)
-        crop = None
-        if ctx.toolset.crop_checker is not None:
-
-            def crop(mask, texts, frame=frame):
-                return float(ctx.toolset.crop_checker.check(frame, mask[None], texts)[0, 0])
-
         checked = D.check_frame(
-            table[i], state["groundings"][i], choice.phrases, p, ctx.settings.agent, shape, crop
+            table[i],
+            state["groundings"][i],
+            choice.phrases,
+            p,
+            ctx.settings.agent,
+            shape,
+            ctx.toolset.crop_check(frame),
         )
         table[i], passed, reasons = checked.row, checked.passed, checked.reasons
         if passed and len(passed) < len(choice.phrases):
@@ -515,35 +510,17 @@ def propagate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     cfg, clip = ctx.settings.agent, state["clip"]
     p = cfg.decision
     accepted = [c.phrases if c.status == "ok" else [] for c in state["choices"]]
-    tools = ctx.toolset
+    linker = ctx.toolset.linker
     found = state["groundings"]
-    following = (
-        cfg.propagate
-        and any(accepted)
-        and len(clip.frames) > 1
-        and (tools.propagator is not None or tools.tracker is not None)
-    )
     t0 = time.perf_counter()
     link = None
-    if following:
+    if cfg.propagate and any(accepted) and len(clip.frames) > 1:
         _progress(runtime, "following the source through the clip")
-        if tools.propagator is not None:
 
-            def link(ph: str, pivot: int) -> list[Segments | None]:
-                start = D.kept(found[pivot], [ph], p)[ph]
-                carried = tools.propagator.propagate(clip.frames, pivot, start.union()[None])[:, 0]
-                score = float(start.confidence.max())
-                return [
-                    Segments(xyxy=[box_from_mask(m)], mask=m[None], confidence=[score], labels=[ph])
-                    if m.any()
-                    else None
-                    for m in carried
-                ]
+        def link(ph: str, pivot: int) -> list[Segments | None] | None:
+            start = D.kept(found[pivot], [ph], p).get(ph)
+            return linker.follow(clip.frames, [f.get(ph) for f in found], pivot, start)
 
-            how = tools.propagator.name
-        else:
-            link = D.track_link(found, p)
-            how = tools.tracker.name
     objects, held, pivots = D.settle(state["table"], accepted, found, p, cfg, link)
     steps = []
     for ph, pivot in pivots.items():
@@ -551,7 +528,7 @@ def propagate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         steps.append(
             _step(
                 "propagate",
-                f"{ph}: followed from frame {pivot + 1} ({how}), answered on frames {on or 'none'}",
+                f"{ph}: followed from frame {pivot + 1} ({linker.name}), answered on frames {on or 'none'}",
                 t0,
             )
         )
@@ -644,7 +621,7 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     asked = next((s for s in state.get("trace", []) if s.node == "confirm"), None)
     if asked is not None:  # the person's choice, in words addressed to them (agent.nodes.confirm)
         text += f" ({asked.data.get('text') or asked.message})"
-    if state.get("llm_reasoning") and not state.get("force_phrases"):
+    if state.get("llm_reasoning"):
         # the facts above come from the trace; the LLM adds its reading of the clip (no extra call)
         text += f" The LLM ({ctx.reasoner.name}) reasoned: {state['llm_reasoning']}"
     trace = [*state.get("trace", []), _step("answer", text, t0)]

@@ -17,9 +17,12 @@ STEP_CHARS = 120
 """A trace step shown as progress is cut to this length (the evidence rows are long)."""
 
 
-def make_context(settings: Settings, toolset: Toolset | None = None) -> RunContext:
-    """The run context of in-process callers (RunContext builds the toolset and reasoner it is not given)."""
-    return RunContext(settings=settings, toolset=toolset)
+def make_context(
+    settings: Settings, toolset: Toolset | None = None, segment: list[str] | None = None
+) -> RunContext:
+    """The run context of in-process callers (RunContext builds the toolset and reasoner it is not
+    given); ``segment``: objects the person asked to segment."""
+    return RunContext(settings=settings, toolset=toolset, segment=list(segment or []))
 
 
 def _run(inputs: Any, context: RunContext, progress: Callable[[str], None] | None) -> dict:
@@ -81,10 +84,10 @@ def run_media(
     question: str = DEFAULT_QUESTION,
     toolset: Toolset | None = None,
     progress: Callable[[str], None] | None = None,
-    force_phrases: list[str] | None = None,
+    segment: list[str] | None = None,
     ask_person: bool = False,
 ) -> tuple[Answer, Clip]:
-    """Load media and answer; returns the answer and the loaded clip (for overlays). ``force_phrases``
+    """Load media and answer; returns the answer and the loaded clip (for overlays). ``segment``
     replaces the proposal with objects the person named ("segment the car instead"). With
     ``ask_person`` (the chat, under its checkpointer) a close call pauses the graph with a LangGraph
     interrupt, which reaches the caller as ``langgraph.errors.GraphInterrupt``; otherwise it never asks."""
@@ -95,9 +98,8 @@ def run_media(
             "media": str(media),
             "audio_path": str(audio) if audio else None,
             "trace": [],
-            "force_phrases": force_phrases or [],
         },
-        make_context(settings, toolset),
+        make_context(settings, toolset, segment),
         progress,
     )
     return state["answer"], state["clip"]

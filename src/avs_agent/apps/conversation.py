@@ -133,7 +133,7 @@ def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
             audio=state.get("audio"),
             question=text,
             progress=ctx.progress,
-            force_phrases=[obj] if obj else None,
+            segment=[obj] if obj else None,
             ask_person=ctx.settings.chat.ask_person,  # a close call pauses here (Conversation.ask)
         )
         files = write_outputs(answer, clip, out, ctx.settings.output.analysed_only)

@@ -43,6 +43,11 @@ class Frame:
                 f"Frame.image must be (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}"
             )
 
+    @classmethod
+    def blank(cls, height: int = 32, width: int = 32) -> Frame:
+        """A black frame (a tool's warm-up call)."""
+        return cls(index=0, time_s=0.0, image=np.zeros((height, width, 3), np.uint8))
+
     @property
     def height(self) -> int:
         return int(self.image.shape[0])
@@ -70,6 +75,11 @@ class AudioSegment:
             raise ValueError(
                 f"AudioSegment.waveform must be (n,) float32, got {self.waveform.shape} {self.waveform.dtype}"
             )
+
+    @classmethod
+    def silence(cls, seconds: float = 1.0) -> AudioSegment:
+        """Silent audio (a tool's warm-up call)."""
+        return cls(0.0, seconds, np.zeros(round(seconds * SAMPLE_RATE), np.float32))
 
     @property
     def duration_s(self) -> float:

@@ -33,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
@@ -41,7 +40,6 @@ from avs_agent.tools.errors import ConfigError, UserError
 from avs_agent.tools.server import wire
 from avs_agent.tools.server.settings import TOKEN_ENV, ServeSettings, is_loopback
 from avs_agent.tools.settings import ToolConfig
-from avs_agent.tools.types import SAMPLE_RATE, AudioSegment, Frame
 
 log = logging.getLogger("avs_agent.serve")
 
@@ -122,31 +120,6 @@ def _call(fn: Callable, args: tuple) -> Any:
         return fn(*args)
     except Exception as exc:
         return exc
-
-
-def warm_up(name: str, tool: Any, vocabulary: list[str] | None = None) -> None:
-    """Load a tool's models with one tiny call (models load lazily on first use). The matcher also
-    embeds the vocabulary once (its first ``sound_sources`` over a vocabulary costs seconds on CPU)."""
-    if hasattr(tool, "load"):
-        tool.load()
-    frame = Frame(index=0, time_s=0.0, image=np.zeros((32, 32, 3), np.uint8))
-    audio = AudioSegment(0.0, 1.0, np.zeros(SAMPLE_RATE, np.float32))
-    if name == "tagger":
-        tool.tag([audio])
-    elif name == "grounder":
-        tool.detect_all(frame)
-    elif name == "scorer":
-        tool.score([audio], ["dog"])
-    elif name == "matcher":
-        vocab = list(vocabulary or ["dog", "cat"])
-        tool.match(["dog"], vocab)
-        tool.sound_sources(["Bark"], vocab)
-    elif name == "audio_captioner":
-        tool.caption([audio])
-    elif name == "image_captioner":
-        tool.caption([frame])
-    elif name == "crop_checker":
-        tool.check(frame, np.ones((1, 32, 32), bool), ["dog"])
 
 
 class _Batcher:
@@ -256,10 +229,11 @@ class LocalDispatcher:
         return cls(toolset, settings, parse_tools(tools, available))
 
     def load(self) -> None:
-        """Load every served tool's models (blocking). Raises what loading raises (e.g. missing weights)."""
+        """Load every served tool's models (blocking; each tool's ``warm_up``). Raises what loading
+        raises (e.g. missing weights)."""
         for name in self.tools:
             t0 = time.perf_counter()
-            warm_up(name, getattr(self.toolset, name), self.toolset.vocabulary)
+            getattr(self.toolset, name).warm_up()
             log.info(
                 "loaded %s (%s) in %.1f s", name, getattr(self.toolset, name).name, time.perf_counter() - t0
             )
