@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from avs_agent.agent import decision as D
+from avs_agent.agent import trace as T
 from avs_agent.agent.settings import AgentSettings
 from avs_agent.agent.state import Choice
 from avs_agent.tools.types import Frame, Segments, TraceStep
@@ -42,6 +43,9 @@ class Evidence:
     """The analysed frames (a vision LLM sees them tiled, agent/vision.py)."""
     groundings: list[dict[str, Segments]] = field(default_factory=list)
     """Per frame, phrase -> its grounded instances (drawn as numbered boxes for a vision LLM)."""
+    rows: list[str] = field(default_factory=list)
+    """Per frame, its row of the evidence table as a prompt line (``text['evidence']`` joins them;
+    a retry shows the failing frames' rows)."""
 
 
 class Reasoner(Protocol):
@@ -160,8 +164,12 @@ class PersonReasoner:
 
     def decide(self, table: list[D.FrameEvidence], data: Evidence) -> Decision:
         picks = [[ph for ph in self.requested if ph in found] for found in data.groundings]
-        step = TraceStep(
-            node="verify", message=f"segmenting what the person asked for: {', '.join(self.requested)}"
+        step = T.step(
+            "verify",
+            "requested",
+            f"segmenting what the person asked for: {', '.join(self.requested)}",
+            object=self.requested[0] if len(self.requested) == 1 else None,
+            phrases=list(self.requested),
         )
         return Decision(picks, [step])
 

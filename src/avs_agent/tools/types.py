@@ -225,13 +225,47 @@ class Segments:
 
 
 class TraceStep(BaseModel):
-    """One decision or tool call, kept so an answer can say why."""
+    """One decision or tool call, kept so an answer can say why.
+
+    What happened is data: ``event`` (a code, e.g. ``check_failed``), ``reason`` (a code, e.g.
+    ``too_small``), the ``frame`` and ``object`` it is about, and ``data`` (the values behind it).
+    Programs (the chat, the page, the LLM's prompts, the tests) read those; ``message`` says the same in
+    words for a person, for the command line, the chat, the page and answer.json."""
 
     node: str
-    message: str
+    """The graph node (or an eval strategy) that took the step."""
+    event: str = ""
+    """What happened, a code (agent/nodes.py and agent/llm.py list theirs: ``EVENTS``)."""
+    reason: str = ""
+    """Why, a code where there is one (``REASONS``); '' otherwise."""
     frame: int | None = None
+    """The analysed frame it is about (0-based); None for the whole clip."""
+    object: str | None = None
+    """The object (phrase) it is about, when it is about one."""
+    message: str = ""
+    """The step in words, for a person (rendered when the step is taken)."""
     data: dict[str, Any] = Field(default_factory=dict)
     seconds: float = 0.0
+
+
+class Progress(BaseModel):
+    """A run's progress event as it happens (ask's spinner, the chat, the page's bar, a LangGraph
+    server's custom stream). ``stage``: where the run is, a code (the graph node, or ``start`` before
+    the graph runs); ``event``: what is happening there, a code (a trace step's event, or one of the
+    node's own: ``loading_media``, ``tagging_audio``, ...); ``text``: the same in words."""
+
+    stage: str
+    event: str
+    text: str
+    frame: int | None = None
+    object: str | None = None
+
+    @classmethod
+    def of_step(cls, step: TraceStep, max_chars: int = 120) -> Progress:
+        """A trace step as progress: its node and event, its words cut to ``max_chars``."""
+        where = f" (frame {step.frame + 1})" if step.frame is not None else ""
+        text = f"{step.node}{where}: {step.message}"[:max_chars]
+        return cls(stage=step.node, event=step.event, text=text, frame=step.frame, object=step.object)
 
 
 class FrameResult(BaseModel):
