@@ -40,6 +40,7 @@ from avs_agent.tools.errors import ConfigError, UserError
 from avs_agent.tools.server import wire
 from avs_agent.tools.server.settings import TOKEN_ENV, ServeSettings, is_loopback
 from avs_agent.tools.settings import ToolConfig
+from avs_agent.tools.types import Frame
 
 log = logging.getLogger("avs_agent.serve")
 
@@ -113,6 +114,17 @@ def run_batch(tool: Any, method: wire.Method, items: list[tuple]) -> list[Any]:
             out[i] = result[start : start + n]
             start += n
     return out
+
+
+def frames_seconds(args: tuple) -> float:
+    """The seconds of video the frames among a call's arguments stand for: from the first frame's
+    time to the last's plus one frame interval (the smallest gap between their times); a single
+    frame, none. (``serve.max_media_seconds`` caps seconds, whatever the frame rate.)"""
+    frames = [x for a in args for x in (a if isinstance(a, list) else [a]) if isinstance(x, Frame)]
+    times = sorted({f.time_s for f in frames})
+    if len(times) < 2:
+        return 0.0
+    return times[-1] - times[0] + min(b - a for a, b in zip(times, times[1:], strict=False))
 
 
 def _call(fn: Callable, args: tuple) -> Any:
@@ -450,9 +462,14 @@ def create_app(dispatcher: Dispatcher, serve: ServeSettings, token: str | None) 
             return error(413, str(exc))
         except (wire.WireError, ValueError, TypeError, KeyError) as exc:
             return error(422, f"malformed {method.key} payload: {exc}")
-        seconds, frames = method.media(args)
-        if seconds > serve.max_media_seconds or frames > serve.max_media_seconds:
-            what = f"{seconds:.1f} s of audio" if seconds > serve.max_media_seconds else f"{frames} frames"
+        audio_s, frames = method.media(args)
+        video_s = frames_seconds(args)
+        if max(audio_s, video_s) > serve.max_media_seconds:
+            what = (
+                f"{audio_s:.1f} s of audio"
+                if audio_s >= video_s
+                else f"{frames} frames spanning {video_s:.1f} s of video"
+            )
             return error(
                 413,
                 f"request carries {what}; this server accepts at most {serve.max_media_seconds:g} s of media per request (serve.max_media_seconds)",
