@@ -112,3 +112,35 @@ def test_ask_full_profile_missing_weights_is_one_line(tmp_path):
 
     assert isinstance(res.exception, ModelNotFoundError)
     assert "tools.audio_tagger.model" in str(res.exception) and "\n" not in str(res.exception)
+
+
+def test_a_full_tool_server_warms_every_tool(tiny_sets):
+    """`avs-agent serve --profile full` loads each tool through its own ``warm_up`` (no list of tool
+    names in the server); the toolset follows sources with SAM2 (its linker)."""
+    from avs_agent.agent.settings import load_settings
+    from avs_agent.tools.protocols import Linker
+    from avs_agent.tools.server.app import LocalDispatcher
+    from avs_agent.tools.types import Frame
+
+    overrides = [s.removeprefix("--set=") for s in tiny_sets]
+    overrides += [
+        "tools.audio_captioner.options.max_new_tokens=4",
+        "tools.image_captioner.options.max_new_tokens=4",
+    ]
+    config = load_settings("full", overrides=overrides).tool_config()
+    disp = LocalDispatcher.from_settings(config)
+    disp.load()
+    assert disp.ready and set(disp.tools) == {
+        "tagger",
+        "grounder",
+        "scorer",
+        "matcher",
+        "audio_captioner",
+        "image_captioner",
+        "crop_checker",
+    }
+    linker = disp.toolset.linker
+    assert isinstance(linker, Linker) and linker.name == "sam2-video" and linker.tracks([None]) is None
+    # GroundingDINO takes any phrase: it proposes nothing itself and reads phrases as they are
+    grounder = disp.toolset.grounder
+    assert grounder.proposals(Frame.blank(48, 64)) == [] and grounder.words(["a dog", "a dog"]) == ["a dog"]

@@ -244,7 +244,7 @@ class GroundedSam:
 
     def warm_up(self) -> None:
         self.load()
-        self.detect_all(Frame.blank())
+        self.detect_all(Frame.blank(240, 320))  # (4:3: a square one is too small for a tiny checkpoint)
 
     # --- protocol ---------------------------------------------------------------------------------
     def ground(self, frame: Frame, phrases: list[str], box_threshold: float | None = None) -> Segments:
