@@ -50,7 +50,7 @@ class Evidence:
 
 class Reasoner(Protocol):
     name: str
-    requested: list[str]
+    requested: tuple[str, ...]
     """Phrases this reasoner names whatever the evidence says (the person's request): scored and
     grounded with the candidates. Empty for the rules and an LLM."""
 
@@ -87,7 +87,7 @@ class Reasoner(Protocol):
 
 class RulesReasoner:
     name = "rules"
-    requested: list[str] = []
+    requested: tuple[str, ...] = ()
 
     def __init__(self, config: AgentSettings):
         self.config = config
@@ -158,7 +158,7 @@ class PersonReasoner:
     the wrapped reasoner's."""
 
     def __init__(self, requested: list[str], base: Reasoner):
-        self.requested = list(requested)
+        self.requested = tuple(requested)
         self.base = base
         self.name = base.name
 

@@ -235,9 +235,10 @@ class TraceStep(BaseModel):
     node: str
     """The graph node (or an eval strategy) that took the step."""
     event: str = ""
-    """What happened, a code (agent/nodes.py and agent/llm.py list theirs: ``EVENTS``)."""
+    """What happened, a code (the agent's: agent/trace.py ``EVENTS``; an eval strategy's steps have
+    none)."""
     reason: str = ""
-    """Why, a code where there is one (``REASONS``); '' otherwise."""
+    """Why, a code where there is one (agent/trace.py ``REASONS``); '' otherwise."""
     frame: int | None = None
     """The analysed frame it is about (0-based); None for the whole clip."""
     object: str | None = None
