@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AVS_AGENT_SHARED", ROOT.parent / "shared"))
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIAS = "smollm2-135m-instruct"
-LLM_STEP = "LLM (openai:" + ALIAS + ") chose for the clip: "
+LLM_NAME = "openai:" + ALIAS
+"""The LLM reasoner's name in the trace (its steps' ``data['llm']``)."""
 
 
 def gguf() -> Path:
@@ -151,16 +152,17 @@ def main() -> None:
     for row in clips:
         steps = traces[row["key"]]["trace"]
         calls = row["stats"].get("llm", [])
-        chose = [t for t in steps if t["message"].startswith(LLM_STEP)]
-        failed = [t["message"] for t in steps if "LLM" in t["message"] and "failed" in t["message"]]
-        no_call = any(t["message"].startswith("no LLM call") for t in steps if t["node"] == "verify")
+        chose = [t for t in steps if t["event"] == "llm_chose" and t["data"]["llm"] == LLM_NAME]
+        failed = [t["message"] for t in steps if t["event"] == "llm_failed"]
+        no_call = any(t["event"] == "llm_skipped" for t in steps if t["node"] == "verify")
         answer = chose[0]["data"]["answer"] if chose else None
         if answer:
             answers.append(answer)
         per_clip.append(
             {
                 "key": row["key"],
-                "used": bool(chose) and not any("propose failed" in m for m in failed),
+                "used": bool(chose)
+                and not any(t["event"] == "llm_failed" and t["node"] == "verify" for t in steps),
                 "no_call": no_call,
                 "answer": answer,
                 "failed": failed,

@@ -235,10 +235,8 @@ def main() -> None:
     # in-process: one thread calling the tools directly (fresh toolset: empty caches, models warmed first)
     local_settings = load_settings()
     local = build_toolset(local_settings.tool_config())
-    from avs_agent.tools.server.app import warm_up
-
     for name in ("tagger", "grounder", "scorer", "matcher"):
-        warm_up(name, getattr(local, name), local.vocabulary)
+        getattr(local, name).warm_up()
     for w in workloads:
         r = run_clients(call_for(w, local, local_settings), jobs[w], 1, args.max_seconds)
         results["runs"][f"{w}/in-process (1 thread)"] = r

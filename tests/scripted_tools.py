@@ -28,6 +28,9 @@ class ScriptedTagger:
     def __init__(self, tags: dict[str, float]):
         self.tags = tags
 
+    def warm_up(self) -> None:
+        pass
+
     def tag(self, segments: list[AudioSegment]) -> list[AudioTags]:
         items = sorted(self.tags.items(), key=lambda kv: -kv[1])
         return [
@@ -68,6 +71,15 @@ class ScriptedGrounder:
             [s if not isinstance(s, list) else s[-1] for s in self.found.values()], frame.height, frame.width
         )
 
+    def proposals(self, frame: Frame) -> list[str]:
+        return []  # open vocabulary: it finds any phrase it is given, and proposes none itself
+
+    def words(self, phrases: list[str]) -> list[str]:
+        return list(dict.fromkeys(phrases))
+
+    def warm_up(self) -> None:
+        pass
+
 
 class ScriptedScorer:
     name = "scripted-scorer"
@@ -82,6 +94,12 @@ class ScriptedScorer:
             return v[i] if isinstance(v, list) else v
 
         return np.asarray([[one(t, i) for t in texts] for i in range(len(audio))], np.float32)
+
+    def evidence(self, audio: list[AudioSegment], texts: list[str]) -> np.ndarray:
+        return self.score(audio, texts)  # the scripted scores play CLAP's part
+
+    def warm_up(self) -> None:
+        pass
 
 
 def scripted_toolset(
@@ -98,7 +116,6 @@ def scripted_toolset(
         matcher=matcher,
         vocabulary=vocabulary,
         closed_vocabulary=False,  # the scripted grounder finds any phrase it was given
-        independent_scorer=True,  # the scripted scores play CLAP's part
     )
 
 

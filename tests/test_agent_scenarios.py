@@ -7,6 +7,7 @@ from tests.scripted_tools import box_segment, clip, scripted_toolset
 
 from avs_agent.agent.run import run_clip
 from avs_agent.agent.settings import load_settings
+from avs_agent.tools.types import Progress
 from avs_agent.tools.wiring import get_toolset
 
 VOCAB = ["dog", "person", "bee", "electric shaver", "car", "guitar"]
@@ -16,6 +17,10 @@ VOCAB = ["dog", "person", "bee", "electric shaver", "car", "guitar"]
 @pytest.fixture(scope="module")
 def matcher(models_dir):
     return get_toolset(load_settings(overrides=[f"models_dir={models_dir}"]).tool_config()).matcher
+
+
+def _answered(ans):
+    return next(s for s in ans.trace if s.event == "answered")
 
 
 def _run(tools, settings=None):
@@ -68,7 +73,8 @@ def test_sound_alikes_only_the_visible_one_is_chosen(matcher):
     )
     ans = _run(tools)
     assert ans.labels == ["electric shaver"]
-    assert any("not visible: bee" in s.message for s in ans.trace)
+    assert _answered(ans).data["rejected"] == ["bee"]
+    assert "also considered but not visible: bee" in ans.text  # and the answer says so
 
 
 def test_first_mask_empty_then_retry_succeeds(matcher):
@@ -84,8 +90,8 @@ def test_first_mask_empty_then_retry_succeeds(matcher):
         )
     )
     assert ans.labels == ["person"]
-    assert any(s.node == "check" and "too small" in s.message for s in ans.trace)
-    assert any(s.node == "retry" and "person" in s.message for s in ans.trace)
+    assert any(s.event == "check_failed" and s.reason == "too_small" and s.object == "dog" for s in ans.trace)
+    assert any(s.event == "retry" and s.object == "person" for s in ans.trace)
 
 
 def test_a_failing_part_of_two_sources_is_dropped(matcher):
@@ -109,7 +115,7 @@ def test_every_retry_fails_and_the_answer_says_so(matcher):
     ans = _run(tools)
     assert ans.labels == [] and not ans.visible
     assert "failed" in ans.text
-    assert any(s.node == "retry" and "no candidate left" in s.message for s in ans.trace)
+    assert any(s.event == "gave_up" and s.reason == "no_candidate_left" for s in ans.trace)
 
 
 def test_a_faint_view_of_a_source_seen_in_other_frames_is_kept(matcher):
@@ -132,7 +138,11 @@ def test_a_visible_object_the_tagger_only_names_generically_is_found(matcher):
     tags = {"Livestock, farm animals, working animals": 0.9, "Air horn, truck horn": 0.3}
     ans = _run(scripted_toolset(matcher, tags, {"sheep": sheep}, {}, [*VOCAB, "sheep", "truck"]))
     assert ans.labels == ["sheep"]
-    assert any("parent:Livestock" in s.message for s in ans.trace if s.node == "verify")
+    (sheep_row,) = {
+        c["phrase"]: c for s in ans.trace if s.event == "evidence" for c in s.data["candidates"]
+    }.values()
+    assert sheep_row["phrase"] == "sheep"
+    assert sheep_row["labels"] == ["Livestock, farm animals, working animals"]
 
 
 def test_an_animal_call_over_a_person_is_off_screen(matcher):
@@ -142,7 +152,7 @@ def test_an_animal_call_over_a_person_is_off_screen(matcher):
     tags = {"Animal": 0.99, "Dog": 0.97, "Bark": 0.8}
     ans = _run(scripted_toolset(matcher, tags, {"person": person}, {}, VOCAB))
     assert ans.labels == [] and not ans.visible
-    assert any("offscreen: Dog" in s.message for s in ans.trace if s.node == "verify")
+    assert all(s.data["offscreen_from"] == "Dog" for s in ans.trace if s.event == "evidence")
 
 
 class _Captioner:
@@ -186,7 +196,12 @@ def test_a_caption_noun_the_tagger_missed_becomes_the_answer(matcher):
     tools.image_captioner = _Captioner(["goat"])
     ans = _run(tools)
     assert ans.labels == ["goat"]
-    evidence = [s.message for s in ans.trace if s.node == "verify" and s.message.startswith("evidence")]
+    (goat_row,) = {
+        c["phrase"]: c for s in ans.trace if s.event == "evidence" for c in s.data["candidates"]
+    }.values()
+    assert goat_row["phrase"] == "goat" and goat_row["labels"] == []  # no audio tag names it
+    # the evidence's words name where it came from: the caption and CLAP's term
+    evidence = [s.message for s in ans.trace if s.event == "evidence"]
     assert all("caption:goat" in m and "clap 0.80" in m for m in evidence)
 
 
@@ -201,9 +216,8 @@ def test_a_crop_check_that_rejects_the_mask_sends_the_frame_to_the_retry(matcher
     )
     tools.crop_checker = _CropChecker(0.0)  # no crop shows what it claims
     ans = _run(tools, load_settings(overrides=["agent.decision.w_crop=20"]))
-    checks = [s.message for s in ans.trace if s.node == "check"]
-    assert any("crop check 0.00" in m and "below none" in m for m in checks)
-    assert any(s.node == "retry" and "person" in s.message for s in ans.trace)
+    assert any(s.event == "check_failed" and s.reason == "crop_below_none" for s in ans.trace)
+    assert any(s.event == "retry" and s.object == "person" for s in ans.trace)
     assert tools.crop_checker.calls >= 4 and not ans.visible
 
 
@@ -253,7 +267,7 @@ def test_llm_gives_up_honestly(matcher):
             scripted_toolset(matcher, {"Bark": 0.9}, {"dog": tiny}, {"dog": 0.9}, VOCAB),
         )
     assert not ans.visible and "failed" in ans.text
-    assert sum(1 for s in ans.trace if s.node == "retry" and "no candidate left" in s.message) == 2
+    assert sum(1 for s in ans.trace if s.event == "gave_up" and s.reason == "no_candidate_left") == 2
 
 
 def test_tool_outputs_reach_the_llm_inside_data_delimiters(matcher):
@@ -323,7 +337,7 @@ def test_the_source_is_followed_through_the_clip(matcher):
         "dog": [dogs((walking[0], 0.9)), dogs((walking[1], 0.5), (other, 0.85)), dogs((walking[2], 0.08))]
     }
     tools = replace(
-        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), tracker=InstanceTracker()
+        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), linker=InstanceTracker()
     )
     one = "agent.decision.instance_share=0.9"  # a dog 0.81 as salient as the top one is not kept as well
     followed = run_clip(clip(3), load_settings(overrides=[one]), tools)
@@ -333,11 +347,12 @@ def test_the_source_is_followed_through_the_clip(matcher):
         expect[y0:y1, x0:x1] = True
         assert (followed.masks[t] == expect).all(), t
     assert [f.labels for f in followed.frames] == [["dog"]] * 3
-    steps = [s.message for s in followed.trace if s.node == "propagate"]
-    assert any("followed from frame 1 (bytetrack)" in m for m in steps) and any("held" in m for m in steps)
+    (followed_step,) = [s for s in followed.trace if s.event == "followed"]
+    assert followed_step.object == "dog" and followed_step.data["pivot"] == 0
+    assert followed_step.data["linker"] == "bytetrack" and any(s.event == "held" for s in followed.trace)
 
     tools = replace(
-        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), tracker=InstanceTracker()
+        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), linker=InstanceTracker()
     )
     frame_only = "agent.decision.instance_track_weight=0"
     alone = run_clip(clip(3), load_settings(overrides=["agent.propagate=false", one, frame_only]), tools)
@@ -345,7 +360,7 @@ def test_the_source_is_followed_through_the_clip(matcher):
     # without following it, but with each instance's salience over the clip weighing in (the default),
     # the middle frame already takes the walking dog: its track is the more salient over the clip
     tools = replace(
-        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), tracker=InstanceTracker()
+        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), linker=InstanceTracker()
     )
     tracked = run_clip(clip(3), load_settings(overrides=["agent.propagate=false", one]), tools)
     assert tracked.masks[1][10, 10] and not tracked.masks[1][50, 50]
@@ -354,14 +369,20 @@ def test_the_source_is_followed_through_the_clip(matcher):
 def test_progress_streams_the_steps_as_they_happen(matcher):
     """run_clip runs the graph through LangGraph's streaming: the nodes' progress events (custom stream)
     and each node's trace steps (updates) reach the callback in graph order, before the answer."""
-    events: list[str] = []
+    events: list[Progress] = []
     dog = box_segment("dog", (10, 10, 40, 40))
     tools = scripted_toolset(matcher, {"Bark": 0.9}, {"dog": dog}, {"dog": 0.9}, VOCAB)
     ans = run_clip(clip(), load_settings(), tools, progress=events.append)
     assert ans.labels == ["dog"]
-    first = {
-        name: next(i for i, e in enumerate(events) if e.startswith(name))
-        for name in ("tagging audio", "perceive", "verify", "segment", "check", "answer")
-    }
-    assert list(first.values()) == sorted(first.values()), events
-    assert any(e.startswith("verify (frame 1): evidence: dog") for e in events)
+    tagging = next(i for i, e in enumerate(events) if e.event == "tagging_audio")
+    first = [
+        tagging,
+        *(
+            next(i for i, e in enumerate(events) if e.stage == stage and e.event != "tagging_audio")
+            for stage in ("perceive", "verify", "segment", "check", "answer")
+        ),
+    ]
+    assert first == sorted(first), events
+    assert any(e.event == "evidence" and e.frame == 0 for e in events)
+    # the words ask's spinner and the page's bar show
+    assert any(e.text.startswith("verify (frame 1): evidence: dog") for e in events)

@@ -4,6 +4,7 @@ from tests.conftest import dev_clip_paths
 
 from avs_agent.agent.settings import load_settings
 from avs_agent.apps.conversation import Conversation, classify
+from avs_agent.tools.types import Progress
 
 
 def test_classify_follow_ups():
@@ -36,7 +37,7 @@ def test_conversation_follow_ups_and_resume(tmp_path, dev_set):
     again = conv.ask("segment the person instead")
     assert again.kind == "resegment" and again.labels == ["person"] and again.out_dir != first.out_dir
     # /trace shows the re-segmentation's decisions, not the first analysis's
-    assert any("segmenting what the person asked for: person" in s.message for s in conv.trace())
+    assert any(s.event == "requested" and s.object == "person" for s in conv.trace())
 
     resumed = Conversation(settings, thread_id=conv.thread_id, out_root=tmp_path / "threads")
     assert resumed.media == str(frames)
@@ -75,13 +76,14 @@ def test_a_close_call_asks_the_person_and_resumes_with_their_choice(tmp_path, de
     when = resumed.ask("which seconds?")
     assert when.kind == "question" and "not decided yet" in when.text and "frames 1-5" in when.text
     assert resumed.pending is not None and "names neither" not in when.text
-    steps: list[str] = []
+    steps: list[Progress] = []
     chosen = resumed.ask("1", progress=steps.append)
     assert chosen.kind == "analysis" and chosen.labels == ["truck"] and resumed.pending is None
     assert "(You chose the truck when I asked: truck or car.)" in chosen.text and "(I " not in chosen.text
-    assert not any(s.startswith(("tagging audio", "finding candidates")) for s in steps)  # not redone
-    (confirm,) = [s for s in resumed.trace() if s.node == "confirm"]
-    assert confirm.message == "asked: truck or car; chosen: truck" and confirm.data["chosen"] == ["truck"]
+    assert not any(s.event in ("tagging_audio", "grounding") for s in steps)  # not redone
+    (confirm,) = [s for s in resumed.trace() if s.event == "asked_person"]
+    assert confirm.object == "truck" and confirm.data["chosen"] == ["truck"]
+    assert confirm.message == "asked: truck or car; chosen: truck"  # as /trace and the page show it
     assert resumed.ask("which seconds?").kind == "followup"
 
     rules = Conversation(

@@ -394,6 +394,41 @@ def test_the_instance_salient_over_the_clip_wins_when_tracks_weigh_in():
     assert D.kept(found[0], ["motorcycle"], over_clip)["motorcycle"].xyxy[0, 0] == 0  # unlinked: the frame
 
 
+def test_the_bytetrack_linker_follows_the_tracks_the_decision_reads():
+    """The lite profile's Linker (ByteTrack): linked in verify (``link_tracks`` over its ``tracks``),
+    a source is followed along the tracks of its kept instances on the pivot frame, the very instances
+    ``on_tracks`` (the cross-validation's path, ``decide_clip``) picks; a linker that links nothing
+    leaves the instances as they are."""
+    from avs_agent.tools.lite.tracker import InstanceTracker
+    from avs_agent.tools.protocols import FrameByFrame
+
+    boxes = [[(2, 2, 12, 12), (30, 30, 44, 44)], [(4, 2, 14, 12), (30, 31, 44, 45)], [(6, 3, 16, 13)]]
+    found = [
+        {
+            "dog": Segments(
+                xyxy=b,
+                mask=_masks(*b, h=48, w=48),
+                confidence=[0.9, 0.5][: len(b)],
+                labels=["dog"] * len(b),
+            )
+        }
+        for b in boxes
+    ]
+    tracker = InstanceTracker()
+    linked = D.link_tracks(found, tracker.tracks)
+    assert all("track" in f["dog"].data for f in linked)
+    for pivot in range(3):
+        start = D.kept(linked[pivot], ["dog"], P).get("dog")
+        followed = tracker.follow([], [f.get("dog") for f in linked], pivot, start)
+        expected = D.on_tracks(linked, "dog", pivot, P)
+        assert followed[pivot] is not None  # the pivot's own instances are on their tracks
+        assert [None if s is None else s.xyxy.tolist() for s in followed] == [
+            None if s is None else s.xyxy.tolist() for s in expected
+        ]
+    assert D.link_tracks(found, FrameByFrame().tracks) == found
+    assert FrameByFrame().follow([], [f.get("dog") for f in found], 0, found[0]["dog"]) is None
+
+
 def test_a_rider_joins_what_it_rides_under_its_name():
     scooter = _seg("motorcycle", (5, 10, 15, 20))
     rider = _seg("person", (6, 2, 14, 16))  # 43% of its box inside the scooter's

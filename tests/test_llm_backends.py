@@ -43,7 +43,7 @@ def test_llm_decisions_are_used(llm_clip, llm_rules_answer, protocol, method, it
     assert ans.labels == ["car"]  # the server's decision, visible in labels and masks
     assert not np.array_equal(ans.masks[0], llm_rules_answer.masks[0])
     assert ans.stats["llm_calls"] == 1 and ans.stats["llm_tokens"] == 120
-    assert any("LLM" in s.message and "scripted: the car" in s.message for s in ans.trace)
+    assert any(s.event == "llm_chose" and s.object == "car" for s in ans.trace)
     assert ans.text.endswith("reasoned: scripted: the car")  # its reading is quoted, no extra call
     assert "reasoned" not in llm_rules_answer.text
     assert len(srv.requests) == 1
@@ -96,8 +96,9 @@ def test_a_phrase_the_table_does_not_hold_is_off_the_menu(llm_clip, llm_rules_an
         ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     assert len(srv.requests) == 2 and ans.labels == llm_rules_answer.labels
     assert any(
-        "LLM propose failed" in t.message
-        and 'off the menu: answer.source: "person" is not one of' in t.message
+        t.event == "llm_failed"
+        and t.reason == "unusable"
+        and 'off the menu: answer.source: "person" is not one of' in t.data["error"]
         for t in ans.trace
     ), [t.message for t in ans.trace]
 
@@ -119,7 +120,10 @@ def test_garbage_gets_one_repair_then_the_rules(llm_clip, llm_rules_answer, prot
     assert len(srv.requests) == 2  # the answer and one repair attempt
     assert ans.labels == llm_rules_answer.labels
     assert all(np.array_equal(a, b) for a, b in zip(ans.masks, llm_rules_answer.masks, strict=True))
-    assert any("LLM propose failed" in s.message and "rules decided" in s.message for s in ans.trace)
+    assert any(s.event == "llm_failed" and s.reason == "unusable" for s in ans.trace)
+    # in words, as answer.json, the chat's /trace and the page show it
+    assert any(s.message.startswith("LLM propose failed (unusable answer: ") for s in ans.trace)
+    assert any(s.message.endswith("; the rules decided") for s in ans.trace)
 
 
 def test_timeout_falls_back_to_the_rules(llm_clip, llm_rules_answer):
@@ -127,7 +131,7 @@ def test_timeout_falls_back_to_the_rules(llm_clip, llm_rules_answer):
         s = _settings(srv, **{"llm.timeout_s": 0.5, "llm.max_retries": 0})
         ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     assert ans.labels == llm_rules_answer.labels
-    assert any("LLM propose failed" in s.message and "Timeout" in s.message for s in ans.trace)
+    assert any(s.event == "llm_failed" and s.reason == "timeout" for s in ans.trace)
 
 
 def test_429_is_retried_with_backoff(llm_clip):
@@ -149,7 +153,10 @@ def test_server_down_falls_back(llm_clip, llm_rules_answer):
     )
     ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     assert ans.labels == llm_rules_answer.labels
-    assert any("LLM vision propose failed" in s.message for s in ans.trace)  # gpt-4o: shown the frames
+    assert any(  # gpt-4o: shown the frames
+        s.event == "llm_failed" and s.reason == "call_failed" and s.data["call"] == "vision propose"
+        for s in ans.trace
+    )
 
 
 def test_cli_ask_uses_the_server(tmp_path, dev_set):
@@ -245,7 +252,7 @@ def test_the_clip_time_budget_hands_the_rest_to_the_rules(llm_clip, llm_rules_an
         s = _settings(srv, **{"llm.clip_budget_s": 1.0})
         ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     assert len(srv.requests) == 1 and ans.labels == llm_rules_answer.labels
-    assert any("time budget is spent" in t.message for t in ans.trace if t.node == "verify")
+    assert any(t.event == "llm_failed" and t.reason == "budget_spent" for t in ans.trace)
     with FakeLLMServer("openai", [{"json": PEOPLE}]) as srv:
         s = _settings(srv, **{"llm.clip_budget_s": 0})
         ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
@@ -267,10 +274,8 @@ def test_auto_finds_what_a_llama_cpp_like_server_takes(llm_clip):
     schema = srv.requests[1]["body"]["response_format"]["schema"]
     assert schema["title"] == "propose" and schema["properties"]["source"]["enum"] == ["dog", "car", "none"]
     assert ans.labels == again.labels == ["car"]
-    steps = [t.message for t in ans.trace if t.node == "verify"]
-    assert any("json_schema: refused" in m for m in steps) and any(
-        "json_object_schema (found" in m for m in steps
-    )
+    found = [(t.data["method"], t.reason) for t in ans.trace if t.event == "llm_method"]
+    assert found == [("json_schema", "refused"), ("json_object_schema", "")]
     L._FOUND.clear()
 
 
@@ -291,7 +296,8 @@ def test_a_slow_server_cannot_run_a_call_past_the_clip_budget(llm_clip, llm_rule
         ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
         assert len(srv.requests) == 1
     assert ans.labels == llm_rules_answer.labels and ans.stats["llm_seconds"] < 5  # not 15 s and more
-    assert any("time budget is spent (3 s of 3)" in t.message for t in ans.trace if t.node == "verify")
+    (failed,) = [t for t in ans.trace if t.event == "llm_failed"]
+    assert failed.reason == "budget_spent" and "time budget is spent (3 s of 3)" in failed.message
 
 
 def test_the_schema_is_held_on_our_side():

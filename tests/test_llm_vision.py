@@ -62,8 +62,9 @@ def test_the_frames_go_as_one_tiled_image_and_the_chosen_box_is_segmented(
         found = D.split_by_phrase(tools.grounder.ground(frame, ["car"], box_threshold=0.1), ["car"])
         car = D.mask_of(found, ["car"], s.agent.decision, (frame.height, frame.width))
         assert car.any() and (ans.masks[t] & car).sum() / (ans.masks[t] | car).sum() > 0.9
-    step = next(t for t in ans.trace if t.message.startswith("vision LLM"))
-    assert "chose boxes {0: [" in step.message and step.data["images"] == [list(imgs[0].size)]
+    step = next(t for t in ans.trace if t.event == "llm_chose")
+    assert step.data["mode"] == "vision" and step.object == "car"
+    assert step.data["answer"]["frame_0"] and step.data["images"] == [list(imgs[0].size)]
     # the schema: per shown frame, an enum of that frame's box numbers (OpenAI: strict; Ollama: format)
     kind, schema = sent_schema(body)
     assert kind == ("json_schema" if protocol == "openai" else "format")
@@ -91,7 +92,9 @@ def test_a_box_off_the_frames_menu_is_refused(llm_clip, llm_rules_answer, wrong,
     assert len(srv.requests) == 2 and ans.labels == llm_rules_answer.labels
     for a, b in zip(ans.masks, llm_rules_answer.masks, strict=True):
         assert np.array_equal(a, b)
-    assert any("LLM vision propose failed" in t.message and why in t.message for t in ans.trace)
+    assert any(
+        t.event == "llm_failed" and t.reason == "unusable" and why in t.data["error"] for t in ans.trace
+    )
 
 
 @pytest.mark.parametrize("protocol", ["openai", "ollama"])
@@ -101,7 +104,10 @@ def test_garbage_gets_one_repair_then_the_rules(llm_clip, llm_rules_answer, prot
         ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     assert len(srv.requests) == 2 and len(images(srv.requests[1]["body"])) == 1  # the repair resends it
     assert ans.labels == llm_rules_answer.labels
-    assert any("LLM vision propose failed" in t.message and "rules decided" in t.message for t in ans.trace)
+    assert any(
+        t.event == "llm_failed" and t.reason == "unusable" and t.data["call"] == "vision propose"
+        for t in ans.trace
+    )
 
 
 def test_a_timeout_falls_back_to_the_rules(llm_clip, llm_rules_answer):
@@ -109,7 +115,7 @@ def test_a_timeout_falls_back_to_the_rules(llm_clip, llm_rules_answer):
         s = _settings(srv, **{"llm.timeout_s": 1, "llm.max_retries": 0})
         ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
     assert ans.labels == llm_rules_answer.labels
-    assert any("LLM vision propose failed" in t.message for t in ans.trace)
+    assert any(t.event == "llm_failed" and t.reason == "timeout" for t in ans.trace)
 
 
 def test_auto_shows_images_to_known_vision_models_only(llm_clip):
@@ -136,8 +142,8 @@ def test_more_frames_than_the_image_shows(dev_set):
         ans = run_clip(clip, s, get_toolset(s.tool_config()))
     assert sorted(legend(srv.requests[0]["body"])) == [0, 3, 6, 9]
     assert all(f.labels == ["car"] for f in ans.frames)
-    msg = next(t.message for t in ans.trace if t.message.startswith("vision LLM"))
-    assert "frames [1, 2, 4, 5, 7, 8] took the nearest shown frame's choice" in msg
+    step = next(t for t in ans.trace if t.event == "llm_chose")
+    assert step.data["carried"] == [1, 2, 4, 5, 7, 8] and step.data["rules_decided"] == []
 
 
 @pytest.mark.parametrize("protocol", ["openai", "ollama"])
@@ -227,11 +233,9 @@ def test_a_vision_model_picking_the_rules_boxes_reproduces_the_rules_eval(dev_se
         assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(other))), png
     traces = R.read_jsonl(tmp_path / "vision" / "traces.jsonl")
     for tr in traces:
-        steps = [t["message"] for t in tr["trace"]]
-        assert any(m.startswith("vision LLM (openai:fake)") or m.startswith("no LLM call") for m in steps), (
-            tr["key"]
-        )
-        assert not any("the rules decided" in m for m in steps), tr["key"]
+        events = [t["event"] for t in tr["trace"]]
+        assert "llm_chose" in events or "llm_skipped" in events, tr["key"]
+        assert "llm_failed" not in events, tr["key"]
     calls = [r["stats"]["llm_calls"] for r in R.read_jsonl(tmp_path / "vision" / "clips.jsonl")]
     assert sum(calls) == len(srv.requests) and max(calls) <= 2
 
@@ -241,6 +245,7 @@ def test_the_reason_is_quoted(llm_clip):
     with FakeLLMServer("ollama", [{"json": answer}]) as srv:
         s = _settings(srv)
         ans = run_clip(llm_clip, s, get_toolset(s.tool_config()))
-    msg = next(t.message for t in ans.trace if t.message.startswith("vision LLM"))
-    assert msg.endswith(": a dog barks; a helicopter is heard") and ans.labels == ["dog"]
+    msg = next(t.message for t in ans.trace if t.event == "llm_chose")  # the trace's words quote it
+    assert msg.startswith("vision LLM (ollama:fake)") and msg.endswith(": a dog barks; a helicopter is heard")
+    assert ans.labels == ["dog"]
     assert ans.text.endswith("reasoned: a dog barks; a helicopter is heard")

@@ -183,5 +183,12 @@ def test_an_image_with_a_5s_sound_is_heard_whole(tmp_path):
     assert proc.returncode == 0, proc.stderr
     answer = json.loads((out / "answer.json").read_text())
     assert [f["time_s"] for f in answer["frames"]] == [0.5, 1.5, 2.5, 3.5, 4.5]
+    # the trace in answer.json: each step's codes (what happened, and why) beside its words
+    from avs_agent.agent.trace import EVENTS
+
+    load = answer["trace"][0]
+    assert load["event"] == "loaded" and load["data"]["frames"] == 5 and load["reason"] == ""
+    assert load["message"].startswith("5 frame(s) at 1 fps, 5.00 s of audio")
+    assert all(s["event"] in EVENTS and s["message"] for s in answer["trace"])
     _, duration, _ = _streams(out / "overlay.mp4")
     assert abs(duration - 5.0) < 0.3

@@ -145,3 +145,28 @@ def test_transformers_processor_required_without_torchvision(checkpoint: hf.Loca
     strict = Sam2VideoPropagator(checkpoint, {"device": "cpu", "processor": "transformers"})
     with pytest.raises(ImportError, match="[Tt]orchvision"):
         strict.load()
+
+
+def test_the_sam2_linker_carries_the_sources_mask(propagator: Sam2VideoPropagator) -> None:
+    """The full profile's Linker: it links no detections (``tracks`` is None) and follows a source by
+    carrying the union of its kept instances from the pivot frame: one instance per frame under the
+    source's name, with its best score."""
+    from avs_agent.tools.full.sam2_video import Sam2Linker
+    from avs_agent.tools.ops import box_from_mask
+    from avs_agent.tools.protocols import Linker
+    from avs_agent.tools.types import Segments
+
+    linker = Sam2Linker(propagator)
+    assert isinstance(linker, Linker) and linker.name == "sam2-video"
+    assert linker.tracks([None] * T) is None
+    masks = two_masks()
+    start = Segments(
+        xyxy=[box_from_mask(m) for m in masks], mask=masks, confidence=[0.4, 0.7], labels=["dog", "dog"]
+    )
+    followed = linker.follow(clip(), [None] * T, 1, start)
+    assert len(followed) == T
+    pivot = followed[1]
+    assert pivot is not None and pivot.labels == ["dog"] and float(pivot.confidence[0]) == pytest.approx(0.7)
+    assert iou(pivot.mask[0], masks.any(axis=0)) > 0.8
+    assert all(seg is None or (seg.labels == ["dog"] and seg.mask[0].any()) for seg in followed)
+    assert linker.follow(clip(), [None] * T, 1, None) is None  # nothing kept on the pivot: nothing to follow

@@ -422,6 +422,39 @@ def test_auth_caps_and_errors():
     assert r["unknown"].status_code == 404 and r["nosuch"].status_code == 404
 
 
+def test_the_media_cap_counts_seconds_of_video_not_frames():
+    """serve.max_media_seconds caps seconds, whatever the frame rate: 10 frames at 5 fps (2 s) pass a
+    5 s cap, 6 frames at 1 fps (6 s) do not."""
+    from dataclasses import replace
+
+    from avs_agent.tools.types import Captions
+
+    class FakeImageCaptioner:
+        name = "fake-captioner"
+
+        def caption(self, frames):
+            return [Captions(texts=["a frame"]) for _ in frames]
+
+    settings = fake_settings(max_media_seconds=5)
+    ts = fake_toolset()
+    ts.image_captioner = FakeImageCaptioner()
+    disp = LocalDispatcher(ts, settings.tool_config())
+    disp.ready = True
+    app = create_app(disp, settings.serve, TOKEN)
+    fast = [replace(frame(i), time_s=0.1 + i / 5) for i in range(10)]
+    slow = [frame(i) for i in range(6)]
+
+    async def go(client):
+        return (
+            await _post(client, "image_captioner.caption", fast),
+            await _post(client, "image_captioner.caption", slow),
+        )
+
+    ok, long = asyncio.run(_with_app(app, go))
+    assert ok.status_code == 200
+    assert long.status_code == 413 and "6 frames spanning 6.0 s of video" in long.json()["detail"]
+
+
 def test_timeouts_tool_errors_and_not_ready():
     app, _, disp = _fake_app(delay=0.5, request_timeout_s=0.1)
 

@@ -470,3 +470,21 @@ def test_page_asks_on_a_close_call_and_segments_the_choice(tmp_path, dev_set):
     chosen = page.ask("2", thread)
     assert chosen["kind"] == "analysis" and "You chose the car" in chosen["text"]
     assert chosen["gallery"] and all("car" in cap or "no visible" in cap for _, cap in chosen["gallery"])
+
+
+def test_the_progress_bar_follows_the_stage_codes():
+    """The page's bar moves by each progress event's stage (a code), never by its words, and never
+    back: a retry's segment after the check keeps the share already reached."""
+    from avs_agent.apps.ui import STAGE_SHARE, progress_steps
+    from avs_agent.tools.types import Progress, TraceStep
+
+    shown: list[tuple[float, str]] = []
+    report = progress_steps(lambda share, desc: shown.append((share, desc)))
+    report(Progress(stage="start", event="analysing", text="analysing"))
+    report(Progress(stage="perceive", event="tagging_audio", text="the words do not matter"))
+    report(Progress.of_step(TraceStep(node="check", event="check_failed", frame=0, message="failed: x")))
+    report(Progress.of_step(TraceStep(node="segment", event="segmented", frame=0, message="segmented y")))
+    report(Progress(stage="a-stage-it-does-not-know", event="x", text="z"))
+    shares = [s for s, _ in shown]
+    assert shares == [STAGE_SHARE["start"], STAGE_SHARE["perceive"], *[STAGE_SHARE["check"]] * 3]
+    assert shown[2][1] == "check (frame 1): failed: x"  # the step in words, as the bar shows it

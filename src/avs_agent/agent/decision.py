@@ -373,14 +373,15 @@ def visible_phrases(found: dict[str, Segments], p: DecisionSettings) -> set[str]
     return {ph for ph, seg in found.items() if detection(seg, p.detection_floor) is not None}
 
 
-def check_mask(mask: np.ndarray, config: AgentSettings) -> tuple[bool, str]:
-    """Is the mask a plausible object (not empty, not tiny, not the whole frame)?"""
+def check_mask(mask: np.ndarray, config: AgentSettings) -> tuple[bool, str, str]:
+    """Is the mask a plausible object (not empty, not tiny, not the whole frame)? Returns (passed, why
+    in words, the reason code: 'ok', 'too_small' or 'whole_frame')."""
     share = float(mask.mean()) if mask.size else 0.0
     if share < config.min_mask_area:
-        return False, f"mask too small ({share:.4f} of the frame)"
+        return False, f"mask too small ({share:.4f} of the frame)", "too_small"
     if share > config.max_mask_area:
-        return False, f"mask covers nearly the whole frame ({share:.2f})"
-    return True, f"mask covers {share:.3f} of the frame"
+        return False, f"mask covers nearly the whole frame ({share:.2f})", "whole_frame"
+    return True, f"mask covers {share:.3f} of the frame", "ok"
 
 
 CROP_FOIL = "background"
@@ -537,10 +538,11 @@ def pivot_frame(table: list[FrameEvidence], accepted: list[list[str]], phrase: s
 
 
 def link_tracks(
-    found: list[dict[str, Segments]], link: Callable[[list[Segments | None]], list[np.ndarray]]
+    found: list[dict[str, Segments]], link: Callable[[list[Segments | None]], list[np.ndarray] | None]
 ) -> list[dict[str, Segments]]:
-    """Each phrase's instances linked through the clip (``link``: the tracker, per frame the track id of
-    each instance, -1 unlinked): every instance carries ``data['track']`` and ``data['track_salience']``,
+    """Each phrase's instances linked through the clip (``link``: the linker's ``tracks``, per frame the
+    track id of each instance, -1 unlinked; None from a linker that links no detections, which leaves
+    them as they are): every instance carries ``data['track']`` and ``data['track_salience']``,
     its track's mean salience over the clip's frames (mask share x score, 0 where the track is absent;
     an unlinked instance counts its own frame only)."""
     n = len(found)
@@ -548,6 +550,8 @@ def link_tracks(
     for ph in dict.fromkeys(x for f in found for x in f):
         per_frame = [f.get(ph) for f in found]
         ids = link(per_frame)
+        if ids is None:
+            continue
         total: dict[int, float] = {}
         for seg, tid in zip(per_frame, ids, strict=True):
             if seg is None:
@@ -810,6 +814,9 @@ class FrameCheck:
     """Per phrase checked, 'phrase: why'."""
     row: FrameEvidence
     """The frame's row, rescored where the crop check added its verdict."""
+    codes: list[str] = field(default_factory=list)
+    """Per phrase checked, the reason code: 'ok', 'too_small', 'whole_frame' (``check_mask``) or
+    'crop_below_none' (the crop check lowered it below 'none')."""
 
 
 def check_frame(
@@ -824,17 +831,19 @@ def check_frame(
     """Each chosen phrase's mask in one frame: not empty, tiny or the whole frame; with a crop check
     (full profile) its verdict enters the candidate's score and a source that falls below 'none'
     fails."""
-    passed, reasons = [], []
+    passed, reasons, codes = [], [], []
     for ph in phrases:
         mask = mask_of(found, [ph], p, shape)
-        ok, why = check_mask(mask, config)
+        ok, why, code = check_mask(mask, config)
         if ok and crop is not None and any(c.phrase == ph for c in row.candidates):
             row, ok, verdict = crop_verdict(row, ph, crop(mask, crop_texts(row, ph)), p)
             why += f"; {verdict}"
+            code = "ok" if ok else "crop_below_none"
         reasons.append(f"{ph}: {why}")
+        codes.append(code)
         if ok:
             passed.append(ph)
-    return FrameCheck(passed, reasons, row)
+    return FrameCheck(passed, reasons, row, codes)
 
 
 LinkFn = Callable[[str, int], "list[Segments | None] | None"]

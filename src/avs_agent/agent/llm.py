@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from avs_agent.agent import decision as D
+from avs_agent.agent import trace as T
 from avs_agent.agent.prompts import load_prompt
 from avs_agent.agent.rules import Decision, Evidence, Reasoner, RulesReasoner
 from avs_agent.agent.settings import AgentSettings, LLMSettings
@@ -336,8 +337,9 @@ class LLMReasoner(RulesReasoner):
         self.name = f"{llm.backend}:{llm.model}"
         self.spent_s = 0.0
         """Seconds of LLM calls so far (one reasoner per clip: ``llm.clip_budget_s`` bounds them)."""
-        self.probes: list[str] = []
-        """What ``structured_method: auto`` tried and the server refused, for the trace."""
+        self.probes: list[tuple[str, str, str]] = []
+        """What ``structured_method: auto`` tried (method, 'refused' or 'found', in words), for the
+        trace."""
         self.vision = takes_images(llm)
         self._models: dict[tuple, Any] = {}
         """Chat models by (output cap, time-capped): one per schema size, built once per clip."""
@@ -357,7 +359,7 @@ class LLMReasoner(RulesReasoner):
     def _found(self, method: str) -> None:
         if self.llm.structured_method == "auto" and self._key() not in _FOUND:
             _FOUND[self._key()] = method
-            self.probes.append(f"structured output: {method} (found by trying)")
+            self.probes.append((method, "found", f"structured output: {method} (found by trying)"))
 
     def _within_budget(self, cap: int | None) -> tuple[Any, int, bool]:
         """(chat model, retries, capped) for the next call, its output capped at ``cap`` tokens. As
@@ -434,12 +436,15 @@ class LLMReasoner(RulesReasoner):
         return runnable
 
     # ------------------------------------------------------------------ calls
-    def _invoke(self, schema: dict, user: str | list[dict], node: str) -> tuple[dict | None, list[dict], str]:
+    def _invoke(
+        self, schema: dict, user: str | list[dict], node: str
+    ) -> tuple[dict | None, list[dict], str, str]:
         """One structured call, plus one repair call if the answer does not parse or is off the
         schema's menu. ``user``: the message's text, or its content parts (text and images). The
         output is capped at what the schema allows (``answer_tokens``, within ``llm.max_tokens``).
 
-        Returns (the answer held to the schema, or None; call stats; error text)."""
+        Returns (the answer held to the schema, or None; call stats; error text; its reason code,
+        agent/trace.py ``REASONS``: budget_spent, timeout, call_failed or unusable)."""
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
         system = load_prompt("system")
@@ -454,7 +459,7 @@ class LLMReasoner(RulesReasoner):
         spent = f"the clip's LLM time budget is spent (%.0f s of {self.llm.clip_budget_s:g})"
         for attempt in range(2):
             if self.spent_s >= self.llm.clip_budget_s:
-                return None, stats, spent % self.spent_s
+                return None, stats, spent % self.spent_s, "budget_spent"
             model, retries, capped = self._within_budget(cap)
             runnable = self._structured(schema, method, model, retries)
             t0 = time.perf_counter()
@@ -465,10 +470,13 @@ class LLMReasoner(RulesReasoner):
             ) as exc:  # network, timeout, HTTP status after retries, or an answer the client could not parse
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 self.spent_s += time.perf_counter() - t0
-                if capped and "timeout" in type(exc).__name__.lower():
+                timed_out = "timeout" in type(exc).__name__.lower()
+                code = "timeout" if timed_out else "call_failed"
+                if capped and timed_out:
                     reason = spent % self.spent_s  # the call was cut at what the budget had left
+                    code = "budget_spent"
                 if _is_refusal(exc) and len(methods) > 1:  # auto: this server does not take that method
-                    self.probes.append(f"{method}: refused ({reason[:120]})")
+                    self.probes.append((method, "refused", f"{method}: refused ({reason[:120]})"))
                     methods = methods[1:]
                     method = methods[0]
                     continue
@@ -481,7 +489,7 @@ class LLMReasoner(RulesReasoner):
                             "ok": False,
                         }
                     )
-                    return None, stats, reason
+                    return None, stats, reason, code
                 out = {"raw": None, "parsed": None, "parsing_error": reason}
             else:
                 self.spent_s += time.perf_counter() - t0
@@ -503,7 +511,7 @@ class LLMReasoner(RulesReasoner):
                 }
             )
             if ok:
-                return parsed, stats, ""
+                return parsed, stats, "", ""
             error = f"unusable answer: {str(out.get('parsing_error'))[:200]}"
             if attempt == 0:
                 content = getattr(raw, "content", "") or json.dumps(
@@ -515,24 +523,44 @@ class LLMReasoner(RulesReasoner):
                         f"That answer could not be used ({error}). Reply again with only the requested JSON structure, naming only what it offers."
                     ),
                 ]
-        return None, stats, error
+        return None, stats, error, "unusable"
 
-    def _fallback(self, node: str, what: str, error: str, rules: Decision, stats: list[dict]) -> Decision:
+    def _fallback(
+        self, node: str, what: str, error: str, code: str, rules: Decision, stats: list[dict]
+    ) -> Decision:
         """The rules' decision, with the failed call's stats and the reason in the trace."""
-        step = TraceStep(
-            node=node, message=f"LLM {what} failed ({error}); the rules decided", data={"llm": self.name}
+        step = T.step(
+            node,
+            "llm_failed",
+            f"LLM {what} failed ({error}); the rules decided",
+            reason=code,
+            llm=self.name,
+            call=what,
+            error=error,
         )
         return Decision(rules.phrases, [*self._probe_steps(node), step], stats)
 
     def _nothing_to_ask(self, node: str, why: str, rules: Decision) -> Decision:
         """No call: the schema's menu would be 'none' alone, so the answer is none (as the rules'
         is); not a fallback."""
-        step = TraceStep(node=node, message=f"no LLM call: {why}, so none", data={"llm": self.name})
+        step = T.step(
+            node, "llm_skipped", f"no LLM call: {why}, so none", reason="no_candidate", llm=self.name
+        )
         return Decision(rules.phrases, [step], [])
 
     def _probe_steps(self, node: str) -> list[TraceStep]:
         """What ``structured_method: auto`` found out in this call, as trace steps (then forgotten)."""
-        steps = [TraceStep(node=node, message=f"LLM {m}", data={"llm": self.name}) for m in self.probes]
+        steps = [
+            T.step(
+                node,
+                "llm_method",
+                f"LLM {text}",
+                reason="refused" if outcome == "refused" else "",
+                llm=self.name,
+                method=method,
+            )
+            for method, outcome, text in self.probes
+        ]
         self.probes = []
         return steps
 
@@ -552,9 +580,9 @@ class LLMReasoner(RulesReasoner):
         text = load_prompt("propose").render(
             menu=", ".join(menu), candidates=_candidate_lines(table), **data.text
         )
-        parsed, stats, error = self._invoke(schema, text, "propose")
+        parsed, stats, error, code = self._invoke(schema, text, "propose")
         if parsed is None:
-            return self._fallback("verify", "propose", error, rules, stats)
+            return self._fallback("verify", "propose", error, code, rules, stats)
         chosen = [] if parsed["source"] == NONE else [parsed["source"]]
         if chosen and parsed["second_source"] not in (NONE, *chosen):
             chosen.append(parsed["second_source"])
@@ -567,7 +595,9 @@ class LLMReasoner(RulesReasoner):
         missing = [t for t, ph in enumerate(per_frame) if chosen and not ph and not table[t].silent]
         if missing:
             msg += f"; not a candidate of frames {missing}"
-        return self._proposed(per_frame, msg, stats, t0, parsed["reason"], answer=parsed)
+        return self._proposed(
+            per_frame, msg, stats, t0, parsed["reason"], answer=parsed, mode="text", chosen=chosen
+        )
 
     def _proposed(
         self, per_frame: list[list[str]], msg: str, stats: list[dict], t0: float, reasoning: str, **data
@@ -580,7 +610,8 @@ class LLMReasoner(RulesReasoner):
             "tokens": sum(x["tokens"] for x in stats),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        step = TraceStep(node="verify", message=msg, data=data)
+        chosen = data.get("chosen") or []
+        step = T.step("verify", "llm_chose", msg, object=chosen[0] if len(chosen) == 1 else None, **data)
         said = " ".join(str(reasoning).split())[:MAX_REASONING_CHARS]
         return Decision(per_frame, [*self._probe_steps("verify"), step], stats, said)
 
@@ -610,9 +641,9 @@ class LLMReasoner(RulesReasoner):
             {"type": "image_url", "image_url": {"url": url, "detail": llm.vision_detail}}
             for url in view.images
         ]
-        parsed, stats, error = self._invoke(schema, content, "propose")
+        parsed, stats, error, code = self._invoke(schema, content, "propose")
         if parsed is None:
-            return self._fallback("verify", "vision propose", error, rules, stats)
+            return self._fallback("verify", "vision propose", error, code, rules, stats)
         per_frame = [list(x) for x in rules.phrases]
         answered: dict[int, list[str]] = {}
         for t in view.shown:
@@ -645,6 +676,10 @@ class LLMReasoner(RulesReasoner):
             t0,
             parsed["reason"],
             answer=parsed,
+            mode="vision",
+            chosen=list(dict.fromkeys(ph for t in view.shown for ph in per_frame[t])),
+            carried=carried,
+            rules_decided=left,
             images=[list(sz) for sz in view.sizes],
             boxes={b.number: [b.frame, b.phrase] for b in view.boxes},
         )
@@ -673,12 +708,8 @@ class LLMReasoner(RulesReasoner):
             f"may try: {', '.join([*menus[i], NONE])}"
             for i in failing
         )
-        evidence = "\n".join(
-            line
-            for line in data.text["evidence"].splitlines()
-            if int(line.split(":")[0].split()[1]) in failing
-        )
-        parsed, stats, error = self._invoke(
+        evidence = "\n".join(data.rows[i] for i in failing)
+        parsed, stats, error, code = self._invoke(
             schema,
             load_prompt("retry").render(
                 question_block=data.text["question_block"],
@@ -689,15 +720,18 @@ class LLMReasoner(RulesReasoner):
             "retry",
         )
         if parsed is None:
-            return self._fallback("retry", "retry", error, rules, stats)
+            return self._fallback("retry", "retry", error, code, rules, stats)
         out = [list(x) for x in rules.phrases]
         for i in failing:
             pick = parsed.get(f"frame_{i}", NONE)
             out[i] = [] if pick == NONE else [pick]
-        step = TraceStep(
-            node="retry",
-            message=f"LLM ({self.name}) retry phrases: { {i: out[i] for i in failing} }: {parsed['reason']}",
-            data={"llm": self.name, "answer": parsed},
+        step = T.step(
+            "retry",
+            "llm_retry",
+            f"LLM ({self.name}) retry phrases: { {i: out[i] for i in failing} }: {parsed['reason']}",
+            llm=self.name,
+            answer=parsed,
+            phrases={i: out[i] for i in failing},
         )
         return Decision(out, [*self._probe_steps("retry"), step], stats)
 

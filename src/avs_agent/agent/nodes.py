@@ -11,12 +11,12 @@ import numpy as np
 from langgraph.runtime import Runtime
 
 from avs_agent.agent import decision as D
-from avs_agent.agent.rules import Decision, Evidence, Reasoner
+from avs_agent.agent import trace as T
+from avs_agent.agent.rules import Evidence, PersonReasoner, Reasoner
 from avs_agent.agent.settings import Settings
 from avs_agent.agent.state import AgentState, Choice
 from avs_agent.tools.media import open_clip
-from avs_agent.tools.ops import box_from_mask
-from avs_agent.tools.types import Answer, FrameResult, Segments, TraceStep
+from avs_agent.tools.types import Answer, FrameResult, Progress, Segments
 from avs_agent.tools.wiring import Toolset
 
 
@@ -32,6 +32,9 @@ class RunContext:
     profile: str | None = None
     config_file: str | None = None
     overrides: list[str] = field(default_factory=list)
+    segment: list[str] = field(default_factory=list)
+    """Objects the person asked to segment ("segment the car instead"): they replace the reasoner's
+    proposal (``rules.PersonReasoner``)."""
     settings: Settings | None = None
     toolset: Toolset | None = None
     reasoner: Reasoner | None = None
@@ -49,18 +52,15 @@ class RunContext:
             from avs_agent.agent.llm import make_reasoner
 
             self.reasoner = make_reasoner(self.settings.agent, self.settings.llm)
+        if self.segment:
+            self.reasoner = PersonReasoner(self.segment, self.reasoner)
 
 
-def _progress(runtime: Runtime[RunContext], message: str) -> None:
-    """A progress event on LangGraph's custom stream (``stream_mode="custom"``): ask's spinner, the chat
-    and the page show it as it happens, and so does a LangGraph server's client."""
-    runtime.stream_writer({"progress": message})
-
-
-def _step(node: str, message: str, t0: float, frame: int | None = None, **data) -> TraceStep:
-    return TraceStep(
-        node=node, message=message, frame=frame, data=data, seconds=round(time.perf_counter() - t0, 4)
-    )
+def _progress(runtime: Runtime[RunContext], stage: str, event: str, text: str) -> None:
+    """A progress event (``tools.types.Progress``, as a dict) on LangGraph's custom stream
+    (``stream_mode="custom"``): ask's spinner, the chat and the page show it as it happens, and so
+    does a LangGraph server's client."""
+    runtime.stream_writer({"progress": Progress(stage=stage, event=event, text=text).model_dump()})
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -69,17 +69,25 @@ def load(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     if "clip" in state and state["clip"] is not None:
         clip = state["clip"]
     else:
-        _progress(runtime, "loading media")
+        _progress(runtime, "load", "loading_media", "loading media")
         clip = open_clip(state["media"], state.get("audio_path"), runtime.context.settings.media)
-    msg = (
-        f"{len(clip.frames)} frame(s) at {clip.meta.get('fps', 1.0):g} fps, {clip.duration_s:.2f} s of audio"
-    )
-    if clip.meta.get("truncated"):
+    fps = clip.meta.get("fps", 1.0)
+    msg = f"{len(clip.frames)} frame(s) at {fps:g} fps, {clip.duration_s:.2f} s of audio"
+    truncated = bool(clip.meta.get("truncated"))
+    if truncated:
         msg += f" (only the first {runtime.context.settings.media.max_seconds:g} s analysed)"
-    return {
-        "clip": clip,
-        "trace": [_step("load", msg, t0, size=[clip.frames[0].width, clip.frames[0].height])],
-    }
+    step = T.step(
+        "load",
+        "loaded",
+        msg,
+        reason="truncated" if truncated else "",
+        t0=t0,
+        size=[clip.frames[0].width, clip.frames[0].height],
+        frames=len(clip.frames),
+        fps=fps,
+        audio_seconds=round(clip.duration_s, 3),
+    )
+    return {"clip": clip, "trace": [step]}
 
 
 # ---------------------------------------------------------------------------------------------- perceive
@@ -89,28 +97,56 @@ def perceive(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     clip = state["clip"]
     t0 = time.perf_counter()
-    _progress(runtime, "tagging audio")
+    _progress(runtime, "perceive", "tagging_audio", "tagging audio")
     tags = ctx.toolset.tagger.tag([*clip.segments, clip.audio])
     frame_tags, clip_tags = tags[:-1], tags[-1]
     steps = [
-        _step("perceive", f"audio tags (clip): {_fmt(clip_tags.top(5))}", t0, tool=ctx.toolset.tagger.name)
+        T.step(
+            "perceive",
+            "audio_tags",
+            f"audio tags (clip): {_fmt(clip_tags.top(5))}",
+            t0=t0,
+            tool=ctx.toolset.tagger.name,
+            tags=_pairs(clip_tags.top(5)),
+        )
     ]
     for i, ft in enumerate(frame_tags):
-        steps.append(TraceStep(node="perceive", frame=i, message=f"audio tags: {_fmt(ft.top(3))}"))
+        steps.append(
+            T.step(
+                "perceive", "audio_tags", f"audio tags: {_fmt(ft.top(3))}", frame=i, tags=_pairs(ft.top(3))
+            )
+        )
     update: dict = {"frame_tags": frame_tags, "clip_tags": clip_tags}
     if ctx.toolset.audio_captioner is not None:
         t1 = time.perf_counter()
-        _progress(runtime, "captioning the audio")
+        _progress(runtime, "perceive", "captioning_audio", "captioning the audio")
         update["audio_captions"] = ctx.toolset.audio_captioner.caption([clip.audio])
         cap = update["audio_captions"][0]
-        steps.append(_step("perceive", f"audio captions: {cap.texts} nouns {cap.noun_phrases}", t1))
+        steps.append(
+            T.step(
+                "perceive",
+                "audio_captions",
+                f"audio captions: {cap.texts} nouns {cap.noun_phrases}",
+                t0=t1,
+                texts=list(cap.texts),
+                nouns=list(cap.noun_phrases),
+            )
+        )
     if ctx.toolset.image_captioner is not None:
         t1 = time.perf_counter()
-        _progress(runtime, "captioning the frames")
+        _progress(runtime, "perceive", "captioning_frames", "captioning the frames")
         update["image_captions"] = ctx.toolset.image_captioner.caption(clip.frames)
         for i, cap in enumerate(update["image_captions"]):
             steps.append(
-                _step("perceive", f"image caption: {cap.texts[:1]} nouns {cap.noun_phrases}", t1, frame=i)
+                T.step(
+                    "perceive",
+                    "image_caption",
+                    f"image caption: {cap.texts[:1]} nouns {cap.noun_phrases}",
+                    frame=i,
+                    t0=t1,
+                    texts=list(cap.texts[:1]),
+                    nouns=list(cap.noun_phrases),
+                )
             )
     update["trace"] = steps
     return update
@@ -120,12 +156,15 @@ def _fmt(pairs: list[tuple[str, float]]) -> str:
     return ", ".join(f"{label} {score:.2f}" for label, score in pairs) or "none"
 
 
-def _nouns(caps: list | None, closed: bool, ctx: RunContext) -> list[str]:
-    """Caption noun phrases as the grounder's words (mapped onto a closed vocabulary)."""
+def _pairs(pairs: list[tuple[str, float]]) -> list[list]:
+    """(label, score) pairs as the trace's data keeps them: [label, score rounded to 4 places]."""
+    return [[label, round(float(score), 4)] for label, score in pairs]
+
+
+def _nouns(caps: list | None, ctx: RunContext) -> list[str]:
+    """Caption noun phrases as the grounder's words (``Grounder.words``)."""
     nouns = list(dict.fromkeys(n for c in caps or [] for n in c.noun_phrases))
-    if not nouns or not closed:
-        return nouns
-    return list(dict.fromkeys(m[0][0] for m in ctx.toolset.matcher.match(nouns, ctx.toolset.vocabulary) if m))
+    return ctx.toolset.grounder.words(nouns) if nouns else []
 
 
 # ---------------------------------------------------------------------------------------------- propose
@@ -138,34 +177,37 @@ def propose(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     clip = state["clip"]
     cfg = ctx.settings.agent
     t0 = time.perf_counter()
-    closed = ctx.toolset.closed_vocabulary
-    heard = _nouns(state.get("audio_captions"), closed, ctx)
-    seen = [_nouns([c], closed, ctx) for c in state.get("image_captions") or []]
-    forced = state.get("force_phrases") or []
-    phrases = list(dict.fromkeys([*ctx.toolset.vocabulary, *heard, *(n for f in seen for n in f), *forced]))
+    heard = _nouns(state.get("audio_captions"), ctx)
+    seen = [_nouns([c], ctx) for c in state.get("image_captions") or []]
+    asked = ctx.reasoner.requested
+    phrases = list(dict.fromkeys([*ctx.toolset.vocabulary, *heard, *(n for f in seen for n in f), *asked]))
     frame_terms = [D.tag_terms(t, phrases, ctx.toolset.matcher, cfg) for t in state["frame_tags"]]
     clip_terms = D.tag_terms(state["clip_tags"], phrases, ctx.toolset.matcher, cfg)
-    if ctx.toolset.independent_scorer:
-        # visible -> audio and audio-caption nouns: CLAP scores every phrase some side proposes
-        scored = list(
-            dict.fromkeys(
-                [*D.audio_phrases([*frame_terms, clip_terms]), *heard, *(n for f in seen for n in f), *forced]
-            )
+    # visible -> audio and audio-caption nouns: the scorer's own term (CLAP's; none from the lite
+    # scorer, whose evidence is the tags') for every phrase some side proposes
+    scored = list(
+        dict.fromkeys(
+            [*D.audio_phrases([*frame_terms, clip_terms]), *heard, *(n for f in seen for n in f), *asked]
         )
-        if scored:
-            clap = ctx.toolset.scorer.score([*clip.segments, clip.audio], scored)
-            for row, terms in zip(clap, [*frame_terms, clip_terms], strict=True):
-                for ph, v in zip(scored, row, strict=True):
-                    terms[ph].clap = float(v)
+    )
+    if scored:
+        term = ctx.toolset.scorer.evidence([*clip.segments, clip.audio], scored)
+        for row, terms in zip(term, [*frame_terms, clip_terms], strict=True):
+            for ph, v in zip(scored, row, strict=True):
+                terms[ph].clap = float(v)
     origin = {n: "audio-caption" for n in heard} | {n: "caption" for f in seen for n in f}
     candidates = D.audio_phrases([*frame_terms, clip_terms])
+    named = [p for p in candidates if p not in origin]
     steps = [
-        _step(
+        T.step(
             "propose",
-            f"sound sources the audio names: {', '.join(p for p in candidates if p not in origin) or 'none'}"
+            "proposed",
+            f"sound sources the audio names: {', '.join(named) or 'none'}"
             + (f"; from captions: {', '.join(f'{k}:{p}' for p, k in origin.items())}" if origin else ""),
-            t0,
-            scorer=ctx.toolset.scorer.name if ctx.toolset.independent_scorer else "tags",
+            t0=t0,
+            scorer=ctx.toolset.scorer.name,
+            named=named,
+            captions=origin,
         )
     ]
     return {
@@ -207,17 +249,17 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     clip = state["clip"]
     p = ctx.settings.agent.decision
-    _progress(runtime, "finding candidates in the frames")
+    _progress(runtime, "verify", "grounding", "finding candidates in the frames")
     frame_terms, clip_terms = state["frame_terms"], state["clip_terms"]
-    forced = state.get("force_phrases") or []
+    asked = ctx.reasoner.requested
     audio_side = D.audio_phrases([*frame_terms, clip_terms])
     captions = state.get("caption_nouns") or []
     groundings, steps = [], []
     for i, frame in enumerate(clip.frames):
         t0 = time.perf_counter()
-        shown = ctx.toolset.grounder.detect_all(frame).labels if ctx.toolset.closed_vocabulary else []
+        shown = ctx.toolset.grounder.proposals(frame)
         phrases = list(
-            dict.fromkeys([*audio_side, *(captions[i] if i < len(captions) else []), *shown, *forced])
+            dict.fromkeys([*audio_side, *(captions[i] if i < len(captions) else []), *shown, *asked])
         )
         seg = (
             ctx.toolset.grounder.ground(frame, phrases, box_threshold=grounding_floor(ctx))
@@ -225,22 +267,21 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             else None
         )
         groundings.append(D.split_by_phrase(seg, phrases))
-        steps.append(_step("verify", f"found: {', '.join(groundings[-1]) or 'nothing'}", t0, frame=i))
-    if ctx.toolset.tracker is not None and len(groundings) > 1:
-        # instances linked through the clip: which one is the source weighs its salience over time
-        groundings = D.link_tracks(groundings, ctx.toolset.tracker.link)
+        found = list(groundings[-1])
+        steps.append(
+            T.step(
+                "verify", "grounded", f"found: {', '.join(found) or 'nothing'}", frame=i, t0=t0, found=found
+            )
+        )
+    if len(groundings) > 1:
+        # instances linked through the clip (ByteTrack's tracks; SAM2 follows masks instead): which
+        # one is the source weighs its salience over time
+        groundings = D.link_tracks(groundings, ctx.toolset.linker.tracks)
     table = D.evidence_table(perception(state, ctx, groundings), p, ctx.settings.agent, ctx.toolset.matcher)
     for i, row in enumerate(table):
-        steps.append(TraceStep(node="verify", frame=i, message=f"evidence: {D.describe(row)}"))
-    if forced:
-        picks = [[ph for ph in forced if ph in groundings[i]] for i in range(len(table))]
-        steps.append(
-            TraceStep(node="verify", message=f"segmenting what the person asked for: {', '.join(forced)}")
-        )
-        decided = Decision(picks)
-    else:
-        decided = ctx.reasoner.decide(table, _prompt_data(state, ctx, table, groundings))
-        steps += decided.steps
+        steps.append(T.step("verify", "evidence", f"evidence: {D.describe(row)}", frame=i, **_row_data(row)))
+    decided = ctx.reasoner.decide(table, _prompt_data(state, ctx, table, groundings))
+    steps += decided.steps
     choices = [
         Choice(
             phrases=phrases,
@@ -249,15 +290,30 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         )
         for i, phrases in enumerate(decided.phrases)
     ]
-    close = D.close_call(table, ctx.settings.agent.ask_margin) if ctx.settings.agent.ask_person else None
+    close = ctx.reasoner.close_call(table)
     return {
         "groundings": groundings,
         "table": table,
         "choices": choices,
-        "close_call": list(close) if close and not forced else None,
+        "close_call": list(close) if close else None,
         "trace": steps,
         "llm_stats": decided.stats,
         "llm_reasoning": decided.reasoning,
+    }
+
+
+def _row_data(row: D.FrameEvidence) -> dict:
+    """A frame's row of the evidence table as the trace's data: its candidates, best rank first (each
+    with its score and the audio labels behind it), 'none' and what it heard off screen, the clip's
+    verdict."""
+    return {
+        "candidates": [
+            {"phrase": c.phrase, "score": c.score, "rank": c.rank, "labels": list(c.labels)}
+            for c in row.candidates
+        ],
+        "none": row.none_score,
+        "offscreen_from": row.offscreen_from,
+        "clip": row.clip,
     }
 
 
@@ -316,15 +372,16 @@ def confirm(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         }
     )
     chosen = person_choice(reply, options)
-    asked = {"event": "asked_person", "options": [first, second], "reply": str(reply), "chosen": chosen}
+    asked = {"options": [first, second], "reply": str(reply), "chosen": chosen}
     if chosen is None:
-        step = TraceStep(
-            node="confirm",
-            message=f"asked: {first} or {second}; the reply {reply!r} named neither, so the rules decided",
-            data=asked
-            | {
-                "text": f"Your reply named neither the {first} nor the {second}, so I decided by the evidence."
-            },
+        step = T.step(
+            "confirm",
+            "asked_person",
+            f"asked: {first} or {second}; the reply {reply!r} named neither, so the rules decided",
+            reason="reply_named_neither",
+            frame=t,
+            **asked,
+            text=f"Your reply named neither the {first} nor the {second}, so I decided by the evidence.",
         )
         return {"trace": [step]}
     choices = []
@@ -340,10 +397,14 @@ def confirm(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             )
         )
     picked = " and ".join(f"the {ph}" for ph in chosen)
-    step = TraceStep(
-        node="confirm",
-        message=f"asked: {first} or {second}; chosen: {' and '.join(chosen)}",
-        data=asked | {"text": f"You chose {picked} when I asked: {first} or {second}."},
+    step = T.step(
+        "confirm",
+        "asked_person",
+        f"asked: {first} or {second}; chosen: {' and '.join(chosen)}",
+        frame=t,
+        object=chosen[0] if len(chosen) == 1 else None,
+        **asked,
+        text=f"You chose {picked} when I asked: {first} or {second}.",
     )
     return {"choices": choices, "trace": [step]}
 
@@ -386,7 +447,8 @@ def _prompt_data(
         or "(no audio captioner in this profile)",
         "evidence": "\n".join(rows),
     }
-    return Evidence(text, state["clip"].frames, groundings if groundings is not None else state["groundings"])
+    found = groundings if groundings is not None else state["groundings"]
+    return Evidence(text, state["clip"].frames, found, rows)
 
 
 # ---------------------------------------------------------------------------------------------- segment
@@ -407,11 +469,15 @@ def segment(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             groundings[i].update(D.split_by_phrase(seg, missing))
         masks[i] = D.mask_of(groundings[i], choice.phrases, p, (frame.height, frame.width))
         steps.append(
-            _step(
+            T.step(
                 "segment",
+                "segmented",
                 f"segmented {', '.join(choice.phrases)} (attempt {choice.attempt + 1})",
-                t0,
                 frame=i,
+                object=_one(choice.phrases),
+                t0=t0,
+                phrases=list(choice.phrases),
+                attempt=choice.attempt + 1,
             )
         )
     return {"masks": masks, "groundings": groundings, "trace": steps}
@@ -431,16 +497,16 @@ def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             continue
         frame = clip.frames[i]
         shape = (frame.height, frame.width)
-        crop = None
-        if ctx.toolset.crop_checker is not None:
-
-            def crop(mask, texts, frame=frame):
-                return float(ctx.toolset.crop_checker.check(frame, mask[None], texts)[0, 0])
-
         checked = D.check_frame(
-            table[i], state["groundings"][i], choice.phrases, p, ctx.settings.agent, shape, crop
+            table[i],
+            state["groundings"][i],
+            choice.phrases,
+            p,
+            ctx.settings.agent,
+            shape,
+            ctx.toolset.crop_check(frame),
         )
-        table[i], passed, reasons = checked.row, checked.passed, checked.reasons
+        table[i], passed, reasons, codes = checked.row, checked.passed, checked.reasons, checked.codes
         if passed and len(passed) < len(choice.phrases):
             masks[i] = D.mask_of(state["groundings"][i], passed, p, shape)
         choices[i] = choice.model_copy(
@@ -451,9 +517,30 @@ def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             }
         )
         steps.append(
-            TraceStep(node="check", frame=i, message=("ok: " if passed else "failed: ") + "; ".join(reasons))
+            T.step(
+                "check",
+                "check_passed" if passed else "check_failed",
+                ("ok: " if passed else "failed: ") + "; ".join(reasons),
+                reason="" if passed else next((c for c in codes if c != "ok"), ""),
+                frame=i,
+                object=_one(choice.phrases),
+                checks=[
+                    {"object": ph, "passed": code == "ok", "reason": code, "crop": _crop(table[i], ph)}
+                    for ph, code in zip(choice.phrases, codes, strict=True)
+                ],
+            )
         )
     return {"choices": choices, "masks": masks, "table": table, "trace": steps}
+
+
+def _crop(row: D.FrameEvidence, phrase: str) -> float | None:
+    """The crop check's verdict on ``phrase``'s mask in a frame (None where none was made)."""
+    return next((c.crop for c in row.candidates if c.phrase == phrase), None)
+
+
+def _one(phrases: list[str]) -> str | None:
+    """The object a step is about, when it is about one."""
+    return phrases[0] if len(phrases) == 1 else None
 
 
 def route_after_check(state: AgentState) -> Literal["retry", "propagate"]:
@@ -481,22 +568,25 @@ def retry(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                 status="pending",
                 reason=f"retry with {', '.join(nxt)}",
             )
+            step = T.step("retry", "retry", new.reason, frame=i, object=_one(nxt), phrases=nxt, tried=tried)
         else:
-            why = (
-                "no attempts left"
+            code = (
+                "no_attempts_left"
                 if nxt or choice.attempt + 1 >= ctx.settings.agent.max_attempts
-                else "no candidate left to try"
+                else "no_candidate_left"
             )
+            why = {"no_attempts_left": "no attempts left", "no_candidate_left": "no candidate left to try"}
             new = Choice(
                 phrases=[],
                 attempt=choice.attempt,
                 tried=tried,
                 status="failed",
-                reason=f"{choice.reason}; {why}",
+                reason=f"{choice.reason}; {why[code]}",
             )
             masks[i] = np.zeros_like(masks[i])
+            step = T.step("retry", "gave_up", new.reason, reason=code, frame=i, tried=tried)
         choices[i] = new
-        steps.append(TraceStep(node="retry", frame=i, message=new.reason))
+        steps.append(step)
     return {"choices": choices, "masks": masks, "trace": steps, "llm_stats": decided.stats}
 
 
@@ -515,54 +605,45 @@ def propagate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     cfg, clip = ctx.settings.agent, state["clip"]
     p = cfg.decision
     accepted = [c.phrases if c.status == "ok" else [] for c in state["choices"]]
-    tools = ctx.toolset
+    linker = ctx.toolset.linker
     found = state["groundings"]
-    following = (
-        cfg.propagate
-        and any(accepted)
-        and len(clip.frames) > 1
-        and (tools.propagator is not None or tools.tracker is not None)
-    )
     t0 = time.perf_counter()
     link = None
-    if following:
-        _progress(runtime, "following the source through the clip")
-        if tools.propagator is not None:
+    if cfg.propagate and any(accepted) and len(clip.frames) > 1:
+        _progress(runtime, "propagate", "following", "following the source through the clip")
 
-            def link(ph: str, pivot: int) -> list[Segments | None]:
-                start = D.kept(found[pivot], [ph], p)[ph]
-                carried = tools.propagator.propagate(clip.frames, pivot, start.union()[None])[:, 0]
-                score = float(start.confidence.max())
-                return [
-                    Segments(xyxy=[box_from_mask(m)], mask=m[None], confidence=[score], labels=[ph])
-                    if m.any()
-                    else None
-                    for m in carried
-                ]
+        def link(ph: str, pivot: int) -> list[Segments | None] | None:
+            start = D.kept(found[pivot], [ph], p).get(ph)
+            return linker.follow(clip.frames, [f.get(ph) for f in found], pivot, start)
 
-            how = tools.propagator.name
-        else:
-            link = D.track_link(found, p)
-            how = tools.tracker.name
     objects, held, pivots = D.settle(state["table"], accepted, found, p, cfg, link)
     steps = []
     for ph, pivot in pivots.items():
         on = [t + 1 for t, objs in enumerate(objects) if ph in objs]
         steps.append(
-            _step(
+            T.step(
                 "propagate",
-                f"{ph}: followed from frame {pivot + 1} ({how}), answered on frames {on or 'none'}",
-                t0,
+                "followed",
+                f"{ph}: followed from frame {pivot + 1} ({linker.name}), answered on frames {on or 'none'}",
+                object=ph,
+                t0=t0,
+                pivot=pivot,
+                linker=linker.name,
+                frames=[t - 1 for t in on],
             )
         )
     renamed = {ph for a in accepted for ph in a} - {ph for objs in objects for ph in objs}
     if renamed:
+        kept_names = sorted({ph for objs in objects for ph in objs})
         steps.append(
-            _step(
+            T.step(
                 "propagate",
+                "one_name",
                 f"one object, one name: {', '.join(sorted(renamed))} covered the same pixels as "
-                f"{', '.join(sorted({ph for objs in objects for ph in objs}))} and is answered under that name",
-                t0,
+                f"{', '.join(kept_names)} and is answered under that name",
+                t0=t0,
+                renamed=sorted(renamed),
+                kept=kept_names,
             )
         )
     choices, masks = list(state["choices"]), list(state["masks"])
@@ -579,7 +660,16 @@ def propagate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
                     "reason": f"held: {', '.join(held[t])} followed through the clip",
                 }
             )
-            steps.append(TraceStep(node="propagate", frame=t, message=choices[t].reason))
+            steps.append(
+                T.step(
+                    "propagate",
+                    "held",
+                    choices[t].reason,
+                    frame=t,
+                    object=_one(held[t]),
+                    phrases=list(held[t]),
+                )
+            )
     return {"tracked": objects, "masks": masks, "choices": choices, "trace": steps}
 
 
@@ -628,6 +718,7 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     )
     # each named with the audio tag behind it: "person (from the tag 'Crying, sobbing', evidence 0.38)"
     terms = state["clip_terms"]
+    unseen = list(rejected)
     rejected = [
         f"{ph} (from the tag '{t.tag_from}', evidence {t.tag:.2f})"
         if (t := terms[ph]).tag_from and t.tag >= t.parent
@@ -641,13 +732,16 @@ def answer(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     text = ctx.reasoner.explain(
         found, frames_with, len(clip.frames), state["clip_tags"].top(5), rejected, silent, failed
     )
-    asked = next((s for s in state.get("trace", []) if s.node == "confirm"), None)
+    asked = next((s for s in state.get("trace", []) if s.event == "asked_person"), None)
     if asked is not None:  # the person's choice, in words addressed to them (agent.nodes.confirm)
         text += f" ({asked.data.get('text') or asked.message})"
-    if state.get("llm_reasoning") and not state.get("force_phrases"):
+    if state.get("llm_reasoning"):
         # the facts above come from the trace; the LLM adds its reading of the clip (no extra call)
         text += f" The LLM ({ctx.reasoner.name}) reasoned: {state['llm_reasoning']}"
-    trace = [*state.get("trace", []), _step("answer", text, t0)]
+    trace = [
+        *state.get("trace", []),
+        T.step("answer", "answered", text, t0=t0, labels=list(found), rejected=unseen),
+    ]
     stats = {
         "frames": len(clip.frames),
         "attempts": sum(c.attempt + 1 for c in state["choices"] if c.phrases or c.status == "failed"),

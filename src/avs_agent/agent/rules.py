@@ -1,10 +1,11 @@
-"""The reasoners: who decides from the evidence table. One protocol, two implementations.
+"""The reasoners: who decides from the evidence table. One protocol, three implementations.
 
 ``RulesReasoner`` (the default, and every LLM's fallback) applies the decision model of
 agent/decision.py as it is: per frame the best candidate above 'none' (and a close second source), on a
 retry the best one not tried yet. ``agent.llm.LLMReasoner`` reads the same table as text and answers with structured
-output; whatever it cannot answer falls back to the rules. The nodes call ``decide`` and ``retry`` and
-never ask which one runs.
+output; whatever it cannot answer falls back to the rules. ``PersonReasoner`` segments what the person
+asked for ("segment the car instead") and leaves the rest to the reasoner it wraps. The nodes call
+``requested``, ``decide``, ``close_call``, ``retry`` and ``explain`` and never ask which one runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from avs_agent.agent import decision as D
+from avs_agent.agent import trace as T
 from avs_agent.agent.settings import AgentSettings
 from avs_agent.agent.state import Choice
 from avs_agent.tools.types import Frame, Segments, TraceStep
@@ -41,13 +43,24 @@ class Evidence:
     """The analysed frames (a vision LLM sees them tiled, agent/vision.py)."""
     groundings: list[dict[str, Segments]] = field(default_factory=list)
     """Per frame, phrase -> its grounded instances (drawn as numbered boxes for a vision LLM)."""
+    rows: list[str] = field(default_factory=list)
+    """Per frame, its row of the evidence table as a prompt line (``text['evidence']`` joins them;
+    a retry shows the failing frames' rows)."""
 
 
 class Reasoner(Protocol):
     name: str
+    requested: tuple[str, ...]
+    """Phrases this reasoner names whatever the evidence says (the person's request): scored and
+    grounded with the candidates. Empty for the rules and an LLM."""
 
     def decide(self, table: list[D.FrameEvidence], data: Evidence) -> Decision:
         """Per frame, the phrases to segment first."""
+        ...
+
+    def close_call(self, table: list[D.FrameEvidence]) -> tuple[str, str] | None:
+        """Two visible candidates close enough that the person is asked which one it is
+        (``agent.ask_person``), or None."""
         ...
 
     def retry(
@@ -56,9 +69,25 @@ class Reasoner(Protocol):
         """For each failing frame, what to segment next (an empty list gives up)."""
         ...
 
+    def explain(
+        self,
+        labels: list[str],
+        frames_with: dict[str, list[int]],
+        n_frames: int,
+        top_tags: list[tuple[str, float]],
+        rejected: list[str],
+        silent: bool,
+        failed: bool,
+    ) -> str:
+        """The answer for a person: which objects make the sound and where (``labels``, each with the
+        frames it was found in), what the audio sounds like (``top_tags``), what was heard but not seen
+        (``rejected``), or why the masks are empty (``silent``, every attempt ``failed``)."""
+        ...
+
 
 class RulesReasoner:
     name = "rules"
+    requested: tuple[str, ...] = ()
 
     def __init__(self, config: AgentSettings):
         self.config = config
@@ -66,6 +95,9 @@ class RulesReasoner:
     def decide(self, table: list[D.FrameEvidence], data: Evidence | None = None) -> Decision:
         p = self.config.decision
         return Decision([[c.phrase for c in D.choose(row, p)] for row in table])
+
+    def close_call(self, table: list[D.FrameEvidence]) -> tuple[str, str] | None:
+        return D.close_call(table, self.config.ask_margin) if self.config.ask_person else None
 
     def retry(
         self,
@@ -118,3 +150,45 @@ class RulesReasoner:
         if rejected:
             text += f"; also considered but not visible: {', '.join(rejected)}"
         return text + "."
+
+
+class PersonReasoner:
+    """What the person asked to segment ("segment the car instead"): every frame segments the asked
+    objects where they are found, and the person is not asked again; a retry and the explanation are
+    the wrapped reasoner's."""
+
+    def __init__(self, requested: list[str], base: Reasoner):
+        self.requested = tuple(requested)
+        self.base = base
+        self.name = base.name
+
+    def decide(self, table: list[D.FrameEvidence], data: Evidence) -> Decision:
+        picks = [[ph for ph in self.requested if ph in found] for found in data.groundings]
+        step = T.step(
+            "verify",
+            "requested",
+            f"segmenting what the person asked for: {', '.join(self.requested)}",
+            object=self.requested[0] if len(self.requested) == 1 else None,
+            phrases=list(self.requested),
+        )
+        return Decision(picks, [step])
+
+    def close_call(self, table: list[D.FrameEvidence]) -> None:
+        return None
+
+    def retry(
+        self, failing: list[int], choices: list[Choice], table: list[D.FrameEvidence], data: Evidence
+    ) -> Decision:
+        return self.base.retry(failing, choices, table, data)
+
+    def explain(
+        self,
+        labels: list[str],
+        frames_with: dict[str, list[int]],
+        n_frames: int,
+        top_tags: list[tuple[str, float]],
+        rejected: list[str],
+        silent: bool,
+        failed: bool,
+    ) -> str:
+        return self.base.explain(labels, frames_with, n_frames, top_tags, rejected, silent, failed)

@@ -32,8 +32,6 @@ class AgentState(TypedDict, total=False):
     audio_path: str | None
     clip: Clip
     """Frames at 1 fps and audio cut per frame."""
-    force_phrases: list[str]
-    """Objects the person asked to segment ("segment the car instead"): they replace the proposal."""
     frame_tags: list[AudioTags]
     """Audio tags of each frame's second."""
     clip_tags: AudioTags

@@ -126,7 +126,7 @@ class ChatSession:
         try:
             if self.status is not None:
                 with self.status("thinking") as st:
-                    reply = self.conv.ask(text, progress=lambda m: st.update(m))
+                    reply = self.conv.ask(text, progress=lambda e: st.update(e.text))
             else:
                 reply = self.conv.ask(text)
         except UserError as exc:

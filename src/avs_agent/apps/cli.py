@@ -74,7 +74,7 @@ def ask(
         err.print(RULES_IGNORE_QUESTION, highlight=False, soft_wrap=True)
     with err.status("starting", spinner="dots") as status:
         answer, clip = run_media(
-            media, settings, audio=audio, question=question, progress=lambda m: status.update(m)
+            media, settings, audio=audio, question=question, progress=lambda e: status.update(e.text)
         )
     files = write_outputs(answer, clip, out, settings.output.analysed_only) if out else None
     if as_json:

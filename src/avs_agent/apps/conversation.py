@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field
 
 from avs_agent.agent.settings import Settings
 from avs_agent.tools.errors import UserError
-from avs_agent.tools.types import TraceStep
+from avs_agent.tools.types import Progress, TraceStep
 
 
 class Reply(BaseModel):
@@ -66,7 +66,7 @@ class ChatContext:
     settings: Settings
     out_root: Path
     thread_id: str
-    progress: Callable[[str], None] = field(default=lambda m: None)
+    progress: Callable[[Progress], None] = field(default=lambda e: None)
 
 
 _RESEGMENT = re.compile(
@@ -126,14 +126,17 @@ def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
 
         n = state.get("analyses", 0) + 1
         out = ctx.out_root / ctx.thread_id / f"turn_{n:03d}"
-        ctx.progress("analysing" if intent == "new" else f"segmenting {obj}")
+        if intent == "new":
+            ctx.progress(Progress(stage="start", event="analysing", text="analysing"))
+        else:
+            ctx.progress(Progress(stage="start", event="segmenting", text=f"segmenting {obj}", object=obj))
         answer, clip = run_media(
             state["media"],
             ctx.settings,
             audio=state.get("audio"),
             question=text,
             progress=ctx.progress,
-            force_phrases=[obj] if obj else None,
+            segment=[obj] if obj else None,
             ask_person=ctx.settings.chat.ask_person,  # a close call pauses here (Conversation.ask)
         )
         files = write_outputs(answer, clip, out, ctx.settings.output.analysed_only)
@@ -141,9 +144,7 @@ def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
         if intent == "resegment":
             found = [i for i, fr in enumerate(answer.frames) if fr.labels]
             failed_checks = [
-                t.message.removeprefix("failed: ")
-                for t in answer.trace
-                if t.node == "check" and t.message.startswith("failed")
+                t.message.removeprefix("failed: ") for t in answer.trace if t.event == "check_failed"
             ]
             if found:
                 msg = f"Here is the {obj}, found in {_frames_text(found)}."
@@ -238,9 +239,10 @@ def _why_not(obj: str, result: dict, state: ChatState, ctx: ChatContext) -> str:
     clip = open_clip(state["media"], state.get("audio"), ctx.settings.media)
     seen = [f.index for f in clip.frames if len(toolset.grounder.ground(f, [name]))]
     tags = ", ".join(
-        s["message"].split(": ", 1)[-1]
+        f"{label} {score:.2f}"
         for s in result.get("trace", [])
-        if s["node"] == "perceive" and s.get("frame") is None
+        if s.get("event") == "audio_tags" and s.get("frame") is None
+        for label, score in s["data"].get("tags", [])
     )[:200]
     if seen:
         return f"A {obj} is visible in {_frames_text(seen)}, but nothing in the audio points to it (the audio: {tags})."
@@ -387,7 +389,7 @@ class Conversation:
         interrupts = self._graph.get_state(self._config).interrupts
         return interrupts[0].value if interrupts else None
 
-    def ask(self, text: str, progress: Callable[[str], None] | None = None) -> Reply:
+    def ask(self, text: str, progress: Callable[[Progress], None] | None = None) -> Reply:
         """Answer one message. While the agent waits on a close call, a question ("why not the
         person?", "which seconds?") is answered from the paused run's evidence and the close call stays
         pending (asked again); any other message is the person's answer: the paused run resumes with it
@@ -395,7 +397,7 @@ class Conversation:
         names neither object lets the rules decide."""
         from langgraph.types import Command
 
-        ctx = ChatContext(self.settings, self.out_root, self.thread_id, progress or (lambda m: None))
+        ctx = ChatContext(self.settings, self.out_root, self.thread_id, progress or (lambda e: None))
         pending = self.pending
         if pending is not None and is_question(text):
             return self._question(pending, answer_while_asking(text, pending))

@@ -18,6 +18,7 @@ from typing import Any
 
 from avs_agent.agent.settings import Settings
 from avs_agent.tools.errors import UserError
+from avs_agent.tools.types import Progress
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machines: no phoning home
 log = logging.getLogger(__name__)
@@ -175,23 +176,31 @@ def message_text(content: Any) -> str:
     return str(content or "")
 
 
-# How far along the agent is when it reports each step (the bar only needs to move the right way).
-STEP_SHARE = {"analysing": 0.05, "loading media": 0.1, "tagging audio": 0.25, "asking the LLM": 0.5}
-STEP_PREFIX_SHARE = {"segmenting": 0.1, "finding candidates": 0.7}
+# How far along the agent is at each stage (the graph's nodes in order; the bar only needs to move the
+# right way, and a stage reached again, a retry's segment, does not move it back).
+STAGE_SHARE = {
+    "start": 0.05,
+    "load": 0.1,
+    "perceive": 0.25,
+    "propose": 0.45,
+    "verify": 0.7,
+    "confirm": 0.75,
+    "segment": 0.8,
+    "check": 0.85,
+    "retry": 0.85,
+    "propagate": 0.9,
+    "answer": 0.95,
+}
 
 
 def progress_steps(progress) -> Any:
-    """A progress callback for the agent that drives Gradio's bar: a share and the step's words."""
+    """A progress callback for the agent (``tools.types.Progress`` events) that drives Gradio's bar:
+    the share its stage stands for, and its words."""
     done = [0.0]
 
-    def report(message: str) -> None:
-        share = STEP_SHARE.get(message)
-        if share is None:
-            share = next(
-                (v for k, v in STEP_PREFIX_SHARE.items() if message.startswith(k)), min(0.95, done[0] + 0.05)
-            )
-        done[0] = max(done[0], share)
-        progress(done[0], desc=message)
+    def report(event: Progress) -> None:
+        done[0] = max(done[0], STAGE_SHARE.get(event.stage, done[0]))
+        progress(done[0], desc=event.text)
 
     return report
 

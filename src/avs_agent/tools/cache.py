@@ -30,13 +30,15 @@ from avs_agent.tools.protocols import TOOLS
 from avs_agent.tools.settings import ToolConfig
 
 # method name -> position of the batch argument whose items are cached one by one
-BATCH_METHODS = {"tag": 0, "caption": 0, "score": 0}
+BATCH_METHODS = {"tag": 0, "caption": 0, "score": 0, "evidence": 0}
 CACHED_METHODS = {
     "tag",
     "caption",
     "score",
+    "evidence",
     "ground",
     "detect_all",
+    "proposals",
     "check",
     "match",
     "sound_sources",
@@ -182,7 +184,7 @@ class CachedTool:
             for i, value in zip(missing, list(computed), strict=True):
                 self._cache.put(keys[i], value)
                 results[i] = value
-        if method == "score":
+        if method in ("score", "evidence"):
             n_texts = len(args[1]) if len(args) > 1 else len(kwargs.get("texts", []))
             return np.stack(results).astype(np.float32) if results else np.zeros((0, n_texts), np.float32)
         return results

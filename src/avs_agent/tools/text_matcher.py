@@ -421,10 +421,18 @@ class AudioSetOntology:
 class EmbeddingTextMatcher:
     name = "minilm-ontology"
 
-    def __init__(self, embedder: MiniLMEmbedder, ontology_path: Path, threshold: float = 0.6):
+    def __init__(
+        self,
+        embedder: MiniLMEmbedder,
+        ontology_path: Path,
+        threshold: float = 0.6,
+        vocabulary: list[str] | None = None,
+    ):
         self.embedder = embedder
         self.ontology = AudioSetOntology(ontology_path)
         self.threshold = threshold
+        self.vocabulary = list(vocabulary or ["dog", "cat"])
+        """The object names it is usually asked about (the profile's): ``warm_up`` embeds them."""
         self._specific: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
         self._vocab: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._rows: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
@@ -462,6 +470,10 @@ class EmbeddingTextMatcher:
                         row[lowered.index(text.strip().lower())] = 1.0
                     rows[text] = np.clip(row, 0.0, 1.0)
         return np.stack([rows[t] for t in texts])
+
+    def warm_up(self) -> None:
+        self.match(["dog"], self.vocabulary)
+        self.sound_sources(["Bark"], self.vocabulary)
 
     def match(self, phrases: list[str], vocabulary: list[str]) -> list[list[tuple[str, float]]]:
         if not phrases:

@@ -43,6 +43,11 @@ class Frame:
                 f"Frame.image must be (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}"
             )
 
+    @classmethod
+    def blank(cls, height: int = 32, width: int = 32) -> Frame:
+        """A black frame (a tool's warm-up call)."""
+        return cls(index=0, time_s=0.0, image=np.zeros((height, width, 3), np.uint8))
+
     @property
     def height(self) -> int:
         return int(self.image.shape[0])
@@ -70,6 +75,11 @@ class AudioSegment:
             raise ValueError(
                 f"AudioSegment.waveform must be (n,) float32, got {self.waveform.shape} {self.waveform.dtype}"
             )
+
+    @classmethod
+    def silence(cls, seconds: float = 1.0) -> AudioSegment:
+        """Silent audio (a tool's warm-up call)."""
+        return cls(0.0, seconds, np.zeros(round(seconds * SAMPLE_RATE), np.float32))
 
     @property
     def duration_s(self) -> float:
@@ -215,13 +225,48 @@ class Segments:
 
 
 class TraceStep(BaseModel):
-    """One decision or tool call, kept so an answer can say why."""
+    """One decision or tool call, kept so an answer can say why.
+
+    What happened is data: ``event`` (a code, e.g. ``check_failed``), ``reason`` (a code, e.g.
+    ``too_small``), the ``frame`` and ``object`` it is about, and ``data`` (the values behind it).
+    Programs (the chat, the page, the LLM's prompts, the tests) read those; ``message`` says the same in
+    words for a person, for the command line, the chat, the page and answer.json."""
 
     node: str
-    message: str
+    """The graph node (or an eval strategy) that took the step."""
+    event: str = ""
+    """What happened, a code (the agent's: agent/trace.py ``EVENTS``; an eval strategy's steps have
+    none)."""
+    reason: str = ""
+    """Why, a code where there is one (agent/trace.py ``REASONS``); '' otherwise."""
     frame: int | None = None
+    """The analysed frame it is about (0-based); None for the whole clip."""
+    object: str | None = None
+    """The object (phrase) it is about, when it is about one."""
+    message: str = ""
+    """The step in words, for a person (rendered when the step is taken)."""
     data: dict[str, Any] = Field(default_factory=dict)
     seconds: float = 0.0
+
+
+class Progress(BaseModel):
+    """A run's progress event as it happens (ask's spinner, the chat, the page's bar, a LangGraph
+    server's custom stream). ``stage``: where the run is, a code (the graph node, or ``start`` before
+    the graph runs); ``event``: what is happening there, a code (a trace step's event, or one of the
+    node's own: ``loading_media``, ``tagging_audio``, ...); ``text``: the same in words."""
+
+    stage: str
+    event: str
+    text: str
+    frame: int | None = None
+    object: str | None = None
+
+    @classmethod
+    def of_step(cls, step: TraceStep, max_chars: int = 120) -> Progress:
+        """A trace step as progress: its node and event, its words cut to ``max_chars``."""
+        where = f" (frame {step.frame + 1})" if step.frame is not None else ""
+        text = f"{step.node}{where}: {step.message}"[:max_chars]
+        return cls(stage=step.node, event=step.event, text=text, frame=step.frame, object=step.object)
 
 
 class FrameResult(BaseModel):

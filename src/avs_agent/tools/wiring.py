@@ -9,8 +9,11 @@ first use, so building a toolset is cheap; ``get_toolset`` keeps one per distinc
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from avs_agent.tools.errors import ConfigError
 from avs_agent.tools.full import hf
@@ -21,7 +24,7 @@ from avs_agent.tools.full.clap import ClapScorer, LaionClapScorer
 from avs_agent.tools.full.clip_check import ClipCropChecker
 from avs_agent.tools.full.grounded_sam import GroundedSam
 from avs_agent.tools.full.grounded_sam_original import GroundedSamOriginal
-from avs_agent.tools.full.sam2_video import Sam2VideoPropagator
+from avs_agent.tools.full.sam2_video import Sam2Linker, Sam2VideoPropagator
 from avs_agent.tools.lite.grounder import LiteGrounder
 from avs_agent.tools.lite.tag_scorer import TagEmbeddingScorer
 from avs_agent.tools.lite.tracker import InstanceTracker
@@ -31,18 +34,24 @@ from avs_agent.tools.protocols import (
     AudioTagger,
     AudioTextScorer,
     CropChecker,
+    FrameByFrame,
     Grounder,
     ImageCaptioner,
+    Linker,
     Propagator,
     TextMatcher,
 )
 from avs_agent.tools.settings import ModelSpec, ToolConfig
 from avs_agent.tools.text_matcher import EmbeddingTextMatcher, MiniLMEmbedder
+from avs_agent.tools.types import Frame
 from avs_agent.tools.vocab import COCO80, open_vocabulary
 
 
 @dataclass
 class Toolset:
+    """One profile's tools. The agent's nodes call them through their protocols and never ask which
+    profile runs: what differs between profiles is in the tools (tools/protocols.py)."""
+
     tagger: AudioTagger
     grounder: Grounder
     scorer: AudioTextScorer
@@ -51,17 +60,28 @@ class Toolset:
     """Object names the rules may propose: the detector's classes (lite) or an open list (full)."""
     closed_vocabulary: bool
     """The grounder finds only ``vocabulary``'s names (lite: COCO-80); an open-vocabulary grounder
-    (GroundingDINO) takes any phrase."""
+    (GroundingDINO) takes any phrase. The evals' baselines read it; the agent asks the grounder
+    (``proposals``, ``words``)."""
     audio_captioner: AudioCaptioner | None = None
     image_captioner: ImageCaptioner | None = None
     crop_checker: CropChecker | None = None
-    independent_scorer: bool = False
-    """The scorer is a model of its own (CLAP), not the audio tags read through the text matcher: its
-    scores then enter the decision as the 'clap' term (agent/decision.py)."""
-    propagator: Propagator | None = None
-    """Carries an accepted source's mask through the clip (SAM2's video predictor, full)."""
-    tracker: InstanceTracker | None = None
-    """Links a source's instances across frames when there is no propagator (ByteTrack, lite)."""
+    linker: Linker = field(default_factory=FrameByFrame)
+    """Follows an accepted source through the clip: SAM2's video predictor (full), ByteTrack over the
+    detections (lite, and a remote toolset, which links the served detections here); a toolset built
+    without one follows nothing."""
+
+    def crop_check(self, frame: Frame) -> Callable[[np.ndarray, list[str]], float] | None:
+        """Frame ``frame``'s crop check as the decision takes it (agent/decision.py ``CropFn``: a mask
+        (H, W) bool and texts, its label first -> the label's probability), or None without a crop
+        checker (the mask is then judged alone)."""
+        checker = self.crop_checker
+        if checker is None:
+            return None
+
+        def crop(mask: np.ndarray, texts: list[str]) -> float:
+            return float(checker.check(frame, mask[None], texts)[0, 0])
+
+        return crop
 
 
 def build_toolset(config: ToolConfig) -> Toolset:
@@ -71,30 +91,35 @@ def build_toolset(config: ToolConfig) -> Toolset:
 
         return build_remote_toolset(config)
 
+    vocabulary = list(COCO80) if t.grounder.impl == "lite" else open_vocabulary()
     embedder = MiniLMEmbedder(t.text_embedder.model.source, t.text_embedder.model.revision, config.models_dir)
     matcher = EmbeddingTextMatcher(
         embedder,
         ontology_path=config.resolve(t.text_embedder.ontology),
         threshold=t.text_embedder.match_threshold,
+        vocabulary=vocabulary,
     )
     tagger = _tagger(config)
     captioner = _image_captioner(config) if t.image_captioner.impl != "none" else None
-    grounder, vocabulary, closed = _grounder(config, matcher, captioner)
+    grounder = _grounder(config, matcher, captioner)
     independent = t.audio_text_scorer.impl not in ("tag_embedding", "none")
     scorer = _scorer(config) if independent else TagEmbeddingScorer(tagger, matcher)
+    linker = (
+        Sam2Linker(_propagator(config))
+        if t.propagator.impl != "none"
+        else InstanceTracker(fps=config.media.fps)
+    )
     return Toolset(
         tagger=tagger,
         grounder=grounder,
         scorer=scorer,
         matcher=matcher,
         vocabulary=vocabulary,
-        closed_vocabulary=closed,
+        closed_vocabulary=t.grounder.impl == "lite",
         audio_captioner=_audio_captioner(config) if t.audio_captioner.impl != "none" else None,
         image_captioner=captioner,
         crop_checker=_crop_checker(config) if t.clip_check.impl != "none" else None,
-        independent_scorer=independent,
-        propagator=_propagator(config) if t.propagator.impl != "none" else None,
-        tracker=InstanceTracker(fps=config.media.fps) if t.propagator.impl == "none" else None,
+        linker=linker,
     )
 
 
@@ -126,11 +151,9 @@ def _tagger(config: ToolConfig) -> AudioTagger:
     raise ConfigError(f"tools.audio_tagger.impl '{s.impl}' is unknown (use yamnet or ast)")
 
 
-def _grounder(
-    config: ToolConfig, matcher: TextMatcher, captioner: BlipCaptioner | None
-) -> tuple[Grounder, list[str], bool]:
-    """The grounder, the names the reasoner may propose to it, and whether those are all it finds.
-    GroundingDINO's phrases for "everything visible" come from the image captioner when there is one."""
+def _grounder(config: ToolConfig, matcher: TextMatcher, captioner: BlipCaptioner | None) -> Grounder:
+    """The grounder. GroundingDINO's phrases for "everything visible" come from the image captioner
+    when there is one."""
     s = config.tools.grounder
     if s.impl == "lite":
         lite = LiteGrounder(
@@ -141,7 +164,7 @@ def _grounder(
             nms_iou=s.nms_iou,
             top_k=s.top_k,
         )
-        return lite, list(COCO80), True
+        return lite
     kwargs: dict[str, Any] = dict(
         detector=_loc(config, "tools.grounder.detector", s.detector),
         segmenter=_loc(config, "tools.grounder.segmenter", s.segmenter),
@@ -154,9 +177,9 @@ def _grounder(
     if captioner is not None:
         kwargs["phrase_source"] = captioner.noun_phrases
     if s.impl == "transformers":
-        return GroundedSam(**kwargs), open_vocabulary(), False
+        return GroundedSam(**kwargs)
     if s.impl == "original":
-        return GroundedSamOriginal(**kwargs), open_vocabulary(), False
+        return GroundedSamOriginal(**kwargs)
     raise ConfigError(f"tools.grounder.impl '{s.impl}' is unknown (use lite, transformers or original)")
 
 

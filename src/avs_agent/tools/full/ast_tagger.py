@@ -52,6 +52,9 @@ class AstTagger:
         model, _ = self._load()
         return [model.config.id2label[i] for i in range(len(model.config.id2label))]
 
+    def warm_up(self) -> None:
+        self.tag([AudioSegment.silence()])
+
     def tag(self, segments: list[AudioSegment]) -> list[AudioTags]:
         """One ``AudioTags`` per segment, labels best first."""
         if not segments:

@@ -69,6 +69,9 @@ class Qwen2AudioCaptioner:
 
         return hf.cached(("qwen2_audio", self.loc.where, self.device, str(self.options.get("dtype"))), load)
 
+    def warm_up(self) -> None:
+        self.caption([AudioSegment.silence()])
+
     def caption(self, audio: list[AudioSegment], prompts: list[str] | None = None) -> list[Captions]:
         """One ``Captions`` per segment: ``texts[j]`` answers ``prompts[j]``."""
         prompts = list(prompts or self.prompts)

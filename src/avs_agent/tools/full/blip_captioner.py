@@ -128,6 +128,9 @@ class BlipCaptioner:
             dtype=hf.pick_dtype(self.options, self.device),
         )
 
+    def warm_up(self) -> None:
+        self.caption([Frame.blank()])
+
     def caption(self, frames: list[Frame]) -> list[Captions]:
         """One ``Captions`` per frame: one caption and its noun phrases."""
         if not frames:

@@ -82,6 +82,13 @@ class _ClapBase:
         self.options = dict(options or {})
         self._text_cache: dict[str, np.ndarray] = {}
 
+    def warm_up(self) -> None:
+        self.score([AudioSegment.silence()], ["dog"])
+
+    def evidence(self, audio: list[AudioSegment], texts: list[str]) -> np.ndarray:
+        """CLAP is a model of its own: its scores are the decision's ``clap`` term."""
+        return self.score(audio, texts)
+
     def score(self, audio: list[AudioSegment], texts: list[str]) -> np.ndarray:
         """(len(audio), len(texts)) float32 scores in [0, 1]."""
         if not audio or not texts:

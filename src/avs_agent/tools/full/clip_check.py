@@ -70,6 +70,10 @@ class ClipCropChecker:
             "clip", self.loc, "CLIPModel", "CLIPProcessor", "CLIP", self.device
         )
 
+    def warm_up(self) -> None:
+        frame = Frame.blank()
+        self.check(frame, np.ones((1, frame.height, frame.width), bool), ["dog"])
+
     def check(self, frame: Frame, masks: np.ndarray, texts: list[str]) -> np.ndarray:
         """masks: (n, H, W) bool -> (n, len(texts)) float32 probabilities over the texts."""
         masks = np.asarray(masks, bool).reshape(-1, frame.height, frame.width)

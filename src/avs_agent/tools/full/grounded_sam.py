@@ -242,6 +242,10 @@ class GroundedSam:
         self._detector()
         self._segmenter()
 
+    def warm_up(self) -> None:
+        self.load()
+        self.detect_all(Frame.blank(240, 320))  # (4:3: a square one is too small for a tiny checkpoint)
+
     # --- protocol ---------------------------------------------------------------------------------
     def ground(self, frame: Frame, phrases: list[str], box_threshold: float | None = None) -> Segments:
         """Boxes and masks for each phrase in the frame; labels and ``data['phrase']`` hold the phrase as
@@ -274,6 +278,14 @@ class GroundedSam:
         if not phrases:
             phrases = self.vocabulary
         return self.ground(frame, phrases)
+
+    def proposals(self, frame: Frame) -> list[str]:
+        """None: over an open vocabulary the candidates come from the audio and the captions."""
+        return []
+
+    def words(self, phrases: list[str]) -> list[str]:
+        """The phrases as they are (GroundingDINO takes any phrase)."""
+        return list(dict.fromkeys(phrases))
 
     def prefetch(self, method: str, calls: list[tuple]) -> None:
         """Run the heavy forwards of several ``ground`` calls as batches (a tool server's batch), so the

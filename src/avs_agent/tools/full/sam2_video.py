@@ -31,7 +31,9 @@ import numpy as np
 
 from avs_agent.tools.errors import ModelNotFoundError
 from avs_agent.tools.full import hf
-from avs_agent.tools.types import Frame
+from avs_agent.tools.ops import box_from_mask
+from avs_agent.tools.protocols import Propagator
+from avs_agent.tools.types import Frame, Segments
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -127,6 +129,9 @@ class Sam2VideoPropagator:
 
     def load(self) -> None:
         """Load the model now (otherwise it loads on first use)."""
+        self._load()
+
+    def warm_up(self) -> None:
         self._load()
 
     @property
@@ -240,6 +245,35 @@ class Sam2VideoPropagator:
                     reverse=reverse,
                 ):
                     emit(int(step.frame_idx), list(step.object_ids), step.pred_masks)
+
+
+class Sam2Linker:
+    """The full profile's ``Linker`` (tools/protocols.py): a source is followed by carrying its mask
+    with SAM2's video predictor from the frame where it is surest, not by linking detections, so each
+    frame's grounded instances stay unlinked (``tracks`` is None)."""
+
+    def __init__(self, propagator: Propagator) -> None:
+        self.propagator = propagator
+        self.name = propagator.name
+
+    def tracks(self, per_frame: list[Segments | None]) -> None:
+        return None
+
+    def follow(
+        self, frames: list[Frame], found: list[Segments | None], pivot: int, start: Segments | None
+    ) -> list[Segments | None] | None:
+        """The union of ``start``'s masks carried to every frame: one instance per frame (its box the
+        mask's, its score the best of ``start``'s), None where the carried mask is empty."""
+        if start is None or not len(start):
+            return None
+        carried = self.propagator.propagate(frames, pivot, start.union()[None])[:, 0]
+        score, label = float(start.confidence.max()), start.labels[0]
+        return [
+            Segments(xyxy=[box_from_mask(m)], mask=m[None], confidence=[score], labels=[label])
+            if m.any()
+            else None
+            for m in carried
+        ]
 
 
 def _normalisation(loc: hf.Location) -> tuple[tuple[float, ...], tuple[float, ...], float]:

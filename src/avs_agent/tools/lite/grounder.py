@@ -116,6 +116,21 @@ class LiteGrounder:
                 found.append(seg)
         return Segments.concat(found, frame.height, frame.width)
 
+    def proposals(self, frame: Frame) -> list[str]:
+        """The classes found in the frame without a prompt (``detect_all``): over a closed vocabulary
+        the grounder proposes what it sees."""
+        return list(dict.fromkeys(self.detect_all(frame).labels))
+
+    def words(self, phrases: list[str]) -> list[str]:
+        """Each phrase as the COCO class it names (the text matcher's best match), those naming none
+        dropped."""
+        if not phrases:
+            return []
+        return list(dict.fromkeys(m[0][0] for m in self.matcher.match(phrases, list(COCO80)) if m))
+
+    def warm_up(self) -> None:
+        self.detect_all(Frame.blank())
+
     def detect_all(self, frame: Frame) -> Segments:
         analysis = self.analyse(frame)
         names = {COCO80[c] for c in analysis.classes[analysis.scores >= self.box_threshold]}

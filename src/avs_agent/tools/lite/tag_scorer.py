@@ -2,7 +2,8 @@
 
 score(audio, text) = max over the audio's tags of tag score x how strongly the tag names the text as its
 source (the text matcher's ``sound_sources``: sentence embeddings over the AudioSet ontology). It plays
-CLAP's part in the lite profile; both implement ``AudioTextScorer``.
+CLAP's part in the lite profile (the baselines' scores); both implement ``AudioTextScorer``. Unlike
+CLAP's, its scores add no evidence term of their own to the agent's decision (``evidence``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,16 @@ class TagEmbeddingScorer:
         self.top_k = top_k
         self.min_score = min_score
 
+    def warm_up(self) -> None:
+        self.score([AudioSegment.silence()], ["dog"])
+
     def score(self, audio: list[AudioSegment], texts: list[str]) -> np.ndarray:
         return self.score_tags(self.tagger.tag(audio), texts)
+
+    def evidence(self, audio: list[AudioSegment], texts: list[str]) -> np.ndarray:
+        """Zeros: these scores read the audio tags, whose evidence the decision's tag terms already
+        carry (counting it twice would weigh the tags twice)."""
+        return np.zeros((len(audio), len(texts)), np.float32)
 
     def score_tags(self, tags: list[AudioTags], texts: list[str]) -> np.ndarray:
         """(len(tags), len(texts)) scores from tags already computed."""

@@ -32,6 +32,9 @@ class YamnetTagger:
         with open(require_file(self.class_map_path, "YAMNet class map")) as f:
             return [row["display_name"] for row in csv.DictReader(f)]
 
+    def warm_up(self) -> None:
+        self.tag([AudioSegment.silence()])
+
     def tag(self, segments: list[AudioSegment]) -> list[AudioTags]:
         return [self.postprocess(seg, self._forward(self.preprocess(seg))) for seg in segments]
 

@@ -33,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
@@ -41,7 +40,7 @@ from avs_agent.tools.errors import ConfigError, UserError
 from avs_agent.tools.server import wire
 from avs_agent.tools.server.settings import TOKEN_ENV, ServeSettings, is_loopback
 from avs_agent.tools.settings import ToolConfig
-from avs_agent.tools.types import SAMPLE_RATE, AudioSegment, Frame
+from avs_agent.tools.types import Frame
 
 log = logging.getLogger("avs_agent.serve")
 
@@ -117,36 +116,22 @@ def run_batch(tool: Any, method: wire.Method, items: list[tuple]) -> list[Any]:
     return out
 
 
+def frames_seconds(args: tuple) -> float:
+    """The seconds of video the frames among a call's arguments stand for: from the first frame's
+    time to the last's plus one frame interval (the smallest gap between their times); a single
+    frame, none. (``serve.max_media_seconds`` caps seconds, whatever the frame rate.)"""
+    frames = [x for a in args for x in (a if isinstance(a, list) else [a]) if isinstance(x, Frame)]
+    times = sorted({f.time_s for f in frames})
+    if len(times) < 2:
+        return 0.0
+    return times[-1] - times[0] + min(b - a for a, b in zip(times, times[1:], strict=False))
+
+
 def _call(fn: Callable, args: tuple) -> Any:
     try:
         return fn(*args)
     except Exception as exc:
         return exc
-
-
-def warm_up(name: str, tool: Any, vocabulary: list[str] | None = None) -> None:
-    """Load a tool's models with one tiny call (models load lazily on first use). The matcher also
-    embeds the vocabulary once (its first ``sound_sources`` over a vocabulary costs seconds on CPU)."""
-    if hasattr(tool, "load"):
-        tool.load()
-    frame = Frame(index=0, time_s=0.0, image=np.zeros((32, 32, 3), np.uint8))
-    audio = AudioSegment(0.0, 1.0, np.zeros(SAMPLE_RATE, np.float32))
-    if name == "tagger":
-        tool.tag([audio])
-    elif name == "grounder":
-        tool.detect_all(frame)
-    elif name == "scorer":
-        tool.score([audio], ["dog"])
-    elif name == "matcher":
-        vocab = list(vocabulary or ["dog", "cat"])
-        tool.match(["dog"], vocab)
-        tool.sound_sources(["Bark"], vocab)
-    elif name == "audio_captioner":
-        tool.caption([audio])
-    elif name == "image_captioner":
-        tool.caption([frame])
-    elif name == "crop_checker":
-        tool.check(frame, np.ones((1, 32, 32), bool), ["dog"])
 
 
 class _Batcher:
@@ -256,10 +241,11 @@ class LocalDispatcher:
         return cls(toolset, settings, parse_tools(tools, available))
 
     def load(self) -> None:
-        """Load every served tool's models (blocking). Raises what loading raises (e.g. missing weights)."""
+        """Load every served tool's models (blocking; each tool's ``warm_up``). Raises what loading
+        raises (e.g. missing weights)."""
         for name in self.tools:
             t0 = time.perf_counter()
-            warm_up(name, getattr(self.toolset, name), self.toolset.vocabulary)
+            getattr(self.toolset, name).warm_up()
             log.info(
                 "loaded %s (%s) in %.1f s", name, getattr(self.toolset, name).name, time.perf_counter() - t0
             )
@@ -476,9 +462,14 @@ def create_app(dispatcher: Dispatcher, serve: ServeSettings, token: str | None) 
             return error(413, str(exc))
         except (wire.WireError, ValueError, TypeError, KeyError) as exc:
             return error(422, f"malformed {method.key} payload: {exc}")
-        seconds, frames = method.media(args)
-        if seconds > serve.max_media_seconds or frames > serve.max_media_seconds:
-            what = f"{seconds:.1f} s of audio" if seconds > serve.max_media_seconds else f"{frames} frames"
+        audio_s, frames = method.media(args)
+        video_s = frames_seconds(args)
+        if max(audio_s, video_s) > serve.max_media_seconds:
+            what = (
+                f"{audio_s:.1f} s of audio"
+                if audio_s >= video_s
+                else f"{frames} frames spanning {video_s:.1f} s of video"
+            )
             return error(
                 413,
                 f"request carries {what}; this server accepts at most {serve.max_media_seconds:g} s of media per request (serve.max_media_seconds)",

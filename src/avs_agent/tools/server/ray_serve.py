@@ -119,14 +119,13 @@ def build_ray_app(settings: ToolConfig, tools: str | None = None, token: str | N
         """One tool's models, loaded once per replica; calls arrive one by one and run in batches."""
 
         def __init__(self, settings_data: dict[str, Any], tool: str):
-            from avs_agent.tools.server.app import warm_up
             from avs_agent.tools.wiring import build_toolset
 
             toolset = build_toolset(ToolConfig(**settings_data))
             self.tool_name = tool
             self.tool = getattr(toolset, tool)
             self.vocabulary = list(toolset.vocabulary)
-            warm_up(tool, self.tool, self.vocabulary)
+            self.tool.warm_up()
 
         def describe(self) -> dict[str, Any]:
             return {"name": self.tool.name, "vocabulary": self.vocabulary}

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from avs_agent.tools.errors import ConfigError, UserError
+from avs_agent.tools.lite.tag_scorer import TagEmbeddingScorer
 from avs_agent.tools.lite.tracker import InstanceTracker
 from avs_agent.tools.server import wire
 from avs_agent.tools.server.settings import TOKEN_ENV
@@ -140,6 +141,9 @@ class _RemoteTool:
         self.client = client
         self.name = name
 
+    def warm_up(self) -> None:
+        """Nothing to load here: the server loaded its models before it took requests."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r} at {self.client.base_url})"
 
@@ -150,6 +154,31 @@ class RemoteAudioTagger(_RemoteTool):
 
 
 class RemoteGrounder(_RemoteTool):
+    """The server's grounder. ``closed``: the server says its vocabulary is closed (lite), so the
+    grounder proposes what it detects and reads free phrases as the vocabulary's names through the
+    server's matcher, as it does in-process."""
+
+    def __init__(
+        self,
+        client: RemoteClient,
+        name: str,
+        closed: bool = False,
+        vocabulary: list[str] | None = None,
+        matcher: RemoteTextMatcher | None = None,
+    ):
+        super().__init__(client, name)
+        self.closed = closed
+        self.vocabulary = list(vocabulary or [])
+        self.matcher = matcher or RemoteTextMatcher(client, "")
+
+    def proposals(self, frame: Frame) -> list[str]:
+        return list(dict.fromkeys(self.detect_all(frame).labels)) if self.closed else []
+
+    def words(self, phrases: list[str]) -> list[str]:
+        if not self.closed or not phrases:
+            return list(dict.fromkeys(phrases))
+        return list(dict.fromkeys(m[0][0] for m in self.matcher.match(phrases, self.vocabulary) if m))
+
     def ground(self, frame: Frame, phrases: list[str], box_threshold: float | None = None) -> Segments:
         return self.client.call("grounder.ground", frame, list(phrases), box_threshold)
 
@@ -162,6 +191,13 @@ class RemoteAudioTextScorer(_RemoteTool):
         if not audio or not texts:
             return np.zeros((len(audio), len(texts)), np.float32)
         return self.client.call("scorer.score", list(audio), list(texts))
+
+    def evidence(self, audio: list[AudioSegment], texts: list[str]) -> np.ndarray:
+        """The served scorer's evidence term: its scores, or zeros when it is the lite one that reads
+        the audio tags (``TagEmbeddingScorer.evidence``)."""
+        if self.name == TagEmbeddingScorer.name:
+            return np.zeros((len(audio), len(texts)), np.float32)
+        return self.score(audio, texts)
 
 
 class RemoteTextMatcher(_RemoteTool):
@@ -225,17 +261,19 @@ def build_remote_toolset(settings: ToolConfig) -> Any:
             f"tool server {client.base_url} serves {', '.join(served) or 'no tools'}; the agent also needs {', '.join(missing)} "
             f"(start it without --tools, or with --tools {','.join(wire.REQUIRED_TOOLS)})"
         )
-    tools = {t: REMOTE_CLASSES[t](client, served[t]) for t in wire.TOOLS if t in served}
+    vocabulary = list(info.get("vocabulary") or [])
+    closed = bool(info.get("closed_vocabulary"))
+    tools = {t: REMOTE_CLASSES[t](client, served[t]) for t in wire.TOOLS if t in served and t != "grounder"}
+    tools["grounder"] = RemoteGrounder(client, served["grounder"], closed, vocabulary, tools["matcher"])
     return Toolset(
         tagger=tools["tagger"],
         grounder=tools["grounder"],
         scorer=tools["scorer"],
         matcher=tools["matcher"],
-        vocabulary=list(info.get("vocabulary") or []),
-        closed_vocabulary=bool(info.get("closed_vocabulary")),
+        vocabulary=vocabulary,
+        closed_vocabulary=closed,
         audio_captioner=tools.get("audio_captioner"),
         image_captioner=tools.get("image_captioner"),
         crop_checker=tools.get("crop_checker"),
-        independent_scorer=served.get("scorer") != "tag-embedding",
-        tracker=InstanceTracker(fps=settings.media.fps),  # links the served detections here (no model)
+        linker=InstanceTracker(fps=settings.media.fps),  # links the served detections here (no model)
     )
