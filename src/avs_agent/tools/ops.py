@@ -1,4 +1,5 @@
-"""Small pure vectorised helpers over boxes, masks and frames (shapes in the docstrings)."""
+"""Small pure vectorised helpers over boxes, masks and frames (shapes in the docstrings). IoU and NMS are
+supervision's (``sv.box_iou_batch``, ``sv.mask_iou_batch``, ``sv.box_non_max_suppression``)."""
 
 from __future__ import annotations
 
@@ -7,52 +8,21 @@ import numpy as np
 from avs_agent.tools.types import Frame
 
 
-def box_iou_batch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every pair. a: (n, 4) xyxy, b: (m, 4) xyxy -> (n, m)."""
-    a = np.asarray(a, np.float32).reshape(-1, 4)
-    b = np.asarray(b, np.float32).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression. boxes: (n, 4), scores: (n,) -> kept indices, best first."""
-    order = np.argsort(-np.asarray(scores))
-    keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        if order.size == 1:
-            break
-        ious = box_iou_batch(boxes[i : i + 1], boxes[order[1:]])[0]
-        order = order[1:][ious <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def batched_nms(
-    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, classes: np.ndarray | None = None
 ) -> np.ndarray:
-    """Per-class NMS. classes: (n,) int -> kept indices sorted by score."""
-    keep = [
-        idx[nms(boxes[idx], scores[idx], iou_threshold)]
-        for c in np.unique(classes)
-        for idx in [np.flatnonzero(classes == c)]
-    ]
-    if not keep:
+    """Greedy non-maximum suppression (supervision's ``box_non_max_suppression``), within each class
+    when ``classes`` is given. boxes: (n, 4) xyxy, scores: (n,), classes: (n,) int -> kept indices,
+    best first."""
+    import supervision as sv
+
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if not len(scores):
         return np.zeros(0, np.int64)
-    kept = np.concatenate(keep)
-    return kept[np.argsort(-scores[kept])]
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two (H, W) bool masks; two empty masks give 1.0."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+    columns = [boxes, scores[:, None]] if classes is None else [boxes, scores[:, None], np.c_[classes]]
+    kept = np.flatnonzero(sv.box_non_max_suppression(np.hstack(columns), iou_threshold))
+    return kept[np.argsort(-scores[kept], kind="stable")].astype(np.int64)
 
 
 def box_from_mask(mask: np.ndarray) -> list[float]:

@@ -55,11 +55,6 @@ class DeepLabSegmenter:
         self.flip = flip
         self.threads = threads
 
-    def segment(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 RGB -> (H, W) uint8 VOC class indices."""
-        h, w = image.shape[:2]
-        return class_map(self.grid_scores(image), h, w)
-
     def grid_scores(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (gh, gw, 21) float32 logits on the model's output grid (33x33): the mean
         over the flip views."""
@@ -68,12 +63,6 @@ class DeepLabSegmenter:
             mirrored = self._forward(self.preprocess(np.ascontiguousarray(image[:, ::-1])))
             out = (out + mirrored[:, ::-1]) * np.float32(0.5)
         return out
-
-    def scores(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 RGB -> (H, W, 21) float32 class scores (logits; the mean over the flip views)."""
-        h, w = image.shape[:2]
-        grid = self.grid_scores(image)
-        return np.stack([upsample(grid[..., c], h, w) for c in range(grid.shape[-1])], -1)
 
     @staticmethod
     def preprocess(image: np.ndarray) -> np.ndarray:
@@ -96,15 +85,6 @@ class DeepLabSegmenter:
                 return (q - zero) * scale if scale else q
             class_map = interp.get_tensor(interp.get_output_details()[0]["index"])[0]
         return np.eye(len(VOC21), dtype=np.float32)[class_map]
-
-    @staticmethod
-    def postprocess(class_map: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-        """A class index map resized to (h, w) with nearest neighbour."""
-        from PIL import Image
-
-        h, w = hw
-        small = Image.fromarray(class_map.astype(np.uint8))
-        return np.asarray(small.resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
 
 
 def upsample(grid: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from avs_agent.tools.ops import box_iou_batch
 from avs_agent.tools.types import Frame, Segments
 
 
@@ -54,7 +53,7 @@ class InstanceTracker:
                 tracker.update(det)
                 tracked = tracker.update(det)
                 if len(tracked):
-                    iou = box_iou_batch(seg.xyxy, np.asarray(tracked.xyxy, np.float32))
+                    iou = sv.box_iou_batch(seg.xyxy, np.asarray(tracked.xyxy, np.float32))
                     for k in range(n):
                         j = int(np.argmax(iou[k]))
                         if iou[k, j] > 0.99:

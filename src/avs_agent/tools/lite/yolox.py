@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from avs_agent.tools.lite.litert import onnx_session
-from avs_agent.tools.ops import batched_nms
+from avs_agent.tools.ops import nms
 from avs_agent.tools.vocab import COCO80
 
 INPUT_SIZE = 416
@@ -75,5 +75,5 @@ class YoloxDetector:
         h, w = hw
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-        kept = batched_nms(boxes, scores, cls, self.nms_iou)
+        kept = nms(boxes, scores, self.nms_iou, classes=cls)
         return boxes[kept].astype(np.float32), scores[kept].astype(np.float32), cls[kept].astype(np.int64)
