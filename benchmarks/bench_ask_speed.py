@@ -87,11 +87,14 @@ def models_alone(video: str, fps: float) -> dict:
 
     settings = load_settings("lite", overrides=[f"media.fps={fps}"])
     tools = settings.tool_config()
-    models = Path(tools.models_dir)
+    t = tools.tools
     clip = open_clip(video, None, settings.media)
-    tagger = YamnetTagger(models / "yamnet/yamnet.tflite", models / "yamnet/yamnet_class_map.csv")
-    detector = YoloxDetector(models / "yolox_nano/yolox_nano.onnx", score_threshold=0.1)
-    segmenter = DeepLabSegmenter(models / "deeplabv3_mnv2_voc/deeplabv3_mnv2_pascal_quant.tflite")
+    tagger = YamnetTagger(
+        tools.locate("tools.audio_tagger.model", t.audio_tagger.model, hub=False),
+        tools.locate("tools.audio_tagger.class_map", t.audio_tagger.class_map, hub=False),
+    )
+    detector = YoloxDetector(tools.locate("tools.grounder.detector", t.grounder.detector, hub=False), 0.1)
+    segmenter = DeepLabSegmenter(tools.locate("tools.grounder.segmenter", t.grounder.segmenter, hub=False))
     tagger.tag([*clip.segments, clip.audio])
     for frame in clip.frames:
         image, _ = stretch_to_aspect(frame)

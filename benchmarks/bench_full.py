@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tests import tiny_models as tm  # noqa: E402  (offline tokenizers)
 
 from avs_agent.tools.errors import ModelNotFoundError  # noqa: E402
-from avs_agent.tools.full import hf  # noqa: E402
+from avs_agent.tools.locate import Location, locate  # noqa: E402
 from avs_agent.tools.types import AudioSegment, Frame  # noqa: E402
 
 
@@ -219,8 +219,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
 
-        def loc(path: Path) -> hf.Location:
-            return hf.locate("bench", str(path), None, None)
+        def loc(path: Path) -> Location:
+            return locate("bench", str(path))
 
         def record(name: str, load_s: float, first_s: float, warm_s: float, **extra) -> None:
             results["tools"][name] = {

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.full
 from tests import tiny_models as tm  # noqa: E402
 
 from avs_agent.tools.errors import ModelNotFoundError  # noqa: E402
-from avs_agent.tools.full import hf  # noqa: E402
+from avs_agent.tools.locate import locate  # noqa: E402
 from avs_agent.tools.protocols import (  # noqa: E402
     AudioCaptioner,
     AudioTagger,
@@ -38,7 +38,7 @@ def tiny(tmp_path_factory) -> dict:
 
 
 def loc(path, key="test"):
-    return hf.locate(key, str(path), None, None)
+    return locate(key, str(path), None, None)
 
 
 def frame(h=48, w=64, aspect=None, seed=0):
@@ -441,24 +441,14 @@ def test_missing_weights_are_one_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    hub = hf.locate("tools.audio_tagger.model", "someorg/not-downloaded-model", "abc123", tmp_path)
+    hub = locate("tools.audio_tagger.model", "someorg/not-downloaded-model", "abc123", tmp_path)
     with pytest.raises(ModelNotFoundError) as err:
         AstTagger(hub).tag([audio()])
     msg = str(err.value)
     assert "\n" not in msg and "tools.audio_tagger.model" in msg and "someorg/not-downloaded-model" in msg
     assert "HF_HUB_OFFLINE" in msg and "hf download someorg/not-downloaded-model --revision abc123" in msg
 
-    missing = hf.locate("tools.grounder.detector", str(tmp_path / "nowhere"), None, tmp_path)
+    missing = locate("tools.grounder.detector", str(tmp_path / "nowhere"), None, tmp_path)
     with pytest.raises(ModelNotFoundError, match="tools.grounder.detector.*nowhere"):
         GroundedSam(missing, missing).ground(frame(), ["dog"])
-    assert not hf.available(hub) and not hf.available(missing)
-
-
-def test_locate_rules(tmp_path):
-    (tmp_path / "local_model").mkdir()
-    (tmp_path / "local_model" / "config.json").write_text("{}")
-    assert hf.locate("k", "local_model", None, tmp_path).path == tmp_path / "local_model"
-    assert hf.available(hf.locate("k", "local_model", None, tmp_path))
-    hub = hf.locate("k", "org/name", "rev", tmp_path)
-    assert hub.repo_id == "org/name" and hub.revision == "rev" and hub.where == "org/name@rev"
-    assert hf.locate("k", str(tmp_path / "abs"), None, None).path == tmp_path / "abs"
+    assert not hub.available() and not missing.available()

@@ -9,6 +9,7 @@ from tests.conftest import dev_clip_paths
 from avs_agent.agent.settings import load_settings
 from avs_agent.tools.errors import ModelNotFoundError
 from avs_agent.tools.lite.yamnet import YamnetTagger
+from avs_agent.tools.locate import locate
 from avs_agent.tools.media import load_clip
 from avs_agent.tools.types import AudioSegment
 from avs_agent.tools.vocab import COCO80
@@ -159,10 +160,8 @@ def test_emergency_vehicles_and_jets_name_their_vehicle(toolset):
 def test_minilm_numpy_matches_transformers(toolset):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from avs_agent.tools.text_matcher import resolve_model_dir
-
     emb = toolset.matcher.embedder
-    folder = resolve_model_dir(emb.source, None, emb.models_dir, "text embedder")
+    folder = emb.folder
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.BertModel.from_pretrained(folder).eval()
     texts = ["a dog barking", "the sound of a car engine idling"]
@@ -175,9 +174,16 @@ def test_minilm_numpy_matches_transformers(toolset):
 
 
 def test_missing_weights_name_the_file(tmp_path):
-    tagger = YamnetTagger(tmp_path / "nope.tflite", tmp_path / "map.csv")
-    with pytest.raises(ModelNotFoundError, match="AVS_AGENT_MODELS_DIR"):
+    tagger = YamnetTagger(
+        locate("tools.audio_tagger.model", "yamnet/nope.tflite", models_dir=tmp_path, hub=False),
+        locate("tools.audio_tagger.class_map", "yamnet/map.csv", models_dir=tmp_path, hub=False),
+    )
+    with pytest.raises(ModelNotFoundError) as err:
         tagger.tag([AudioSegment(0, 1, np.zeros(16000, np.float32))])
+    assert str(err.value) == (
+        f"YAMNet weights for tools.audio_tagger.model not found at {tmp_path / 'yamnet/nope.tflite'}; fetch the "
+        "lite models with `avs-agent models download` (or set AVS_AGENT_MODELS_DIR to a folder holding them)"
+    )
 
 
 def test_embeddings_are_kept_on_disk_and_equal_the_computed_ones(tmp_path, models_dir):
@@ -185,20 +191,20 @@ def test_embeddings_are_kept_on_disk_and_equal_the_computed_ones(tmp_path, model
     text's vector depends on the text alone (asked alone, in another order, or with no store)."""
     from avs_agent.tools.text_matcher import MiniLMEmbedder
 
-    source = "sentence-transformers/all-MiniLM-L6-v2"
+    source = locate("tools.text_embedder.model", "sentence-transformers/all-MiniLM-L6-v2", models_dir=models_dir)
     texts = ["a dog barking", "Vehicle horn, car horn, honking", "dog"]
-    first = MiniLMEmbedder(source, models_dir=models_dir, cache_dir=tmp_path)
+    first = MiniLMEmbedder(source, cache_dir=tmp_path)
     computed = first.encode(texts)
     assert first.computed == 3 and len(list(tmp_path.glob("*.npz"))) == 1
-    second = MiniLMEmbedder(source, models_dir=models_dir, cache_dir=tmp_path)
+    second = MiniLMEmbedder(source, cache_dir=tmp_path)
     assert np.array_equal(second.encode(texts), computed)
     assert second.computed == 0 and "_model" not in vars(second)  # the weights were never read
-    alone = MiniLMEmbedder(source, models_dir=models_dir, cache_dir=False)
+    alone = MiniLMEmbedder(source, cache_dir=False)
     assert np.array_equal(np.stack([alone.encode([t])[0] for t in reversed(texts)])[::-1], computed)
     assert not list(tmp_path.glob(".tmp-*"))
     second.encode(["a cat meowing", "dog"])  # a new text joins the store beside the others
     assert second.computed == 1
-    third = MiniLMEmbedder(source, models_dir=models_dir, cache_dir=tmp_path)
+    third = MiniLMEmbedder(source, cache_dir=tmp_path)
     assert np.array_equal(third.encode(["a cat meowing", *texts])[1:], computed) and third.computed == 0
 
 

@@ -22,7 +22,7 @@ if not hasattr(transformers, "Sam2VideoModel"):
 from tests.tiny_models import build_sam2_video as build_tiny_sam2_video  # noqa: E402
 
 from avs_agent.tools.errors import ModelNotFoundError  # noqa: E402
-from avs_agent.tools.full import hf  # noqa: E402
+from avs_agent.tools.locate import Location, locate  # noqa: E402
 from avs_agent.tools.full.sam2_video import Sam2VideoPropagator  # noqa: E402
 from avs_agent.tools.protocols import Propagator  # noqa: E402
 from avs_agent.tools.types import Frame  # noqa: E402
@@ -34,13 +34,13 @@ H, W, T = 48, 64, 4
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> hf.Location:
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Location:
     folder = build_tiny_sam2_video(tmp_path_factory.mktemp("sam2_video"))
-    return hf.locate("tools.propagator.model", str(folder), None, None)
+    return locate("tools.propagator.model", str(folder), None, None)
 
 
 @pytest.fixture(scope="module")
-def propagator(checkpoint: hf.Location) -> Sam2VideoPropagator:
+def propagator(checkpoint: Location) -> Sam2VideoPropagator:
     return Sam2VideoPropagator(checkpoint, {"device": "cpu"})
 
 
@@ -111,7 +111,7 @@ def test_empty_pivot_mask_stays_empty(propagator: Sam2VideoPropagator, visits: l
     assert all(ids == [2] for _, _, ids in visits)
 
 
-def test_last_frame_pivot_and_max_frames(checkpoint: hf.Location, visits: list) -> None:
+def test_last_frame_pivot_and_max_frames(checkpoint: Location, visits: list) -> None:
     limited = Sam2VideoPropagator(checkpoint, {"device": "cpu", "max_frames_to_track": 1})
     out = limited.propagate(clip(), T - 1, two_masks())
     assert out.shape == (T, 2, H, W)
@@ -120,7 +120,7 @@ def test_last_frame_pivot_and_max_frames(checkpoint: hf.Location, visits: list) 
 
 
 def test_no_objects_does_not_load(tmp_path: Path) -> None:
-    missing = hf.locate("tools.propagator.model", str(tmp_path / "absent"), None, None)
+    missing = locate("tools.propagator.model", str(tmp_path / "absent"), None, None)
     prop = Sam2VideoPropagator(missing)
     out = prop.propagate(clip(), 2, np.zeros((0, H, W), bool))
     assert out.shape == (T, 0, H, W) and out.dtype == bool
@@ -141,7 +141,7 @@ def test_bad_input_is_a_value_error(propagator: Sam2VideoPropagator) -> None:
 
 
 @pytest.mark.skipif(HAS_TORCHVISION, reason="needs an install without torchvision")
-def test_transformers_processor_required_without_torchvision(checkpoint: hf.Location) -> None:
+def test_transformers_processor_required_without_torchvision(checkpoint: Location) -> None:
     strict = Sam2VideoPropagator(checkpoint, {"device": "cpu", "processor": "transformers"})
     with pytest.raises(ImportError, match="[Tt]orchvision"):
         strict.load()

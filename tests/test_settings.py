@@ -48,9 +48,9 @@ def test_profile_file_beats_code_default(tmp_path):
 
 def test_models_dir_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("AVS_AGENT_MODELS_DIR", str(tmp_path))
-    s = load_settings()
-    assert s.resolve("yamnet/yamnet.tflite") == tmp_path / "yamnet" / "yamnet.tflite"
-    assert s.resolve("/abs/model").as_posix() == "/abs/model"
+    tools = load_settings().tool_config()
+    assert tools.locate("k", "yamnet/yamnet.tflite", hub=False).path == tmp_path / "yamnet" / "yamnet.tflite"
+    assert tools.locate("k", "/abs/model").path.as_posix() == "/abs/model"
 
 
 def test_parse_overrides_types():

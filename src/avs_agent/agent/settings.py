@@ -12,7 +12,7 @@ Precedence, lowest to highest (a test pins it):
 
 Model locations (``ModelSpec.source``) are a Hugging Face hub id or a local path; relative local paths
 resolve against ``models_dir`` (env ``AVS_AGENT_MODELS_DIR``, default the user's cache,
-``tools.settings.default_models_dir``).
+``tools.settings.default_models_dir``); ``tool_config().locate`` resolves them.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from avs_agent.tools.settings import (
     ToolConfig,
     ToolsSettings,
     default_models_dir,
-    resolve,
 )
 
 
@@ -248,10 +247,6 @@ class Settings(BaseSettings):
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
     ):
         return (init_settings, env_settings, _DictSource(settings_cls))
-
-    def resolve(self, source: str) -> Path:
-        """A model source as a local path: absolute, or relative to ``models_dir`` (may not exist)."""
-        return resolve(self.models_dir, source)
 
     def tool_config(self) -> ToolConfig:
         """The tool layer's part of these settings (what ``tools.wiring.build_toolset`` takes)."""

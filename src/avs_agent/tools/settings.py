@@ -4,7 +4,7 @@ holds it as its ``tools``, ``models_dir``, ``media`` and ``serve`` sections and 
 ``Settings.tool_config()``.
 
 Model locations (``ModelSpec.source``) are a Hugging Face hub id or a local path; relative local paths
-resolve against ``models_dir``.
+resolve against ``models_dir``. ``ToolConfig.locate`` resolves them (``tools.locate``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from avs_agent.tools.errors import ConfigError
+from avs_agent.tools.locate import Location, locate
 from avs_agent.tools.server.settings import ServeSettings
 
 
@@ -138,12 +140,11 @@ class ToolConfig(Section):
     media: MediaSettings = MediaSettings()
     serve: ServeSettings = ServeSettings()
 
-    def resolve(self, source: str) -> Path:
-        """A model source as a local path: absolute, or relative to ``models_dir`` (may not exist)."""
-        return resolve(self.models_dir, source)
-
-
-def resolve(models_dir: Path | str, source: str) -> Path:
-    """A model source as a local path: absolute, or relative to ``models_dir`` (may not exist)."""
-    path = Path(os.path.expanduser(source))
-    return path if path.is_absolute() else Path(models_dir).expanduser() / path
+    def locate(self, key: str, spec: ModelSpec | str | None, *, hub: bool = True) -> Location:
+        """Where the model (or file) set at ``key`` is (``tools.locate.locate``, against ``models_dir``).
+        ``hub=False`` for files a tool reads locally only (the lite models)."""
+        if spec is None:
+            raise ConfigError(f"{key} is not set: give it a hub id or a local folder (see configs/full.yaml)")
+        if isinstance(spec, str):
+            return locate(key, spec, None, self.models_dir, hub=hub)
+        return locate(key, spec.source, spec.revision, self.models_dir, hub=hub)

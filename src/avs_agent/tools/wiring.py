@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from avs_agent.tools.errors import ConfigError
-from avs_agent.tools.full import hf
 from avs_agent.tools.full.ast_tagger import AstTagger
 from avs_agent.tools.full.audio_captioner import Qwen2AudioCaptioner
 from avs_agent.tools.full.blip_captioner import BlipCaptioner
@@ -41,7 +40,7 @@ from avs_agent.tools.protocols import (
     Propagator,
     TextMatcher,
 )
-from avs_agent.tools.settings import ModelSpec, ToolConfig
+from avs_agent.tools.settings import ToolConfig
 from avs_agent.tools.text_matcher import EmbeddingTextMatcher, MiniLMEmbedder
 from avs_agent.tools.types import Frame
 from avs_agent.tools.vocab import COCO80, open_vocabulary
@@ -92,10 +91,10 @@ def build_toolset(config: ToolConfig) -> Toolset:
         return build_remote_toolset(config)
 
     vocabulary = list(COCO80) if t.grounder.impl == "lite" else open_vocabulary()
-    embedder = MiniLMEmbedder(t.text_embedder.model.source, t.text_embedder.model.revision, config.models_dir)
+    embedder = MiniLMEmbedder(config.locate("tools.text_embedder.model", t.text_embedder.model))
     matcher = EmbeddingTextMatcher(
         embedder,
-        ontology_path=config.resolve(t.text_embedder.ontology),
+        ontology=config.locate("tools.text_embedder.ontology", t.text_embedder.ontology, hub=False),
         threshold=t.text_embedder.match_threshold,
         vocabulary=vocabulary,
     )
@@ -134,20 +133,17 @@ def get_toolset(config: ToolConfig) -> Toolset:
     return _CACHE[key]
 
 
-def _loc(config: ToolConfig, key: str, spec: ModelSpec | None) -> hf.Location:
-    if spec is None:
-        raise ConfigError(f"{key} is not set: give it a hub id or a local folder (see configs/full.yaml)")
-    return hf.locate(key, spec.source, spec.revision, config.models_dir)
-
-
 def _tagger(config: ToolConfig) -> AudioTagger:
     s = config.tools.audio_tagger
     if s.impl == "yamnet":
         return YamnetTagger(
-            config.resolve(s.model.source), config.resolve(s.class_map or "yamnet/yamnet_class_map.csv")
+            config.locate("tools.audio_tagger.model", s.model, hub=False),
+            config.locate(
+                "tools.audio_tagger.class_map", s.class_map or "yamnet/yamnet_class_map.csv", hub=False
+            ),
         )
     if s.impl == "ast":
-        return AstTagger(_loc(config, "tools.audio_tagger.model", s.model))
+        return AstTagger(config.locate("tools.audio_tagger.model", s.model))
     raise ConfigError(f"tools.audio_tagger.impl '{s.impl}' is unknown (use yamnet or ast)")
 
 
@@ -157,8 +153,8 @@ def _grounder(config: ToolConfig, matcher: TextMatcher, captioner: BlipCaptioner
     s = config.tools.grounder
     if s.impl == "lite":
         lite = LiteGrounder(
-            detector_path=config.resolve(s.detector.source),
-            segmenter_path=config.resolve(s.segmenter.source),
+            detector=config.locate("tools.grounder.detector", s.detector, hub=False),
+            segmenter=config.locate("tools.grounder.segmenter", s.segmenter, hub=False),
             matcher=matcher,
             box_threshold=s.box_threshold,
             nms_iou=s.nms_iou,
@@ -166,8 +162,8 @@ def _grounder(config: ToolConfig, matcher: TextMatcher, captioner: BlipCaptioner
         )
         return lite
     kwargs: dict[str, Any] = dict(
-        detector=_loc(config, "tools.grounder.detector", s.detector),
-        segmenter=_loc(config, "tools.grounder.segmenter", s.segmenter),
+        detector=config.locate("tools.grounder.detector", s.detector),
+        segmenter=config.locate("tools.grounder.segmenter", s.segmenter),
         box_threshold=s.box_threshold,
         text_threshold=s.text_threshold,
         top_k=s.top_k,
@@ -189,10 +185,10 @@ def _scorer(config: ToolConfig) -> AudioTextScorer:
     templates = opts.pop("templates", None) or ["the sound of a {x}"]
     mode = str(opts.pop("mode", "softmax"))
     if s.impl in ("clap", "transformers"):
-        loc = _loc(config, "tools.audio_text_scorer.model", s.model)
+        loc = config.locate("tools.audio_text_scorer.model", s.model)
         return ClapScorer(loc, templates=templates, mode=mode, options=opts)
     if s.impl == "laion_clap":
-        loc = _loc(config, "tools.audio_text_scorer.model", s.model)
+        loc = config.locate("tools.audio_text_scorer.model", s.model)
         return LaionClapScorer(loc, templates=templates, mode=mode, options=opts)
     raise ConfigError(
         f"tools.audio_text_scorer.impl '{s.impl}' is unknown (use clap, laion_clap or tag_embedding)"
@@ -203,25 +199,25 @@ def _audio_captioner(config: ToolConfig) -> AudioCaptioner:
     s = config.tools.audio_captioner
     if s.impl not in ("qwen2_audio", "qwen2-audio"):
         raise ConfigError(f"tools.audio_captioner.impl '{s.impl}' is unknown (use qwen2_audio or none)")
-    return Qwen2AudioCaptioner(_loc(config, "tools.audio_captioner.model", s.model), options=dict(s.options))
+    return Qwen2AudioCaptioner(config.locate("tools.audio_captioner.model", s.model), options=dict(s.options))
 
 
 def _image_captioner(config: ToolConfig) -> BlipCaptioner:
     s = config.tools.image_captioner
     if s.impl != "blip":
         raise ConfigError(f"tools.image_captioner.impl '{s.impl}' is unknown (use blip or none)")
-    return BlipCaptioner(_loc(config, "tools.image_captioner.model", s.model), options=dict(s.options))
+    return BlipCaptioner(config.locate("tools.image_captioner.model", s.model), options=dict(s.options))
 
 
 def _propagator(config: ToolConfig) -> Propagator:
     s = config.tools.propagator
     if s.impl != "sam2_video":
         raise ConfigError(f"tools.propagator.impl '{s.impl}' is unknown (use sam2_video or none)")
-    return Sam2VideoPropagator(_loc(config, "tools.propagator.model", s.model), options=dict(s.options))
+    return Sam2VideoPropagator(config.locate("tools.propagator.model", s.model), options=dict(s.options))
 
 
 def _crop_checker(config: ToolConfig) -> CropChecker:
     s = config.tools.clip_check
     if s.impl != "clip":
         raise ConfigError(f"tools.clip_check.impl '{s.impl}' is unknown (use clip or none)")
-    return ClipCropChecker(_loc(config, "tools.clip_check.model", s.model), options=dict(s.options))
+    return ClipCropChecker(config.locate("tools.clip_check.model", s.model), options=dict(s.options))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from avs_agent.tools.full import hf
+from avs_agent.tools.locate import hub_offline
 from avs_agent.tools.types import SAMPLE_RATE, AudioSegment
 
 DEFAULT_TEMPLATES = ("the sound of a {x}",)
@@ -209,17 +210,16 @@ class LaionClapScorer(_ClapBase):
         def load() -> Any:
             import os
 
-            os.environ.setdefault("HF_HUB_OFFLINE", "1") if hf.hub_offline() else None
+            os.environ.setdefault("HF_HUB_OFFLINE", "1") if hub_offline() else None
             try:
                 import laion_clap
             except ImportError as exc:
-                raise hf.not_found(
-                    self.loc,
+                raise self.loc.not_found(
                     "laion-clap",
                     "the laion-clap package is not installed (pip install laion-clap; it needs numpy<2)",
                 ) from exc
-            ckpt = hf.fetch_file(
-                self.loc, str(self.options.get("filename", "630k-audioset-best.pt")), "laion-clap checkpoint"
+            ckpt = self.loc.file(
+                "laion-clap checkpoint", str(self.options.get("filename", "630k-audioset-best.pt"))
             )
             module = laion_clap.CLAP_Module(
                 enable_fusion=bool(self.options.get("enable_fusion", False)),

@@ -541,9 +541,7 @@ def _sam2_preprocessing(loc: hf.Location) -> dict[str, Any]:
     defaults (1024x1024, ImageNet mean/std)."""
     cfg: dict[str, Any] = {}
     try:
-        cfg = json.loads(
-            hf.fetch_file(loc, "preprocessor_config.json", "SAM2 preprocessor config").read_text()
-        )
+        cfg = json.loads(loc.file("SAM2 preprocessor config", "preprocessor_config.json").read_text())
     except Exception:  # noqa: BLE001 - the defaults are SAM2's own
         cfg = {}
     size = cfg.get("size") or {}

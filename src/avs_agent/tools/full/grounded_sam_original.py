@@ -121,8 +121,7 @@ class GroundedSamOriginal(GroundedSam):
                 from groundingdino.util.slconfig import SLConfig
                 from groundingdino.util.utils import clean_state_dict
             except ImportError as exc:
-                raise hf.not_found(
-                    self.detector_loc,
+                raise self.detector_loc.not_found(
                     "groundingdino-py",
                     f"cannot import groundingdino ({exc}); it needs torchvision and transformers<5, so run this backend "
                     "in its own environment or use tools.grounder.impl=transformers",
@@ -148,8 +147,8 @@ class GroundedSamOriginal(GroundedSam):
                     loc.path / w_name if w_name else weights[0]
                 )
         return (
-            hf.fetch_file(loc, str(cfg_name or DINO_CONFIG), "GroundingDINO config"),
-            hf.fetch_file(loc, str(w_name or DINO_WEIGHTS), "GroundingDINO weights"),
+            loc.file("GroundingDINO config", str(cfg_name or DINO_CONFIG)),
+            loc.file("GroundingDINO weights", str(w_name or DINO_WEIGHTS)),
         )
 
     def _segmenter(self) -> tuple[str, Any, Any]:
@@ -158,25 +157,22 @@ class GroundedSamOriginal(GroundedSam):
             if loc.path is not None and loc.path.is_dir():
                 found = sorted(loc.path.glob("*.pth"))
                 if not found:
-                    raise hf.not_found(loc, "segment-anything checkpoint", "no .pth file in the folder")
+                    raise loc.not_found("segment-anything checkpoint", "no .pth file in the folder")
                 path = found[0]
             else:
-                path = hf.fetch_file(
-                    loc,
-                    str(self.options.get("sam_file", "sam_vit_b_01ec64.pth")),
-                    "segment-anything checkpoint",
+                path = loc.file(
+                    "segment-anything checkpoint", str(self.options.get("sam_file", "sam_vit_b_01ec64.pth"))
                 )
             try:
                 build_sam = import_segment_anything()
             except ImportError as exc:
-                raise hf.not_found(
-                    loc,
+                raise loc.not_found(
                     "segment-anything",
                     f"cannot import segment_anything ({exc}); pip install segment-anything",
                 ) from None
             kind = str(self.options.get("sam_type") or sam_variant(path))
             if kind not in build_sam.sam_model_registry:
-                raise hf.not_found(loc, "segment-anything", f"unknown SAM type {kind!r}")
+                raise loc.not_found("segment-anything", f"unknown SAM type {kind!r}")
             sam = build_sam.sam_model_registry[kind](checkpoint=str(path))
             return "sam_original", sam.to(self.device).eval(), {"kind": kind}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from avs_agent.tools.full import hf
+from avs_agent.tools.locate import locate
 from avs_agent.tools.settings import ToolConfig
 
 
@@ -70,7 +70,7 @@ def model_entries(settings: ToolConfig) -> list[ModelEntry]:
         if spec is None:
             entries.append(ModelEntry(key, impl, loads, "", None, "(not set)", False, False))
             continue
-        loc = hf.locate(key, spec.source, spec.revision, settings.models_dir)
+        loc = locate(key, spec.source, spec.revision, settings.models_dir)
         entries.append(
             ModelEntry(
                 key,
@@ -80,7 +80,7 @@ def model_entries(settings: ToolConfig) -> list[ModelEntry]:
                 spec.revision,
                 loc.where,
                 loc.is_local,
-                hf.available(loc, probe),
+                loc.available(probe),
             )
         )
     nouns = _spacy_model(settings)

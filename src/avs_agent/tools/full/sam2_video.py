@@ -281,7 +281,7 @@ def _normalisation(loc: hf.Location) -> tuple[tuple[float, ...], tuple[float, ..
     defaults (ImageNet mean/std, 1/255)."""
     for filename in ("video_preprocessor_config.json", "preprocessor_config.json"):
         try:
-            cfg = json.loads(hf.fetch_file(loc, filename, "SAM2 video preprocessor config").read_text())
+            cfg = json.loads(loc.file("SAM2 video preprocessor config", filename).read_text())
         except Exception:  # noqa: BLE001 - a missing or odd file means SAM2's own defaults
             continue
         if isinstance(cfg, dict):

@@ -16,11 +16,10 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from avs_agent.tools.lite.litert import require_file
+from avs_agent.tools.locate import Location
 from avs_agent.tools.vocab import VOC21
 
 INPUT_SIZE = 513
@@ -50,8 +49,8 @@ class DeepLabSegmenter:
     name = "deeplabv3-mnv2-voc"
     classes = VOC21
 
-    def __init__(self, model_path: Path, flip: bool = True, threads: int = 2):
-        self.model_path = Path(model_path)
+    def __init__(self, model: Location, flip: bool = True, threads: int = 2):
+        self.model = model
         self.flip = flip
         self.threads = threads
 
@@ -74,7 +73,7 @@ class DeepLabSegmenter:
     def _forward(self, blob: np.ndarray) -> np.ndarray:
         """(1, 513, 513, 3) uint8 -> (h, w, 21) float32 logits on the model's output grid."""
         interp, lock, logits = _interpreter(
-            str(require_file(self.model_path, "DeepLabV3-MobileNetV2")), self.threads
+            str(self.model.file("DeepLabV3-MobileNetV2 weights")), self.threads
         )
         with lock:
             interp.set_tensor(interp.get_input_details()[0]["index"], blob)

@@ -18,12 +18,12 @@ import hashlib
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from avs_agent.tools.lite.deeplab import DeepLabSegmenter, class_map
 from avs_agent.tools.lite.yolox import YoloxDetector
+from avs_agent.tools.locate import Location
 from avs_agent.tools.ops import stretch_to_aspect
 from avs_agent.tools.protocols import TextMatcher
 from avs_agent.tools.types import Frame, Segments
@@ -50,16 +50,16 @@ class LiteGrounder:
 
     def __init__(
         self,
-        detector_path: Path,
-        segmenter_path: Path,
+        detector: Location,
+        segmenter: Location,
         matcher: TextMatcher,
         box_threshold: float = 0.3,
         nms_iou: float = 0.45,
         top_k: int = 5,
         cache_size: int = 64,
     ):
-        self.detector = YoloxDetector(detector_path, score_threshold=0.1, nms_iou=nms_iou)
-        self.segmenter = DeepLabSegmenter(segmenter_path)
+        self.detector = YoloxDetector(detector, score_threshold=0.1, nms_iou=nms_iou)
+        self.segmenter = DeepLabSegmenter(segmenter)
         self.matcher = matcher
         self.box_threshold = box_threshold
         self.top_k = top_k

@@ -1,4 +1,5 @@
-"""Loading of the lite models' runtimes (TFLite via ai-edge-litert, ONNX via onnxruntime), cached per process."""
+"""Loading of the lite models' runtimes (TFLite via ai-edge-litert, ONNX via onnxruntime), cached per process.
+A model is a ``tools.locate.Location``; a missing file is its one-line ``ModelNotFoundError``."""
 
 from __future__ import annotations
 
@@ -8,19 +9,9 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 from avs_agent.tools.errors import ModelNotFoundError
-
-LITE_HINT = "fetch the lite models with `avs-agent models download` (or set AVS_AGENT_MODELS_DIR to a folder holding them)"
-
-
-def require_file(path: Path, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"{what} weights not found at {path}: {LITE_HINT}")
-    return path
-
+from avs_agent.tools.locate import Location
 
 _FD_LOCK = threading.Lock()
 
@@ -55,9 +46,9 @@ def _tflite(path: str, threads: int):
     return interp, threading.Lock()
 
 
-def tflite_interpreter(path: Path, what: str, threads: int = 2):
+def tflite_interpreter(model: Location, what: str, threads: int = 2):
     """(interpreter, lock): a TFLite interpreter is not thread-safe, so calls hold the lock."""
-    return _tflite(str(require_file(path, what)), threads)
+    return _tflite(str(model.file(what)), threads)
 
 
 @functools.cache
@@ -73,5 +64,5 @@ def _onnx(path: str, threads: int):
     return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_session(path: Path, what: str, threads: int = 2):
-    return _onnx(str(require_file(path, what)), threads)
+def onnx_session(model: Location, what: str, threads: int = 2):
+    return _onnx(str(model.file(what)), threads)

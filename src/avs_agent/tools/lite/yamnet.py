@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import csv
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 
-from avs_agent.tools.lite.litert import require_file, tflite_interpreter
+from avs_agent.tools.lite.litert import tflite_interpreter
+from avs_agent.tools.locate import Location
 from avs_agent.tools.types import SAMPLE_RATE, AudioSegment, AudioTags
 
 WINDOW = 15_600
@@ -22,14 +22,14 @@ HOP = 8_000
 class YamnetTagger:
     name = "yamnet"
 
-    def __init__(self, model_path: Path, class_map_path: Path, top_k: int = 20):
-        self.model_path = Path(model_path)
-        self.class_map_path = Path(class_map_path)
+    def __init__(self, model: Location, class_map: Location, top_k: int = 20):
+        self.model = model
+        self.class_map = class_map
         self.top_k = top_k
 
     @cached_property
     def labels(self) -> list[str]:
-        with open(require_file(self.class_map_path, "YAMNet class map")) as f:
+        with open(self.class_map.file("YAMNet class map")) as f:
             return [row["display_name"] for row in csv.DictReader(f)]
 
     def warm_up(self) -> None:
@@ -51,7 +51,7 @@ class YamnetTagger:
 
     def _forward(self, windows: np.ndarray) -> np.ndarray:
         """(w, 15600) -> (w, 521) sigmoid scores."""
-        interp, lock = tflite_interpreter(self.model_path, "YAMNet")
+        interp, lock = tflite_interpreter(self.model, "YAMNet weights")
         inp = interp.get_input_details()[0]["index"]
         out = interp.get_output_details()[0]["index"]
         scores = []

@@ -7,11 +7,10 @@ grids (strides 8, 16, 32): cx, cy offsets, log w/h, objectness, 80 class scores 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from avs_agent.tools.lite.litert import onnx_session
+from avs_agent.tools.locate import Location
 from avs_agent.tools.ops import nms
 from avs_agent.tools.vocab import COCO80
 
@@ -37,8 +36,8 @@ class YoloxDetector:
     name = "yolox-nano"
     classes = COCO80
 
-    def __init__(self, model_path: Path, score_threshold: float = 0.1, nms_iou: float = 0.45):
-        self.model_path = Path(model_path)
+    def __init__(self, model: Location, score_threshold: float = 0.1, nms_iou: float = 0.45):
+        self.model = model
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
 
@@ -61,7 +60,7 @@ class YoloxDetector:
         return np.ascontiguousarray(blob), ratio
 
     def _forward(self, blob: np.ndarray) -> np.ndarray:
-        session = onnx_session(self.model_path, "YOLOX-nano")
+        session = onnx_session(self.model, "YOLOX-nano weights")
         return session.run(None, {session.get_inputs()[0].name: blob})[0][0]
 
     def postprocess(self, raw: np.ndarray, ratio: float, hw: tuple[int, int]):
