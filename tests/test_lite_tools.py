@@ -191,7 +191,9 @@ def test_embeddings_are_kept_on_disk_and_equal_the_computed_ones(tmp_path, model
     text's vector depends on the text alone (asked alone, in another order, or with no store)."""
     from avs_agent.tools.text_matcher import MiniLMEmbedder
 
-    source = locate("tools.text_embedder.model", "sentence-transformers/all-MiniLM-L6-v2", models_dir=models_dir)
+    source = locate(
+        "tools.text_embedder.model", "sentence-transformers/all-MiniLM-L6-v2", models_dir=models_dir
+    )
     texts = ["a dog barking", "Vehicle horn, car horn, honking", "dog"]
     first = MiniLMEmbedder(source, cache_dir=tmp_path)
     computed = first.encode(texts)

@@ -22,8 +22,8 @@ if not hasattr(transformers, "Sam2VideoModel"):
 from tests.tiny_models import build_sam2_video as build_tiny_sam2_video  # noqa: E402
 
 from avs_agent.tools.errors import ModelNotFoundError  # noqa: E402
-from avs_agent.tools.locate import Location, locate  # noqa: E402
 from avs_agent.tools.full.sam2_video import Sam2VideoPropagator  # noqa: E402
+from avs_agent.tools.locate import Location, locate  # noqa: E402
 from avs_agent.tools.protocols import Propagator  # noqa: E402
 from avs_agent.tools.types import Frame  # noqa: E402
 
