@@ -5,7 +5,10 @@ without running them."""
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -49,6 +52,40 @@ def _isolated_env(monkeypatch, tmp_path_factory):
         "AVS_AGENT_CHAT__CHECKPOINT_PATH", str(tmp_path_factory.mktemp("chat") / "chat.sqlite")
     )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        """The non-blank lines of stderr (a user's error is exactly one)."""
+        return [ln for ln in self.stderr.splitlines() if ln.strip()]
+
+
+def run_cli(*args: str, input: str | None = None, env: dict[str, str | None] | None = None) -> CliResult:
+    """``avs-agent ARGS`` in this process: the console script's own ``main()`` (its one-line errors and
+    exit codes, not only the Typer app's), stdin, stdout and stderr through Typer's CliRunner. Tests of
+    what only a separate process shows (the installed script, a server, a missing package) keep a
+    subprocess."""
+    from typer.testing import CliRunner
+
+    from avs_agent.apps.cli import main
+
+    code = 0
+    with CliRunner().isolation(input=input, env=env) as (out, err, _):
+        with mock.patch.object(sys, "argv", ["avs-agent", *args]):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return CliResult(code, stdout, stderr)
 
 
 def dev_clip_paths(name: str) -> tuple[Path, Path, Path]:

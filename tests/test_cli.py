@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest import dev_clip_paths
+from tests.conftest import dev_clip_paths, run_cli
 from tests.media_factory import write_image, write_video, write_wav
 from typer.testing import CliRunner
 
@@ -108,12 +108,6 @@ def test_ask_on_a_real_video_file(tmp_path, dev_set):
     assert data["labels"] == ["dog"] and len(data["frames"]) == 5
 
 
-def _run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "avs_agent.apps.cli", *args], capture_output=True, text=True, timeout=120
-    )
-
-
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
     corrupt = tmp_path / "broken.mp4"
     corrupt.write_bytes(b"\x00" * 1000)
@@ -138,17 +132,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "y.xyz").write_text("x")
     cases.append(([str(tmp_path / "y.xyz")], "unsupported media type"))
     for args, needle in cases:
-        proc = _run("ask", *args)
-        assert proc.returncode == 2, (args, proc.stderr)
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("INFO:")]
-        assert len(lines) == 1 and needle in lines[0], (args, proc.stderr)
-        assert "Traceback" not in proc.stderr
+        res = run_cli("ask", *args)
+        assert res.exit_code == 2, (args, res.stderr)
+        assert len(res.error_lines) == 1 and needle in res.error_lines[0], (args, res.stderr)
 
 
 def test_missing_models_dir_is_a_clear_error(tmp_path):
     img, wav = write_image(tmp_path / "i.png"), write_wav(tmp_path / "a.wav", 1.0)
-    proc = _run("ask", str(img), "--audio", str(wav), "--set", f"models_dir={tmp_path}")
-    assert proc.returncode == 2 and "AVS_AGENT_MODELS_DIR" in proc.stderr and "Traceback" not in proc.stderr
+    res = run_cli("ask", str(img), "--audio", str(wav), "--set", f"models_dir={tmp_path}")
+    assert res.exit_code == 2 and len(res.error_lines) == 1 and "AVS_AGENT_MODELS_DIR" in res.stderr
 
 
 def test_help_on_every_command():
@@ -259,17 +251,19 @@ def test_usage_errors_are_one_line_and_help_shows_no_types():
         (["ask", "x.mp4", "--bogus"], "--bogus"),
         (["bogus"], "No such command"),
     ]:
-        proc = _run(*args)
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, proc.stderr)
+        res = run_cli(*args)
+        assert res.exit_code == 2 and len(res.error_lines) == 1 and needle in res.error_lines[0], (
+            args,
+            res.stderr,
+        )
     res = runner.invoke(app, ["ask", "--help"])
     assert "--json " in res.output and "<bool>" not in res.output
 
 
 def test_question_with_the_rules_reasoner_says_it_is_not_read(tmp_path):
-    proc = _run("ask", str(tmp_path / "missing.mp4"), "--question", "what is barking?")
-    assert proc.returncode == 2 and "does not read --question" in proc.stderr, proc.stderr
-    assert "does not read" not in _run("ask", str(tmp_path / "missing.mp4")).stderr
+    res = run_cli("ask", str(tmp_path / "missing.mp4"), "--question", "what is barking?")
+    assert res.exit_code == 2 and "does not read --question" in res.stderr, res.stderr
+    assert "does not read" not in run_cli("ask", str(tmp_path / "missing.mp4")).stderr
 
 
 def test_explanations_count_frames_and_name_the_tag_behind_an_unseen_object():
