@@ -7,13 +7,12 @@ once); one drives the real command in a pseudo-terminal (pexpect) for the comman
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest import PROJECT_ROOT, dev_clip_paths
+from tests.conftest import PROJECT_ROOT, dev_clip_paths, run_cli
 from tests.media_factory import write_image
 from typer.testing import CliRunner
 
@@ -21,7 +20,6 @@ from avs_agent.apps.chat_cmd import ChatSession, describe_reply
 from avs_agent.apps.cli import app
 
 runner = CliRunner()
-CLI = [sys.executable, "-c", "from avs_agent.apps.cli import main; main()"]
 CLIP = "pets_great_pyrenees_176_bark_01"  # a barking dog, visible on all 5 frames
 
 
@@ -100,10 +98,8 @@ def test_chat_media_argument_errors_are_one_line(tmp_path):
         (["chat", "--audio", str(tmp_path / "a.wav")], "--audio needs MEDIA"),
     ]
     for args, needle in cases:
-        proc = subprocess.run([*CLI, *args], input="/quit\n", capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2, proc.stderr
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert len(lines) == 1 and needle in lines[0], proc.stderr
+        res = run_cli(*args, input="/quit\n")
+        assert res.exit_code == 2 and len(res.error_lines) == 1 and needle in res.error_lines[0], res.stderr
 
 
 def test_chat_session_without_media_and_bad_opens(tmp_path):

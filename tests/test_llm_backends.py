@@ -2,12 +2,10 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from tests.conftest import LLM_CLIP, LLM_EVIDENCE, LLM_SETS, dev_clip_paths, llm_settings
+from tests.conftest import LLM_CLIP, LLM_EVIDENCE, LLM_SETS, dev_clip_paths, llm_settings, run_cli
 from tests.fake_llm import FakeLLMServer, sent_schema
 from typer.testing import CliRunner
 
@@ -190,25 +188,9 @@ def test_cli_ask_uses_the_server(tmp_path, dev_set):
 
 def test_missing_api_key_is_one_line(tmp_path, dev_set, monkeypatch):
     frames, wav, _ = dev_clip_paths(CLIP)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENAI_API_KEY"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "avs_agent.apps.cli",
-            "ask",
-            str(frames),
-            "--audio",
-            str(wav),
-            "--set",
-            "llm.backend=openai",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and "OPENAI_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    res = run_cli("ask", str(frames), "--audio", str(wav), "--set", "llm.backend=openai")
+    assert res.exit_code == 2 and len(res.error_lines) == 1 and "OPENAI_API_KEY" in res.stderr
 
 
 @pytest.mark.slow

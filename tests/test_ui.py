@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest import SHARED, dev_clip_paths
+from tests.conftest import SHARED, dev_clip_paths, run_cli
 
 gr = pytest.importorskip("gradio")
 
@@ -420,10 +420,8 @@ def test_ui_command_refuses_a_public_address_without_auth():
         (["ui", "--host", "0.0.0.0"], "--auth USER:PASSWORD"),
         (["ui", "--auth", "nopassword"], "--auth must be USER:PASSWORD"),
     ]:
-        proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 2, proc.stderr
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert len(lines) == 1 and needle in lines[0], proc.stderr
+        res = run_cli(*args)
+        assert res.exit_code == 2 and len(res.error_lines) == 1 and needle in res.error_lines[0], res.stderr
 
 
 def test_page_handlers_without_a_browser(tmp_path):
