@@ -41,6 +41,15 @@ def dev_set(shared_dir: Path) -> Path:
     return DEV_SET
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Every full-profile model as a tiny random checkpoint (tests/tiny_models.py), built once per
+    session: ``{config key: folder}`` (needs torch and transformers)."""
+    from tests import tiny_models
+
+    return tiny_models.build_all(tmp_path_factory.mktemp("tiny_models"), include_sam2=True)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path_factory):
     """Tests see no user AVS_AGENT_* settings except the models folder, and write chat state to tmp."""

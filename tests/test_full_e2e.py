@@ -22,9 +22,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def tiny_sets(tmp_path_factory) -> list[str]:
-    paths = tm.build_all(tmp_path_factory.mktemp("tiny_full"))
-    return [f"--set={pair}" for pair in tm.set_overrides(paths)]
+def tiny_sets(tiny_checkpoints) -> list[str]:
+    return [f"--set={pair}" for pair in tm.set_overrides(tiny_checkpoints)]
 
 
 def test_models_command_lists_tiny_checkpoints(tiny_sets):

@@ -28,10 +28,10 @@ from avs_agent.tools.protocols import (  # noqa: E402
 from avs_agent.tools.types import AudioSegment, Captions, Frame, Segments  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("tiny_models")
-    paths = tm.build_all(root, include_sam2=True)
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoints, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("tiny_original")
+    paths = dict(tiny_checkpoints)
     paths["sam_original"] = tm.build_sam_original(root / "sam_original")
     paths["dino_original"] = tm.build_fake_groundingdino_folder(root / "dino_original")
     return paths

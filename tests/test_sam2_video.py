@@ -19,8 +19,6 @@ transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "Sam2VideoModel"):
     pytest.skip("transformers has no Sam2Video classes", allow_module_level=True)
 
-from tests.tiny_models import build_sam2_video as build_tiny_sam2_video  # noqa: E402
-
 from avs_agent.tools.errors import ModelNotFoundError  # noqa: E402
 from avs_agent.tools.full.sam2_video import Sam2VideoPropagator  # noqa: E402
 from avs_agent.tools.locate import Location, locate  # noqa: E402
@@ -34,9 +32,8 @@ H, W, T = 48, 64, 4
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Location:
-    folder = build_tiny_sam2_video(tmp_path_factory.mktemp("sam2_video"))
-    return locate("tools.propagator.model", str(folder), None, None)
+def checkpoint(tiny_checkpoints: dict[str, Path]) -> Location:
+    return locate("tools.propagator.model", str(tiny_checkpoints["tools.propagator.model"]), None, None)
 
 
 @pytest.fixture(scope="module")
