@@ -129,6 +129,8 @@ class FakeGrounder:
 
     def __init__(self, delay: float = 0.0):
         self.delay = delay
+        self.gate: threading.Event | None = None
+        """When set, ``detect_all`` waits for it (a call that outlasts any timeout, by construction)."""
 
     def ground(self, frame, phrases, box_threshold=None):
         time.sleep(self.delay)
@@ -145,6 +147,8 @@ class FakeGrounder:
         )
 
     def detect_all(self, frame):
+        if self.gate is not None:
+            self.gate.wait(60)
         time.sleep(self.delay)
         return self.ground(frame, ["dog"])
 
@@ -457,12 +461,16 @@ def test_the_media_cap_counts_seconds_of_video_not_frames():
 
 
 def test_timeouts_tool_errors_and_not_ready():
-    app, _, disp = _fake_app(delay=0.5, request_timeout_s=0.1)
+    app, ts, disp = _fake_app(request_timeout_s=0.1)
+    ts.grounder.gate = threading.Event()  # the call returns only once the test has its answer
 
     async def slow(client):
         return await _post(client, "grounder.detect_all", frame())
 
-    r = asyncio.run(_with_app(app, slow))
+    try:
+        r = asyncio.run(_with_app(app, slow))
+    finally:
+        ts.grounder.gate.set()
     assert r.status_code == 504 and "request_timeout_s" in r.json()["detail"]
 
     app, _, _ = _fake_app()
