@@ -252,10 +252,8 @@ def test_usage_errors_are_one_line_and_help_shows_no_types():
         (["bogus"], "No such command"),
     ]:
         res = run_cli(*args)
-        assert res.exit_code == 2 and len(res.error_lines) == 1 and needle in res.error_lines[0], (
-            args,
-            res.stderr,
-        )
+        assert res.exit_code == 2 and len(res.error_lines) == 1, (args, res.stderr)
+        assert needle in res.error_lines[0], (args, res.stderr)
     res = runner.invoke(app, ["ask", "--help"])
     assert "--json " in res.output and "<bool>" not in res.output
 
