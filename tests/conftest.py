@@ -16,6 +16,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AVS_AGENT_SHARED", PROJECT_ROOT.parent / "shared")).resolve()
 DEV_SET = SHARED / "data" / "davis_av_dev"
 
+# One OpenMP thread (torch, OpenBLAS) unless set: the tiny random checkpoints and the small arrays of
+# the tests run faster on one thread than on two threads that share two cores with the rest of the
+# run (the full-profile tests: about half the CPU time). Read once, when torch and numpy load.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # The whole session (module- and session-scoped fixtures included, which run outside the per-test
 # fixture below) sees no user AVS_AGENT_* settings and finds the lite models in ../shared, wherever
 # the checkout lives (the settings' default models_dir is relative to the working directory).
