@@ -101,6 +101,9 @@ def load_clip(
             fr.aspect = aspect or video_aspect
         wave = decode_audio(audio or media, max_seconds)
         meta["truncated"] = truncated or len(wave) > max_seconds * SAMPLE_RATE
+        # the clip's sound is what plays with its frames: an audio track running past the video's last
+        # slot (an AAC encoder pads its last frame: 13 ms at 16 kHz on a 5-s clip) is cut there
+        wave = wave[: max(1, round(len(frames) / fps * SAMPLE_RATE))]
         return assemble_clip(str(media), frames, wave, one_segment=False, meta=meta, fps=fps)
     if suffix in AUDIO_SUFFIXES:
         raise MediaError(f"{media} is an audio file: give a video, or an image with --audio {media.name}")
