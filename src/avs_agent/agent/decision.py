@@ -355,17 +355,27 @@ def choose(row: FrameEvidence, p: DecisionSettings, tried: list[str] | None = No
     return out
 
 
-def close_call(table: list[FrameEvidence], margin: float) -> tuple[str, str] | None:
+def close_call(
+    table: list[FrameEvidence], found: list[dict[str, Segments]], p: DecisionSettings, config: AgentSettings
+) -> tuple[str, str] | None:
     """Two visible candidates the evidence can hardly tell apart, best first, or None. A phrase's clip
     score is its mean score over the frames (0 where it is not above none); the second is a close
-    call when its clip score is within ``margin`` (a share) of the first's. The person is asked to
-    choose (``agent.ask_person``) where the rules would take the stronger one or the union."""
-    if not table:
-        return None
+    call when its clip score is within ``config.ask_margin`` (a share) of the first's. The person is
+    asked to choose (``agent.ask_person``) where the rules would take the stronger one or the union.
+    A candidate that is the first one under another name (its kept instances and the first's are
+    ``same_object`` in some frame of ``found``: a car the detector also calls a truck) is no
+    alternative to it and is passed over: one object is never offered under two names."""
     ranked = sorted(clip_scores(table, above_none=True, key="rank").items(), key=lambda kv: -kv[1])
-    if len(ranked) < 2 or ranked[1][1] < (1.0 - margin) * ranked[0][1]:
-        return None
-    return ranked[0][0], ranked[1][0]
+    for phrase, value in ranked[1:]:
+        if value < (1.0 - config.ask_margin) * ranked[0][1]:
+            return None
+        first = ranked[0][0]
+        if not any(
+            len(pair := kept(f, [first, phrase], p)) == 2 and same_object(pair[first], pair[phrase], config)
+            for f in found
+        ):
+            return first, phrase
+    return None
 
 
 def visible_phrases(found: dict[str, Segments], p: DecisionSettings) -> set[str]:
@@ -476,14 +486,20 @@ def offscreen_rows(
     config: AgentSettings,
     p: DecisionSettings,
 ) -> list[tuple[float, str, float, str]]:
-    """Per frame, the offscreen evidence of its second (against what that frame shows) and of the
-    whole clip (against what any of its frames shows: a dog seen in three of five frames is no
-    off-screen source of the clip's bark), see build_table."""
+    """Per frame, the offscreen evidence of its second and of the whole clip, see build_table. The
+    clip's tags are read against what any of its frames shows (a dog seen in three of five frames is
+    no off-screen source of the clip's bark); a second's tags against what its own frame shows, or,
+    when 'none' is weighed once for the clip (``p.none_per_clip``: a source is in view for its whole
+    clip or not at all), against what any frame shows too: the bark in a second where the dog is
+    out of view or missed is the seen dog's, not evidence that the clip's source is off screen."""
     visible = [visible_phrases(f, p) for f in found]
     anywhere = set().union(*visible) if visible else set()
     clip_off = offscreen_evidence(clip_tags, anywhere, phrases, matcher, config)
     return [
-        (*offscreen_evidence(tags, seen, phrases, matcher, config), *clip_off)
+        (
+            *offscreen_evidence(tags, anywhere if p.none_per_clip else seen, phrases, matcher, config),
+            *clip_off,
+        )
         for tags, seen in zip(frame_tags, visible, strict=True)
     ]
 
@@ -719,10 +735,7 @@ def one_name(
         here = list(objs)
         for i, a in enumerate(here):
             for b in here[i + 1 :]:
-                if (
-                    find(a) != find(b)
-                    and _mask_iou(objs[a].union(), objs[b].union()) >= config.same_object_iou
-                ):
+                if find(a) != find(b) and same_object(objs[a], objs[b], config):
                     parent[find(b)] = find(a)
     if all(find(ph) == ph for ph in names):
         return objects
@@ -750,6 +763,12 @@ def one_name(
             frame[ph] = seg
         out.append(frame)
     return out
+
+
+def same_object(a: Segments, b: Segments, config: AgentSettings) -> bool:
+    """Whether two phrases' instances in one frame are one object: their masks' IoU is at least
+    ``config.same_object_iou`` (``one_name``, ``close_call``)."""
+    return _mask_iou(a.union(), b.union()) >= config.same_object_iou
 
 
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:

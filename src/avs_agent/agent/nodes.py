@@ -290,7 +290,7 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         )
         for i, phrases in enumerate(decided.phrases)
     ]
-    close = ctx.reasoner.close_call(table)
+    close = ctx.reasoner.close_call(table, groundings)
     return {
         "groundings": groundings,
         "table": table,

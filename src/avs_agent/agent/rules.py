@@ -58,9 +58,11 @@ class Reasoner(Protocol):
         """Per frame, the phrases to segment first."""
         ...
 
-    def close_call(self, table: list[D.FrameEvidence]) -> tuple[str, str] | None:
-        """Two visible candidates close enough that the person is asked which one it is
-        (``agent.ask_person``), or None."""
+    def close_call(
+        self, table: list[D.FrameEvidence], found: list[dict[str, Segments]]
+    ) -> tuple[str, str] | None:
+        """Two visible candidates (two objects in ``found``, the groundings) close enough that the
+        person is asked which one it is (``agent.ask_person``), or None."""
         ...
 
     def retry(
@@ -96,8 +98,12 @@ class RulesReasoner:
         p = self.config.decision
         return Decision([[c.phrase for c in D.choose(row, p)] for row in table])
 
-    def close_call(self, table: list[D.FrameEvidence]) -> tuple[str, str] | None:
-        return D.close_call(table, self.config.ask_margin) if self.config.ask_person else None
+    def close_call(
+        self, table: list[D.FrameEvidence], found: list[dict[str, Segments]]
+    ) -> tuple[str, str] | None:
+        if not self.config.ask_person:
+            return None
+        return D.close_call(table, found, self.config.decision, self.config)
 
     def retry(
         self,
@@ -173,7 +179,7 @@ class PersonReasoner:
         )
         return Decision(picks, [step])
 
-    def close_call(self, table: list[D.FrameEvidence]) -> None:
+    def close_call(self, table: list[D.FrameEvidence], found: list[dict[str, Segments]]) -> None:
         return None
 
     def retry(
