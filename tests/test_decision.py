@@ -465,3 +465,49 @@ def test_music_names_no_lite_object(matcher):
     assert {p for p, _ in matcher.covers(["Percussion"], vocab)[0]} <= {"person"}
     assert matcher.sound_sources(["Keyboard (musical)"], vocab) == [[]]
     assert [p for p, _ in matcher.sound_sources(["Moo"], vocab)[0]] == ["cow"]
+
+
+def test_a_close_call_never_offers_one_object_under_two_names(matcher):
+    """The car the grounder also calls a truck is no alternative to it: the close call passes over
+    the truck and offers the person, a different object, when it is close enough; one object alone is
+    no close call."""
+    car, truck, person = (
+        _seg("car", (2, 2, 14, 14)),
+        _seg("truck", (2, 3, 14, 14)),
+        _seg("person", (15, 2, 19, 14)),
+    )
+    terms = {
+        "car": D.AudioTerms(tag=0.8, tag_from="Car"),
+        "truck": D.AudioTerms(tag=0.75, tag_from="Truck"),
+        "person": D.AudioTerms(tag=0.7, tag_from="Speech"),
+    }
+    found = [{"car": car, "truck": truck, "person": person}] * 2
+    table = D.build_table([terms] * 2, {}, found, [(0.0, "", 0.0, "")] * 2, [False] * 2, P)
+    assert [c.phrase for c in table[0].candidates][:2] == ["car", "truck"]  # the truck ranks second
+    cfg = CFG.model_copy(update={"ask_margin": 0.8})
+    assert D.close_call(table, found, P, cfg) == ("car", "person")
+    alone = [{"car": car, "truck": truck}] * 2
+    table = D.build_table([terms] * 2, {}, alone, [(0.0, "", 0.0, "")] * 2, [False] * 2, P)
+    assert D.close_call(table, alone, P, cfg) is None
+    # the same two names on two objects apart are a close call
+    apart = [{"car": car, "truck": _seg("truck", (15, 15, 20, 20))}] * 2
+    table = D.build_table([terms] * 2, {}, apart, [(0.0, "", 0.0, "")] * 2, [False] * 2, P)
+    assert D.close_call(table, apart, P, cfg) == ("car", "truck")
+
+
+def test_with_none_per_clip_a_source_seen_in_part_of_the_clip_is_not_off_screen_elsewhere(matcher):
+    """A dog seen in three of five frames and heard ('Dog' 0.83) in every second: with 'none' weighed
+    once for the clip, no second counts the bark as off-screen evidence (the dog is the clip's), so
+    the clip's none does not silence it; weighed per frame, the frames that miss it still do."""
+    dog = _seg("dog", (2, 2, 14, 14))
+    found = [{"dog": dog}] * 3 + [{}] * 2
+    tags = [_tags(Dog=0.83)] * 5
+    clip = P.model_copy(update={"none_per_clip": True})
+    rows = D.offscreen_rows(tags, _tags(Dog=0.83), found, VOCAB, matcher, CFG, clip)
+    assert [r[0] for r in rows] == [0.0] * 5 and rows[0][2] == 0.0
+    per_frame = D.offscreen_rows(tags, _tags(Dog=0.83), found, VOCAB, matcher, CFG, P)
+    assert [r[:2] for r in per_frame] == [(0.0, "")] * 3 + [(0.83, "Dog")] * 2
+    # a bark over a cat, no dog in any frame: off screen in every second either way
+    cat = [{"cat": _seg("cat", (2, 2, 14, 14))}] * 5
+    rows = D.offscreen_rows(tags, _tags(Dog=0.83), cat, VOCAB, matcher, CFG, clip)
+    assert [r[:2] for r in rows] == [(0.83, "Dog")] * 5 and rows[0][2:] == (0.83, "Dog")
