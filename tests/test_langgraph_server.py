@@ -80,7 +80,7 @@ def test_langgraph_dev_server_answers_like_ask(dev_set, tmp_path):
         )
         # a close call on a thread: the run pauses with the interrupt, and resuming it with the
         # person's choice ({"command": {"resume": ...}}) segments what they chose
-        close, close_wav, _ = dev_clip_paths("davis_car_shadow_engine_02")
+        close, close_wav, _ = dev_clip_paths("davis_scooter_black_engine_03")
         thread = _post(f"{base}/threads", {}, 30)["thread_id"]
         context = {"overrides": ["agent.ask_person=true", "agent.ask_margin=0.5"]}
         paused = _post(
@@ -107,5 +107,5 @@ def test_langgraph_dev_server_answers_like_ask(dev_set, tmp_path):
     assert len(masks) == len(expected.masks)
     assert all((a == b).all() for a, b in zip(masks, expected.masks, strict=True))
     (asked,) = paused["__interrupt__"]
-    assert "1 = truck, 2 = car" in asked["value"]["question"] and "answer" not in paused
-    assert resumed["answer"]["labels"] == ["truck"]
+    assert "1 = person, 2 = motorcycle" in asked["value"]["question"] and "answer" not in paused
+    assert resumed["answer"]["labels"] == ["person"]

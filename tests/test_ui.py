@@ -261,7 +261,7 @@ def _assert_layout_clear(page) -> None:
 
 @pytest.fixture(scope="module")
 def close_call_server(tmp_path_factory):
-    """The page with a margin at which the engine clip's car and truck are a close call (it asks)."""
+    """The page with a margin at which the scooter clip's rider and scooter are a close call (it asks)."""
     from avs_agent.agent.settings import load_settings
     from avs_agent.apps.ui import launch
 
@@ -281,37 +281,34 @@ def close_call_server(tmp_path_factory):
 @pytest.mark.ui
 def test_page_close_call_follow_up_then_both_in_their_colours(browser, close_call_server, tmp_path, dev_set):
     """A close call on the page: a follow-up question is answered and the question stays; then "both"
-    segments the car and the truck, which cover the same vehicle and so are answered as one object
-    under one name in the gallery's overlays."""
+    segments the rider and the scooter, two objects, each in its own colour in the gallery's
+    overlays."""
     url, out_root = close_call_server
-    video = build_mp4("davis_car_shadow_engine_02", tmp_path / "engine.mp4")
+    video = build_mp4("davis_scooter_black_engine_03", tmp_path / "scooter.mp4")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         page.goto(url)
         page.wait_for_selector("#video input[type=file]", state="attached")
         page.set_input_files("#video input[type=file]", str(video))
-        page.wait_for_selector("#status:has-text('Opened engine.mp4')", timeout=30_000)
+        page.wait_for_selector("#status:has-text('Opened scooter.mp4')", timeout=30_000)
         page.click("#ask")
         page.wait_for_selector("#chat:has-text('Which one is it?')", timeout=240_000)
-        page.fill("#question textarea", "why not the truck?")
+        page.fill("#question textarea", "why not the motorcycle?")
         page.press("#question textarea", "Enter")
-        page.wait_for_selector("#chat:has-text('not ruled out the truck')", timeout=30_000)
+        page.wait_for_selector("#chat:has-text('not ruled out the motorcycle')", timeout=30_000)
         page.fill("#question textarea", "both")
         page.press("#question textarea", "Enter")
         page.wait_for_selector("#chat:has-text('You chose the')", timeout=180_000)
         chosen = page.inner_text("#chat").split("You chose")[-1]
-        assert "the car" in chosen and "the truck" in chosen, chosen
+        assert "the person" in chosen and "the motorcycle" in chosen, chosen
         page.wait_for_function("document.querySelectorAll('#overlays img').length >= 5", timeout=30_000)
         captions = page.inner_text("#overlays")
-        # the car and the truck are one vehicle on the same pixels: one object, one name
-        # (agent/decision.py one_name), whichever the audio supports more
-        assert ("car" in captions) != ("truck" in captions), captions
+        assert "person" in captions and "motorcycle" in captions, captions
         _assert_layout_clear(page)
         _screenshot(page, tmp_path, "ui_close_call.png")
     finally:
         page.close()
-    # the overlays the gallery shows the one vehicle in its object's colour (two objects in two colours:
-    # tests/test_outputs.py)
+    # the overlays the gallery shows draw each object in its own colour
     import json
 
     import supervision as sv
@@ -319,8 +316,8 @@ def test_page_close_call_follow_up_then_both_in_their_colours(browser, close_cal
     (thread_dir,) = [p for p in out_root.iterdir() if p.is_dir()]
     (turn,) = [p for p in thread_dir.iterdir() if p.is_dir() and (p / "masks.json").is_file()]
     data = json.loads((turn / "masks.json").read_text())
-    assert len(data["labels"]) == 1 and all(len(f["objects"]) <= 1 for f in data["frames"])
-    frame = next(f for f in data["frames"] if len(f["objects"]) == 1)
+    assert sorted(data["labels"]) == ["motorcycle", "person"]
+    frame = next(f for f in data["frames"] if len(f["objects"]) == 2)
     overlay = np.asarray(Image.open(turn / "overlays" / f"frame_{frame['index'] + 1:04d}.png").convert("RGB"))
     for n, label in enumerate(data["labels"]):
         colour = np.array(sv.ColorPalette.DEFAULT.by_idx(n).as_rgb())
@@ -454,20 +451,26 @@ def test_page_asks_on_a_close_call_and_segments_the_choice(tmp_path, dev_set):
     from avs_agent.agent.settings import load_settings
     from avs_agent.apps.ui import ChatPage
 
-    frames, wav, _ = dev_clip_paths("davis_car_shadow_engine_02")
+    frames, wav, _ = dev_clip_paths("davis_scooter_black_engine_03")
     page = ChatPage(load_settings(overrides=["agent.ask_margin=0.5"]), tmp_path)
     thread, _ = page.open_media(str(frames), str(wav))
     asked = page.ask("what is making the sound?", thread)
-    assert asked["kind"] == "question" and "1 = truck, 2 = car" in asked["text"]
+    assert asked["kind"] == "question" and "1 = person, 2 = motorcycle" in asked["text"]
     ((image, caption),) = asked["gallery"]
     assert image.endswith(".jpg") and "1, 2 or both" in caption and asked["video"] is None
     reloaded = ChatPage(load_settings(overrides=["agent.ask_margin=0.5"]), tmp_path).resume(thread)
     assert reloaded["history"][-1]["content"] == asked["text"]  # a reload asks again
-    follow = page.ask("why not the truck?", thread)  # a question while it waits: answered, still waiting
-    assert follow["kind"] == "question" and "not ruled out the truck" in follow["text"] and follow["gallery"]
+    follow = page.ask("why not the motorcycle?", thread)  # a question while it waits: answered, still waiting
+    assert (
+        follow["kind"] == "question"
+        and "not ruled out the motorcycle" in follow["text"]
+        and follow["gallery"]
+    )
     chosen = page.ask("2", thread)
-    assert chosen["kind"] == "analysis" and "You chose the car" in chosen["text"]
-    assert chosen["gallery"] and all("car" in cap or "no visible" in cap for _, cap in chosen["gallery"])
+    assert chosen["kind"] == "analysis" and "You chose the motorcycle" in chosen["text"]
+    assert chosen["gallery"] and all(
+        "motorcycle" in cap or "no visible" in cap for _, cap in chosen["gallery"]
+    )
 
 
 def test_the_progress_bar_follows_the_stage_codes():

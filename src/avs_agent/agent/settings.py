@@ -42,45 +42,45 @@ from avs_agent.tools.settings import (
 class DecisionSettings(Section):
     """The decision model's parameters (agent/decision.py says how each enters the score). The defaults
     are fitted on the dev set by ``python -m avs_agent.evals.crossval`` with propagation and none per clip on: the
-    mean of the best 5% of 300 random draws of all thirteen on all 40 clips (the fit and its
+    mean of the best 5% of 400 random draws of all thirteen on all 40 clips (the fit and its
     cross-validated numbers are in benchmarks/results/crossval.json). Fourteen in all, thirteen fitted;
     w_crop needs the full profile's crop check and is set, not fitted."""
 
     clip_weight: float = Field(
-        0.443, description="share of the whole clip's audio evidence each second inherits"
+        0.512, description="share of the whole clip's audio evidence each second inherits"
     )
     generic_share: float = Field(
-        0.368, description="share of a generic tag's unexplained score lent to the visible objects it covers"
+        0.387, description="share of a generic tag's unexplained score lent to the visible objects it covers"
     )
-    w_detector: float = Field(1.067, description="weight of the detection score in the candidate's prior")
-    w_salience: float = Field(3.038, description="weight of the mask's share of the frame in the prior")
-    w_support: float = Field(1.029, description="weight of the mean detection score over the clip's frames")
+    w_detector: float = Field(0.948, description="weight of the detection score in the candidate's prior")
+    w_salience: float = Field(3.026, description="weight of the mask's share of the frame in the prior")
+    w_support: float = Field(1.116, description="weight of the mean detection score over the clip's frames")
     w_crop: float = Field(2.0, description="weight of the crop check's probability (full profile)")
     none_bias: float = Field(
-        0.251, description="score of 'none of the visible objects' with no other evidence"
+        0.283, description="score of 'none of the visible objects' with no other evidence"
     )
     none_offscreen: float = Field(
-        0.946, description="weight of the strongest tag whose source is named but not visible, for 'none'"
+        1.048, description="weight of the strongest tag whose source is named but not visible, for 'none'"
     )
     second_source_ratio: float = Field(
-        0.854,
+        0.84,
         description="a second visible source is kept when its score is at least this share of the first's",
     )
     instance_share: float = Field(
-        0.61,
+        0.599,
         description="of a phrase's instances, those at least this share as salient as the top one are kept",
     )
-    detection_floor: float = Field(0.203, description="detections below this score are not evidence")
+    detection_floor: float = Field(0.224, description="detections below this score are not evidence")
     rank_audio_power: float = Field(
-        0.595,
+        0.576,
         description="exponent of the audio evidence when visible candidates are ranked against each other (1: as for 'none'; lower: the visual prior weighs more)",
     )
     instance_track_weight: float = Field(
-        0.546,
+        0.516,
         description="how much an instance's salience over the clip (its track's mean) weighs against its salience in the frame when choosing among a phrase's instances (0: the frame only; 1: the clip only; lite: ByteTrack's links)",
     )
     rider_overlap: float = Field(
-        0.666,
+        0.642,
         description="a person whose box lies at least this share inside an answered ridden object's box (a scooter, a horse) is part of its sounding unit, and the other way round (above 1: never)",
     )
     none_per_clip: bool = Field(
