@@ -92,7 +92,9 @@ def signals(clip, mp4_clip) -> dict:
         return round(10 * np.log10(255.0**2 / mse), 2) if mse else float("inf")
 
     ours, theirs = [f.image for f in clip.frames], [f.image for f in mp4_clip.frames]
-    same_shape = len(ours) == len(theirs) and all(x.shape == y.shape for x, y in zip(ours, theirs, strict=False))
+    same_shape = len(ours) == len(theirs) and all(
+        x.shape == y.shape for x, y in zip(ours, theirs, strict=False)
+    )
     nearest = [
         int(np.argmin([np.mean((y.astype(np.float64) - x.astype(np.float64)) ** 2) for x in ours]))
         if same_shape
@@ -122,7 +124,11 @@ def value(case: str, masks: np.ndarray, gt: np.ndarray) -> float:
 
     if masks.shape != gt.shape:
         raise RuntimeError(f"masks {masks.shape}, the truth is {gt.shape}")
-    return float(not masks.any()) if case == "offscreen" else float(frame_ious(masks.astype(np.float32), gt).mean())
+    return (
+        float(not masks.any())
+        if case == "offscreen"
+        else float(frame_ious(masks.astype(np.float32), gt).mean())
+    )
 
 
 def compare(
@@ -140,7 +146,7 @@ def compare(
     from avs_agent.agent.nodes import perception
     from avs_agent.agent.run import run_state
     from avs_agent.evals.datasets import load_dataset
-    from avs_agent.tools.media import assemble_clip, decode_audio, open_clip
+    from avs_agent.tools.media import assemble_clip, open_clip
 
     rows = {r["name"]: r["case_type"] for r in csv.DictReader(open(root / "cases.csv"))}
     ds = load_dataset("avsbench-s4", root, "test")
@@ -157,7 +163,10 @@ def compare(
                 "frames": clip,
                 "mp4": mp4_clip,
                 "video": open_clip(mp4, s.inputs.audio, settings.media),  # `ask clip.mp4 --audio clip.wav`
-                "audio": assemble_clip(clip.source, clip.frames, decode_audio(mp4), one_segment=False, meta={}),
+                # the frame files with the sound as the agent reads it from the mp4
+                "audio": assemble_clip(
+                    clip.source, clip.frames, mp4_clip.audio.waveform, one_segment=False, meta={}
+                ),
             }
             gt = s.labels.masks()
             row = {"name": name, "case": rows[name], "signals": signals(clip, mp4_clip)}
