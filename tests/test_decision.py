@@ -1,4 +1,4 @@
-"""The decision model (agent/decision.py) on hand-made evidence, and the matcher's generic-label cover."""
+"""The decision model (agent/decision/) on hand-made evidence, and the matcher's generic-label cover."""
 
 import numpy as np
 import pytest

@@ -226,7 +226,7 @@ def grounding_floor(ctx: RunContext) -> float:
 
 
 def perception(state: AgentState, ctx: RunContext, groundings: list | None = None) -> D.Perception:
-    """The clip's tool outputs as the decisions read them (agent/decision.py ``Perception``), from the
+    """The clip's tool outputs as the decisions read them (agent/decision/ ``Perception``), from the
     state the nodes before have filled."""
     clip = state["clip"]
     captions = state.get("caption_nouns") or []
@@ -596,7 +596,7 @@ def route_after_retry(state: AgentState) -> Literal["segment", "propagate"]:
 
 # ---------------------------------------------------------------------------------------------- propagate
 def propagate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
-    """Settle each frame's objects (agent/decision.py ``settle``, the step ``decide_clip`` takes too):
+    """Settle each frame's objects (agent/decision/ ``settle``, the step ``decide_clip`` takes too):
     each accepted source is followed through the clip from the frame where it is most certain -- SAM2's
     video predictor carries its mask (full), or ByteTrack links its instances (lite) -- so every frame
     shows that same object, and with ``agent.hold`` frames that accepted nothing take it too; then two

@@ -1,7 +1,7 @@
 """The reasoners: who decides from the evidence table. One protocol, three implementations.
 
 ``RulesReasoner`` (the default, and every LLM's fallback) applies the decision model of
-agent/decision.py as it is: per frame the best candidate above 'none' (and a close second source), on a
+agent/decision/ as it is: per frame the best candidate above 'none' (and a close second source), on a
 retry the best one not tried yet. ``agent.llm.LLMReasoner`` reads the same table as text and answers with structured
 output; whatever it cannot answer falls back to the rules. ``PersonReasoner`` segments what the person
 asked for ("segment the car instead") and leaves the rest to the reasoner it wraps. The nodes call

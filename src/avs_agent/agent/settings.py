@@ -40,7 +40,7 @@ from avs_agent.tools.settings import (
 
 
 class DecisionSettings(Section):
-    """The decision model's parameters (agent/decision.py says how each enters the score). The defaults
+    """The decision model's parameters (agent/decision/ says how each enters the score). The defaults
     are fitted on the dev set by ``python -m avs_agent.evals.crossval`` with propagation and none per clip on: the
     mean of the best 5% of 400 random draws of all thirteen on all 40 clips (the fit and its
     cross-validated numbers are in benchmarks/results/crossval.json). Fourteen in all, thirteen fitted;
@@ -123,7 +123,7 @@ class AgentSettings(Section):
         0.5,
         ge=0.0,
         le=1.0,
-        description="two answered phrases whose masks overlap at least this much (IoU) in a frame are one object under one name, the one the audio supports more (agent/decision.py one_name; COCO's 'same object' overlap)",
+        description="two answered phrases whose masks overlap at least this much (IoU) in a frame are one object under one name, the one the audio supports more (agent/decision/ one_name; COCO's 'same object' overlap)",
     )
     ask_person: bool = Field(
         False,
@@ -133,7 +133,7 @@ class AgentSettings(Section):
         0.15,
         ge=0.0,
         le=1.0,
-        description="a close call: the second candidate's clip score within this share of the first's (agent/decision.py close_call)",
+        description="a close call: the second candidate's clip score within this share of the first's (agent/decision/ close_call)",
     )
     decision: DecisionSettings = DecisionSettings()
 

@@ -41,7 +41,7 @@ class AgentState(TypedDict, total=False):
     image_captions: list[Captions]
     """Caption and noun phrases per frame, when the profile has a captioner."""
     frame_terms: list[dict[str, AudioTerms]]
-    """Per frame, phrase -> its audio evidence terms from that second (agent/decision.py)."""
+    """Per frame, phrase -> its audio evidence terms from that second (agent/decision/)."""
     clip_terms: dict[str, AudioTerms]
     """phrase -> its audio evidence terms from the whole clip."""
     phrase_origin: dict[str, str]
@@ -79,9 +79,9 @@ CHECKPOINT_TYPES = [
     ("avs_agent.tools.types", "TraceStep"),
     ("avs_agent.tools.types", "Answer"),
     ("avs_agent.tools.types", "FrameResult"),
-    ("avs_agent.agent.decision", "AudioTerms"),
-    ("avs_agent.agent.decision", "Candidate"),
-    ("avs_agent.agent.decision", "FrameEvidence"),
+    ("avs_agent.agent.decision.evidence", "AudioTerms"),
+    ("avs_agent.agent.decision.evidence", "Candidate"),
+    ("avs_agent.agent.decision.evidence", "FrameEvidence"),
     ("avs_agent.agent.state", "Choice"),
 ]
 """The types of the state's values, for a checkpointer's msgpack allowlist (a run paused on a close

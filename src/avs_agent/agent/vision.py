@@ -1,7 +1,7 @@
 """What a vision LLM sees of a clip (issue 13, after AL-Ref-SAM2): the frames tiled into one image,
 each visible candidate of the evidence table drawn as a numbered box, and the legend that maps each
 number to its frame and phrase. The model answers with box numbers; ``View.box`` turns a number back
-into (frame, phrase), and the phrase's kept instances (agent/decision.py ``kept``) become the mask, so
+into (frame, phrase), and the phrase's kept instances (agent/decision/ ``kept``) become the mask, so
 the vision model chooses among exactly the masks the rules choose among.
 
 A number stands for one candidate on one frame; when a candidate has several kept instances (two

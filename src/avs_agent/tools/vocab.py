@@ -111,7 +111,7 @@ RIDDEN: tuple[str, ...] = (
     "donkey",
 )
 """Objects a person rides (COCO's and the open vocabulary's): their rider can be part of the sounding
-unit (agent/decision.py ``join_riders``)."""
+unit (agent/decision/ ``join_riders``)."""
 RIDERS: tuple[str, ...] = ("person", "man", "woman", "boy", "girl", "child", "rider")
 """Names of a person who may ride one of ``RIDDEN``."""
 

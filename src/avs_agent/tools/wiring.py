@@ -70,7 +70,7 @@ class Toolset:
     without one follows nothing."""
 
     def crop_check(self, frame: Frame) -> Callable[[np.ndarray, list[str]], float] | None:
-        """Frame ``frame``'s crop check as the decision takes it (agent/decision.py ``CropFn``: a mask
+        """Frame ``frame``'s crop check as the decision takes it (agent/decision/ ``CropFn``: a mask
         (H, W) bool and texts, its label first -> the label's probability), or None without a crop
         checker (the mask is then judged alone)."""
         checker = self.crop_checker
