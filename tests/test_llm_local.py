@@ -57,7 +57,7 @@ _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopba
 
 @pytest.fixture(scope="module")
 def smollm2_server(tmp_path_factory):
-    """llama-cpp-python's server on a free loopback port with SmolLM2 (2 threads, ChatML): its base
+    """llama-cpp-python's server on a free loopback port with SmolLM2 (1 thread, ChatML): its base
     URL; stopped afterwards."""
     try:
         import llama_cpp.server.app  # noqa: F401  (the [server] extra: fastapi, sse-starlette, ...)
