@@ -173,6 +173,16 @@ def read_image(path: Path, max_side: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).copy()
 
 
+def _open_media(path: Path, what: str):
+    """An FFmpeg container for reading (PyAV), or MediaError naming ``what`` could not be opened."""
+    import av
+
+    try:
+        return av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise MediaError(f"cannot open {what} {path}: {_reason(exc)}") from None
+
+
 def _reason(exc: BaseException) -> str:
     """The first line of an error, without FFmpeg's "[Errno 1094995529] " and the file name it repeats."""
     text = str(exc).strip().splitlines()
@@ -189,10 +199,7 @@ def _decode_video(
     last frame before it. Also returns the display aspect, whether it was cut, and the source's rate."""
     import av
 
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(f"cannot open video {path}: {_reason(exc)}") from None
+    container = _open_media(path, "video")
     with container:
         if not container.streams.video:
             raise MediaError(f"{path} has no video stream")
@@ -257,10 +264,7 @@ def decode_audio(path: Path, max_seconds: float = math.inf) -> np.ndarray:
     """Decode any audio FFmpeg reads to mono float32 at 16 kHz, (n,) in [-1, 1]."""
     import av
 
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(f"cannot open audio in {path}: {_reason(exc)}") from None
+    container = _open_media(path, "audio in")
     with container:
         if not container.streams.audio:
             raise MediaError(f"{path} has no audio track")

@@ -72,10 +72,12 @@ class _ClapBase:
 
     def __init__(
         self,
+        model: hf.Location,
         templates: list[str] | tuple[str, ...] = DEFAULT_TEMPLATES,
         mode: str = "softmax",
         options: dict[str, Any] | None = None,
     ):
+        self.loc = model
         if mode not in ("softmax", "cosine"):
             raise ValueError(f"CLAP score mode must be 'softmax' or 'cosine', got {mode!r}")
         self.templates = tuple(templates)
@@ -127,16 +129,6 @@ class ClapScorer(_ClapBase):
     """transformers ``ClapModel`` (LAION CLAP weights in transformers format)."""
 
     name = "clap"
-
-    def __init__(
-        self,
-        model: hf.Location,
-        templates=DEFAULT_TEMPLATES,
-        mode: str = "softmax",
-        options: dict[str, Any] | None = None,
-    ):
-        super().__init__(templates, mode, options)
-        self.loc = model
 
     @property
     def device(self) -> str:
@@ -195,16 +187,6 @@ class LaionClapScorer(_ClapBase):
     """
 
     name = "laion_clap"
-
-    def __init__(
-        self,
-        model: hf.Location,
-        templates=DEFAULT_TEMPLATES,
-        mode: str = "softmax",
-        options: dict[str, Any] | None = None,
-    ):
-        super().__init__(templates, mode, options)
-        self.loc = model
 
     def _load(self) -> Any:
         def load() -> Any:
