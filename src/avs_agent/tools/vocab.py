@@ -118,6 +118,32 @@ RIDERS: tuple[str, ...] = ("person", "man", "woman", "boy", "girl", "child", "ri
 COCO_ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe")
 """COCO's 'animal' supercategory."""
 
+COCO_SUPERCATEGORY: dict[str, str] = {
+    c: sup
+    for sup, members in {
+        "person": ("person",),
+        "vehicle": ("bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat"),
+        "outdoor": ("traffic light", "fire hydrant", "stop sign", "parking meter", "bench"),
+        "animal": COCO_ANIMALS,
+        "accessory": ("backpack", "umbrella", "handbag", "tie", "suitcase"),
+        "sports": (
+            "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
+            "skateboard", "surfboard", "tennis racket",
+        ),
+        "kitchen": ("bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl"),
+        "food": (
+            "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake",
+        ),
+        "furniture": ("chair", "couch", "potted plant", "bed", "dining table", "toilet"),
+        "electronic": ("tv", "laptop", "mouse", "remote", "keyboard", "cell phone"),
+        "appliance": ("microwave", "oven", "toaster", "sink", "refrigerator"),
+        "indoor": ("book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush"),
+    }.items()
+    for c in members
+}  # fmt: skip
+"""COCO class -> its supercategory, as COCO's annotation files give it. A detector mistakes one class
+for another of its own supercategory (a small dog for a bird, a car for a truck), rarely across."""
+
 KINDS: dict[str, str] = (
     {c: "thing" for c in COCO80} | {a: "animal" for a in COCO_ANIMALS} | {"person": "person"}
 )

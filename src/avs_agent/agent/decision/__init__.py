@@ -102,6 +102,7 @@ from avs_agent.agent.decision.policy import (
 from avs_agent.agent.decision.render import describe
 from avs_agent.agent.decision.temporal import (
     LinkFn,
+    carry_names,
     join_riders,
     link_tracks,
     on_tracks,
@@ -158,6 +159,7 @@ __all__ = [
     "FrameCheck",
     "check_frame",
     "pivot_frame",
+    "carry_names",
     "link_tracks",
     "on_tracks",
     "through_time",

@@ -12,7 +12,7 @@ from avs_agent.agent.decision.instances import detection, kept, kept_index, same
 from avs_agent.agent.decision.policy import check_mask
 from avs_agent.agent.settings import AgentSettings, DecisionSettings
 from avs_agent.tools.types import Segments
-from avs_agent.tools.vocab import RIDDEN, RIDERS
+from avs_agent.tools.vocab import COCO_SUPERCATEGORY, RIDDEN, RIDERS
 
 if TYPE_CHECKING:
     from avs_agent.agent.decision.evidence import FrameEvidence
@@ -30,14 +30,66 @@ def pivot_frame(table: list[FrameEvidence], accepted: list[list[str]], phrase: s
     return where
 
 
+def carry_names(
+    found: list[dict[str, Segments]], link: Callable[[list[Segments | None]], list[np.ndarray] | None]
+) -> list[dict[str, Segments]]:
+    """One object, one name through time: every instance of every phrase linked through the clip
+    regardless of its name (``link`` as in ``link_tracks``), each object is named by the phrase under
+    which the detector saw it most (its summed detection score), and in a frame where the object is
+    seen only under another name of the same kind (a small dog called 'bird' in one frame, a car
+    called 'truck': one COCO supercategory, ``tools.vocab.COCO_SUPERCATEGORY``; a detector's
+    mistakes stay within one, while a person in a cart linked to the cart's track is two objects) it
+    is found under its own name too: the same instance, its own score, ``data['seen_as']`` the name
+    it was found under. Nothing is removed (which name is answered is the audio's to say,
+    ``one_name``); a frame where the object's own name was found is left as it is."""
+    if len(found) < 2 or len({ph for f in found for ph in f}) < 2:
+        return found
+    members = [[(ph, k) for ph, seg in f.items() for k in range(len(seg))] for f in found]
+    joint = [Segments.concat(list(f.values()), *next(iter(f.values())).shape) if f else None for f in found]
+    ids = link(joint)
+    if ids is None:
+        return found
+    weight: dict[int, dict[str, float]] = {}
+    for f, m, tid in zip(found, members, ids, strict=True):
+        for (ph, k), obj in zip(m, tid, strict=True):
+            if obj >= 0:
+                per = weight.setdefault(int(obj), {})
+                per[ph] = per.get(ph, 0.0) + float(f[ph].confidence[k])
+    name = {obj: max(per, key=per.__getitem__) for obj, per in weight.items() if len(per) > 1}
+    out = []
+    for f, m, tid in zip(found, members, ids, strict=True):
+        carried: dict[str, list[Segments]] = {}
+        for (ph, k), obj in zip(m, tid, strict=True):
+            own = name.get(int(obj))
+            if own is not None and own != ph and own not in f and _one_kind(own, ph):
+                part = f[ph][[k]]
+                part.labels = [own]
+                part.data = {**{key: v for key, v in part.data.items() if key != "seen_as"}, "seen_as": [ph]}
+                carried.setdefault(own, []).append(part)
+        f = dict(f)
+        for ph, parts in carried.items():
+            seg = Segments.concat(parts, *parts[0].shape)
+            f[ph] = seg[np.argsort(-seg.confidence, kind="stable")]
+        out.append(f)
+    return out
+
+
+def _one_kind(a: str, b: str) -> bool:
+    """Whether two names are of one COCO supercategory (unknown names: no)."""
+    kind = COCO_SUPERCATEGORY.get(a)
+    return kind is not None and kind == COCO_SUPERCATEGORY.get(b)
+
+
 def link_tracks(
     found: list[dict[str, Segments]], link: Callable[[list[Segments | None]], list[np.ndarray] | None]
 ) -> list[dict[str, Segments]]:
     """Each phrase's instances linked through the clip (``link``: the linker's ``tracks``, per frame the
     track id of each instance, -1 unlinked; None from a linker that links no detections, which leaves
-    them as they are): every instance carries ``data['track']`` and ``data['track_salience']``,
+    them as they are), after each object has its name in every frame it is seen (``carry_names``):
+    every instance carries ``data['track']`` and ``data['track_salience']``,
     its track's mean salience over the clip's frames (mask share x score, 0 where the track is absent;
     an unlinked instance counts its own frame only)."""
+    found = carry_names(found, link)
     n = len(found)
     out = [dict(f) for f in found]
     for ph in dict.fromkeys(x for f in found for x in f):
