@@ -75,10 +75,6 @@ class DecisionSettings(Section):
         0.576,
         description="exponent of the audio evidence when visible candidates are ranked against each other (1: as for 'none'; lower: the visual prior weighs more)",
     )
-    score_audio_power: float = Field(
-        1.0,
-        description="exponent of the audio evidence when a visible candidate is weighed against 'none' (above 1: weak audio evidence counts for less against the off-screen evidence, however salient the object)",
-    )
     instance_track_weight: float = Field(
         0.516,
         description="how much an instance's salience over the clip (its track's mean) weighs against its salience in the frame when choosing among a phrase's instances (0: the frame only; 1: the clip only; lite: ByteTrack's links)",

@@ -50,7 +50,6 @@ SPACE: dict[str, tuple[float, float]] = {
     "instance_share": (0.2, 1.0),
     "detection_floor": (0.1, 0.35),
     "rank_audio_power": (0.2, 1.0),
-    "score_audio_power": (0.5, 3.0),
     "instance_track_weight": (0.0, 1.0),
     "rider_overlap": (0.2, 1.2),
 }

@@ -182,7 +182,7 @@ def _prior(c: Candidate, p: DecisionSettings) -> float:
 
 
 def score(c: Candidate, p: DecisionSettings) -> float:
-    return c.audio**p.score_audio_power * math.exp(_prior(c, p))
+    return c.audio * math.exp(_prior(c, p))
 
 
 def rank(c: Candidate, p: DecisionSettings) -> float:
