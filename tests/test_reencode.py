@@ -17,7 +17,7 @@ CLIPS = [
     "davis_scooter_black_engine_02",  # several scooters, the moving one with its rider
     "pets_great_pyrenees_177_bark_01",  # a dog, a person and a car in view, a bark in a mix
     "pets_maine_coon_204_bark_01",  # a bark over a cat: off screen
-    "davis_libby_bark_05",  # a dog out of view or missed in two frames, heard in them: still the dog
+    "davis_libby_bark_06",  # a small running dog the mp4's fourth frame shows as a bird: still the dog
 ]
 
 
@@ -27,11 +27,10 @@ def test_mp4_and_frames_give_the_same_answer(dev_set, tmp_path):
     rows = compare(dev_set, settings, get_toolset(settings.tool_config()), CLIPS, tmp_path)
     assert {r["name"] for r in rows} == set(CLIPS)
     for r in rows:
-        # compression noise moves a mask's edge, not the object chosen; it may add a name where the
-        # detector reads the small dog of libby_bark_05's fourth frame as a bird
-        assert set(r["frames"]["labels"]) <= set(r["mp4"]["labels"]), r
+        # compression noise moves a mask's edge, not the object chosen or its name (a dog the detector
+        # reads as a bird in one frame of the mp4 is the dog of the other frames: carry_names)
+        assert r["mp4"]["labels"] == r["frames"]["labels"], r
         assert r["delta"] <= 0.05, r
-    assert all(r["mp4"]["labels"] == r["frames"]["labels"] for r in rows if "libby" not in r["name"])
 
 
 def test_the_mp4_decodes_to_the_same_instants_sizes_and_sound(dev_set, tmp_path):
