@@ -178,7 +178,17 @@ def compare(
                     v = value(rows[name], masks, gt)
                 except RuntimeError as exc:
                     raise RuntimeError(f"{name}: {how}: {exc}") from None
-                row[how] = {"labels": answer.labels, "value": v}
+                row[how] = {
+                    "labels": answer.labels,
+                    "value": v,
+                    "frame_labels": [fr.labels for fr in answer.frames],
+                    # objects the detector named otherwise in one frame, found under their clip's name
+                    "renamed": [
+                        [st.frame, st.object, st.data["seen_as"]]
+                        for st in answer.trace
+                        if st.event == "renamed"
+                    ],
+                }
                 if keep is not None:
                     keep[(name, how)] = (perception(state, ctx), rows[name], gt)
             for how in variants[1:]:

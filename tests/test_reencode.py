@@ -31,6 +31,10 @@ def test_mp4_and_frames_give_the_same_answer(dev_set, tmp_path):
         # reads as a bird in one frame of the mp4 is the dog of the other frames: carry_names)
         assert r["mp4"]["labels"] == r["frames"]["labels"], r
         assert r["delta"] <= 0.05, r
+    # the trace says so where it happens, and the answer holds the dog in that frame
+    libby = next(r for r in rows if "libby" in r["name"])["mp4"]
+    assert [3, "dog", ["bird"]] in libby["renamed"]
+    assert all("dog" in libby["frame_labels"][f] for f, _, _ in libby["renamed"])
 
 
 def test_the_mp4_decodes_to_the_same_instants_sizes_and_sound(dev_set, tmp_path):

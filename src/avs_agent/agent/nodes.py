@@ -277,6 +277,20 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         # instances linked through the clip (ByteTrack's tracks; SAM2 follows masks instead): which
         # one is the source weighs its salience over time
         groundings = D.link_tracks(groundings, ctx.toolset.linker.tracks)
+        for i, f in enumerate(groundings):
+            for ph, seg in f.items():
+                if "seen_as" in seg.data:
+                    seen = ", ".join(f"'{x}'" for x in dict.fromkeys(seg.data["seen_as"]))
+                    steps.append(
+                        T.step(
+                            "verify",
+                            "renamed",
+                            f"the object found as {seen} is the {ph} of the clip's other frames",
+                            frame=i,
+                            object=ph,
+                            seen_as=list(dict.fromkeys(seg.data["seen_as"])),
+                        )
+                    )
     table = D.evidence_table(perception(state, ctx, groundings), p, ctx.settings.agent, ctx.toolset.matcher)
     for i, row in enumerate(table):
         steps.append(T.step("verify", "evidence", f"evidence: {D.describe(row)}", frame=i, **_row_data(row)))

@@ -19,6 +19,7 @@ EVENTS: dict[str, str] = {
     "proposed": "the objects the audio names, and those the captions name",
     # verify, confirm
     "grounded": "what the grounder found in a frame",
+    "renamed": "an object the detector named otherwise in one frame is found under the name it has in the clip's other frames",
     "evidence": "a frame's row of the evidence table: its candidates, scored, and 'none'",
     "requested": "the person asked for these objects: they are segmented where found",
     "asked_person": "the person was asked which of two close candidates makes the sound",
