@@ -350,6 +350,10 @@ def test_the_source_is_followed_through_the_clip(matcher):
     (followed_step,) = [s for s in followed.trace if s.event == "followed"]
     assert followed_step.object == "dog" and followed_step.data["pivot"] == 0
     assert followed_step.data["linker"] == "bytetrack" and any(s.event == "held" for s in followed.trace)
+    # the trace names the instances weighed in the middle frame: the walking dog kept, the other dropped
+    (middle,) = [s for s in followed.trace if s.event == "segmented" and s.frame == 1]
+    assert [k for _, k in middle.data["instances"]["dog"]] == [True, False]
+    assert "dog: kept 1 of 2 by salience" in middle.message
 
     tools = replace(
         scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), linker=InstanceTracker()

@@ -482,16 +482,26 @@ def segment(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             seg = ctx.toolset.grounder.ground(frame, missing, box_threshold=grounding_floor(ctx))
             groundings[i].update(D.split_by_phrase(seg, missing))
         masks[i] = D.mask_of(groundings[i], choice.phrases, p, (frame.height, frame.width))
+        which = {ph: _instances(groundings[i].get(ph), p) for ph in choice.phrases}
+        told = "; ".join(
+            f"{ph}: kept {sum(k for _, k in rows)} of {len(rows)} by salience "
+            f"({', '.join(f'{w:.3f}' for w, k in rows if k)}; the others at most "
+            f"{max(w for w, k in rows if not k):.3f}, under {p.instance_share:g} x the top)"
+            for ph, rows in which.items()
+            if not all(k for _, k in rows)
+        )
         steps.append(
             T.step(
                 "segment",
                 "segmented",
-                f"segmented {', '.join(choice.phrases)} (attempt {choice.attempt + 1})",
+                f"segmented {', '.join(choice.phrases)} (attempt {choice.attempt + 1})"
+                + (f"; {told}" if told else ""),
                 frame=i,
                 object=_one(choice.phrases),
                 t0=t0,
                 phrases=list(choice.phrases),
                 attempt=choice.attempt + 1,
+                instances={ph: [[round(w, 4), k] for w, k in rows] for ph, rows in which.items()},
             )
         )
     return {"masks": masks, "groundings": groundings, "trace": steps}
@@ -550,6 +560,19 @@ def check(state: AgentState, runtime: Runtime[RunContext]) -> dict:
 def _crop(row: D.FrameEvidence, phrase: str) -> float | None:
     """The crop check's verdict on ``phrase``'s mask in a frame (None where none was made)."""
     return next((c.crop for c in row.candidates if c.phrase == phrase), None)
+
+
+def _instances(seg: Segments | None, p) -> list[tuple[float, bool]]:
+    """Of a phrase's instances above the detection floor, best first: each one's salience (the
+    weight ``decision.instances`` compares, own and along its track) and whether it is kept."""
+    above = D.detection(seg, p.detection_floor)
+    if above is None:
+        return []
+    weight = D.instance_weight(above, p)
+    keep = set(D.kept_index(seg, p).tolist())
+    idx = np.flatnonzero(seg.confidence >= p.detection_floor)
+    rows = [(float(w), int(j) in keep) for w, j in zip(weight, idx, strict=True)]
+    return sorted(rows, key=lambda r: -r[0])
 
 
 def _one(phrases: list[str]) -> str | None:
