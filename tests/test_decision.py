@@ -481,6 +481,36 @@ def test_a_rider_joins_what_it_rides_under_its_name():
     assert len(both["motorcycle"]) == 1 and len(both["person"]) == 1
 
 
+def test_a_ridden_unit_answered_under_each_part_in_turn_keeps_one_name():
+    """A horse's clip-clop and a rider's speech: one frame answers the horse (its rider joins it), the
+    next the rider (the horse joins it). The masks are the same unit in both; the answer names it once,
+    by the name the audio supports more over the clip."""
+    horse, rider = _seg("horse", (5, 10, 15, 20)), _seg("person", (6, 8, 14, 16))
+    found = [{"horse": horse, "person": rider}] * 2
+    on = P.model_copy(update={"rider_overlap": 0.3})
+    joined = D.join_riders([{"horse": horse}, {"person": rider}], found, on)
+    assert [list(o) for o in joined] == [["horse"], ["person"]]
+    assert joined[0]["horse"].data["found_as"] == ["horse", "person"]
+
+    def row(horse_audio, person_audio):
+        cands = [
+            D.Candidate(ph, a, 0.9, 0.2, 0.9) for ph, a in (("horse", horse_audio), ("person", person_audio))
+        ]
+        return D.FrameEvidence(cands, 0.0, "", 0.1)
+
+    named = D.one_name(joined, [row(0.8, 0.3), row(0.6, 0.4)], CFG)
+    assert [list(o) for o in named] == [["horse"], ["horse"]]
+    assert (named[1]["horse"].union() == joined[1]["person"].union()).all()
+    apart = D.one_name([{"horse": horse}, {"person": rider}], [row(0.8, 0.3), row(0.6, 0.4)], CFG)
+    assert [list(o) for o in apart] == [["horse"], ["person"]]  # never joined: two objects, two names
+    walker = _seg("person", (0, 0, 4, 20))  # beside the horse, answered alone in the second frame
+    beside = D.join_riders([{"horse": horse}, {"person": walker}], [found[0], {"person": walker}], on)
+    assert [list(o) for o in D.one_name(beside, [row(0.8, 0.3), row(0.6, 0.4)], CFG)] == [
+        ["horse"],
+        ["person"],
+    ]
+
+
 def test_a_generic_tag_is_explained_away_by_a_narrower_generic_one_under_it(matcher):
     """A meow heard as 'Animal' 0.98, 'Domestic animals, pets' 0.91, 'Dog' 0.62: 'Animal' is explained
     by the pets label under it and lends the sheep in view almost nothing."""

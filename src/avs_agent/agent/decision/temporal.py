@@ -230,8 +230,10 @@ def join_riders(
                 if len(pick):
                     part = cand[pick]
                     part.labels = [ph] * len(part)
+                    part.data = {**part.data, "found_as": [other] * len(part)}  # one_name reads it
                     joined.append(part)
             if len(joined) > 1:
+                seg.data = {**seg.data, "found_as": list(seg.data.get("found_as", [ph] * len(seg)))}
                 keys = set.intersection(*(set(s.data) for s in joined))
                 for s in joined:
                     s.data = {k: v for k, v in s.data.items() if k in keys}
@@ -244,8 +246,10 @@ def one_name(
     objects: list[dict[str, Segments]], table: list[FrameEvidence], config: AgentSettings
 ) -> list[dict[str, Segments]]:
     """One object, one name: two phrases whose masks cover nearly the same pixels in some frame
-    (mask IoU at least ``config.same_object_iou``: a car that is also called a truck) are one object
-    for the whole clip, named by the phrase the audio supports more (its mean audio evidence over the
+    (mask IoU at least ``config.same_object_iou``: a car that is also called a truck), or a sounding
+    unit answered under each of its parts' names in turn (a horse and its rider, ``join_riders``:
+    'horse' with the rider joined where the clip-clop wins, 'person' with the horse joined where speech
+    does), are one object for the whole clip, named by the phrase the audio supports more (its mean audio evidence over the
     rows where it is a candidate; its summed detection score breaks a tie). In every frame that object's instances
     are answered under that one name."""
     names = list(dict.fromkeys(ph for objs in objects for ph in objs))
@@ -264,6 +268,14 @@ def one_name(
             for b in here[i + 1 :]:
                 if find(a) != find(b) and same_object(objs[a], objs[b], config):
                     parent[find(b)] = find(a)
+    # a sounding unit (join_riders) answered as 'horse' with a 'person' part in one frame and as
+    # 'person' with a 'horse' part in another (not a person walking beside a horse elsewhere)
+    parts = {
+        (a, b) for objs in objects for a, seg in objs.items() for b in seg.data.get("found_as", []) if b != a
+    }
+    for a, b in sorted(parts):
+        if (b, a) in parts and find(a) != find(b):
+            parent[find(b)] = find(a)
     if all(find(ph) == ph for ph in names):
         return objects
     rows: dict[str, list[tuple[float, float]]] = {}
