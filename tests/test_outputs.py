@@ -31,7 +31,8 @@ def test_ask_on_a_10s_video_at_2fps_writes_video_masks_json_and_timeline(tmp_pat
     # each frame is the source frame nearest its slot's middle (25 fps: within one frame's 0.04 s)
     assert all(abs(f["time_s"] - (i + 0.5) / 2) <= 0.04 for i, f in enumerate(answer["frames"]))
     codecs, duration, n = _streams(out / "overlay.mp4")
-    assert codecs == {"video": "h264", "audio": "aac"} and abs(duration - 10.0) < 0.3 and n >= 240
+    # the source's 25 fps capped at output.video_max_fps (10): every 2nd or 3rd source frame
+    assert codecs == {"video": "h264", "audio": "aac"} and abs(duration - 10.0) < 0.3 and 95 <= n <= 105
     masks = json.loads((out / "masks.json").read_text())
     assert len(masks["frames"]) == 20 and [f["time_s"] for f in masks["frames"]] == [
         f["time_s"] for f in answer["frames"]
@@ -66,6 +67,15 @@ def test_masks_json_decodes_to_the_png_masks(tmp_path, dev_set):
     # a folder of frames has no video of its own: the overlay holds each analysed frame for its second
     codecs, duration, _ = _streams(tmp_path / "overlay.mp4")
     assert codecs == {"video": "h264", "audio": "aac"} and abs(duration - 5.0) < 0.3
+
+
+def test_the_overlay_video_keeps_the_source_rate_when_asked(tmp_path):
+    """``output.video_max_fps=0``: overlay.mp4 at the source's own frame rate, every source frame."""
+    video = write_video(tmp_path / "v.mp4", seconds=2.0, fps=25, size=(96, 64))
+    res = run_cli("ask", str(video), "--out", str(tmp_path / "out"), "--set", "output.video_max_fps=0")
+    assert res.exit_code == 0, res.stderr
+    _, duration, n = _streams(tmp_path / "out" / "overlay.mp4")
+    assert n == 50 and abs(duration - 2.0) < 0.2
 
 
 @pytest.mark.parametrize("fps", ["0", "1000", "-1", "abc"])

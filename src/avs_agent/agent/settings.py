@@ -196,6 +196,11 @@ class OutputSettings(Section):
     analysed_only: bool = Field(
         False, description="overlay.mp4 holds the analysed frames only (not every frame of the source video)"
     )
+    video_max_fps: float = Field(
+        10.0,
+        ge=0,
+        description="overlay.mp4's frame rate is the source video's, at most this (each mask is held for its analysed frame's slot anyway; 0: the source's own rate)",
+    )
 
 
 class ChatSettings(Section):

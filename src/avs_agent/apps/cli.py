@@ -76,7 +76,11 @@ def ask(
         answer, clip = run_media(
             media, settings, audio=audio, question=question, progress=lambda e: status.update(e.text)
         )
-    files = write_outputs(answer, clip, out, settings.output.analysed_only) if out else None
+    files = (
+        write_outputs(answer, clip, out, settings.output.analysed_only, settings.output.video_max_fps)
+        if out
+        else None
+    )
     if as_json:
         typer.echo(json.dumps(answer_json(answer, files), indent=2))
         return

@@ -139,7 +139,9 @@ def respond(state: ChatState, runtime: Runtime[ChatContext]) -> dict:
             segment=[obj] if obj else None,
             ask_person=ctx.settings.chat.ask_person,  # a close call pauses here (Conversation.ask)
         )
-        files = write_outputs(answer, clip, out, ctx.settings.output.analysed_only)
+        files = write_outputs(
+            answer, clip, out, ctx.settings.output.analysed_only, ctx.settings.output.video_max_fps
+        )
         record = answer.to_dict(files["masks"], files["overlays"]) | {"out_dir": str(out)}
         if intent == "resegment":
             found = [i for i, fr in enumerate(answer.frames) if fr.labels]

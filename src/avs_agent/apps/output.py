@@ -125,7 +125,9 @@ def overlay(frame: Frame, answer: Answer, i: int, colour_of: dict[str, int] | No
     return Layer(frame_objects(answer, i), colour_of, frame.height, frame.width).apply(frame.image)
 
 
-def write_outputs(answer: Answer, clip: Clip, out: Path, analysed_only: bool = False) -> dict[str, list[str]]:
+def write_outputs(
+    answer: Answer, clip: Clip, out: Path, analysed_only: bool = False, max_fps: float = 0.0
+) -> dict[str, list[str]]:
     """Write masks, overlays, masks.json, overlay.mp4, timeline.png and answer.json under ``out``, one
     frame at a time (nothing at full resolution is held for the whole clip); returns the relative file
     names."""
@@ -157,7 +159,9 @@ def write_outputs(answer: Answer, clip: Clip, out: Path, analysed_only: bool = F
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         side = pool.submit(side_outputs)
-        write_overlay_video(answer, clip, out / "overlay.mp4", analysed_only, colour_of, on_slot=save_overlay)
+        write_overlay_video(
+            answer, clip, out / "overlay.mp4", analysed_only, colour_of, on_slot=save_overlay, max_fps=max_fps
+        )
         side.result()
     for i, frame in enumerate(clip.frames):
         if i not in drawn:  # the video is at another size, or never reached this slot
@@ -236,9 +240,12 @@ def write_overlay_video(
     analysed_only: bool = False,
     colour_of: dict[str, int] | None = None,
     on_slot: Callable[[int, Layer], None] | None = None,
+    max_fps: float = 0.0,
 ) -> Path:
-    """H.264 + AAC: the source video at its own size (up to ``VIDEO_MAX_SIDE``) and frame rate (or the
-    analysed frames, held for their slot, for stills, frame folders, or ``analysed_only``) with each
+    """H.264 + AAC: the source video at its own size (up to ``VIDEO_MAX_SIDE``) and frame rate, at most
+    ``max_fps`` when it is given (0: the source's own; the source frames between two output frames are
+    skipped), or the analysed frames, held for their slot, for stills, frame folders, or
+    ``analysed_only``, with each
     analysed frame's objects masked and named in their colours and held until the next, and the clip's
     audio (the 16 kHz mono the agent heard). Streaming: one decoded frame and one slot's overlay
     (``Layer``) are held at a time; ``on_slot(i, layer)`` sees each slot's layer as it is made."""
@@ -253,6 +260,8 @@ def write_overlay_video(
     tmp = path.with_name(path.stem + ".tmp.mp4")
     with av.open(str(tmp), "w") as out:
         rate = int(round(clip.meta.get("source_fps") or 25)) if video_in else 10
+        if video_in and max_fps > 0:
+            rate = max(1, min(rate, int(round(max_fps))))
         w, h = _video_size(clip, video_in)
         vs = out.add_stream("libx264", rate=rate)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
@@ -303,13 +312,16 @@ def _video_frames(clip: Clip, video_in: bool, rate: int, duration: float, w: int
         with av.open(clip.source) as src:
             stream = src.streams.video[0]
             stream.thread_type = "AUTO"
-            start = None
+            start, n = None, 0
             for vf in src.decode(stream):
                 t = float(vf.time) if vf.time is not None else 0.0
                 start = t if start is None else start
                 t -= start
                 if t >= duration:
                     break
+                if t < n / rate - 0.5 / rate:  # between two output frames (a source faster than ``rate``)
+                    continue
+                n += 1
                 yield t, vf.to_ndarray(width=w, height=h, format="rgb24")
         return
     fps = float(clip.meta.get("fps", 1.0))
