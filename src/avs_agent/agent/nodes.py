@@ -280,15 +280,16 @@ def verify(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         for i, f in enumerate(groundings):
             for ph, seg in f.items():
                 if "seen_as" in seg.data:
-                    seen = ", ".join(f"'{x}'" for x in dict.fromkeys(seg.data["seen_as"]))
+                    seen = list(dict.fromkeys(seg.data["seen_as"]))
                     steps.append(
                         T.step(
                             "verify",
                             "renamed",
-                            f"the object found as {seen} is the {ph} of the clip's other frames",
+                            f"the object found as {', '.join(repr(x) for x in seen)} is the {ph} of the "
+                            "clip's other frames",
                             frame=i,
                             object=ph,
-                            seen_as=list(dict.fromkeys(seg.data["seen_as"])),
+                            seen_as=seen,
                         )
                     )
     table = D.evidence_table(perception(state, ctx, groundings), p, ctx.settings.agent, ctx.toolset.matcher)
@@ -565,13 +566,12 @@ def _crop(row: D.FrameEvidence, phrase: str) -> float | None:
 def _instances(seg: Segments | None, p) -> list[tuple[float, bool]]:
     """Of a phrase's instances above the detection floor, best first: each one's salience (the
     weight ``decision.instances`` compares, own and along its track) and whether it is kept."""
-    above = D.detection(seg, p.detection_floor)
-    if above is None:
+    if seg is None:
         return []
-    weight = D.instance_weight(above, p)
+    above = np.flatnonzero(seg.confidence >= p.detection_floor)  # as ``kept_index`` selects them
     keep = set(D.kept_index(seg, p).tolist())
-    idx = np.flatnonzero(seg.confidence >= p.detection_floor)
-    rows = [(float(w), int(j) in keep) for w, j in zip(weight, idx, strict=True)]
+    weight = D.instance_weight(seg[above], p) if len(above) else []
+    rows = [(float(w), int(j) in keep) for w, j in zip(weight, above, strict=True)]
     return sorted(rows, key=lambda r: -r[0])
 
 
