@@ -370,6 +370,33 @@ def test_the_source_is_followed_through_the_clip(matcher):
     assert tracked.masks[1][10, 10] and not tracked.masks[1][50, 50]
 
 
+def test_a_frame_that_lost_the_followed_track_answers_its_own_pick_and_the_trace_says_so(matcher):
+    """The walking dog is followed from its surest frame; in the last frame it is not detected at all
+    and another dog is: that frame answers its own dog (the track is lost there, not handed over in
+    silence), and the ``followed`` step names the frame and why."""
+    from dataclasses import replace
+
+    from tests.scripted_tools import H, W
+
+    from avs_agent.tools.lite.tracker import InstanceTracker
+    from avs_agent.tools.types import Segments
+
+    def dogs(box, conf):
+        return Segments.concat([box_segment("dog", box, conf)], H, W)
+
+    found = {"dog": [dogs((4, 4, 24, 24), 0.9), dogs((7, 4, 27, 24), 0.9), dogs((48, 48, 60, 60), 0.9)]}
+    tools = replace(
+        scripted_toolset(matcher, {"Bark": 0.9}, found, {"dog": 0.9}, VOCAB), linker=InstanceTracker()
+    )
+    ans = run_clip(clip(3), load_settings(), tools)
+    assert [f.labels for f in ans.frames] == [["dog"]] * 3
+    assert ans.masks[2][50, 50] and not ans.masks[2][10, 10]  # the frame's own dog
+    (step,) = [s for s in ans.trace if s.event == "followed"]
+    assert step.data["pivot"] in (0, 1)
+    assert step.data["own_pick"] == {"lost": [2], "elsewhere": []}
+    assert "the frame's own dog where its track was lost (frames [3])" in step.message
+
+
 def test_progress_streams_the_steps_as_they_happen(matcher):
     """run_clip runs the graph through LangGraph's streaming: the nodes' progress events (custom stream)
     and each node's trace steps (updates) reach the callback in graph order, before the answer."""

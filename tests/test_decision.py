@@ -428,6 +428,35 @@ def test_the_instance_salient_over_the_clip_wins_when_tracks_weigh_in():
     assert D.kept(found[0], ["motorcycle"], over_clip)["motorcycle"].xyxy[0, 0] == 0  # unlinked: the frame
 
 
+def test_a_frame_where_the_followed_track_is_lost_or_elsewhere_answers_its_own_pick_and_says_so():
+    """A dog followed along its track: where the track has no instance (lost) or its instance is not
+    among the frame's own kept ones (the track went to another instance), the frame's own pick is
+    answered, and ``settle`` names those frames and why (the trace's ``followed`` step reads them);
+    where the track agrees with the frame, the followed instance is answered and nothing is named."""
+
+    def dogs(*boxes):
+        return Segments(
+            xyxy=list(boxes),
+            mask=_masks(*boxes, h=30, w=30),
+            confidence=[0.9] * len(boxes),
+            labels=["dog"] * len(boxes),
+        )
+
+    found = [{"dog": dogs((2, 2, 12, 12))}, {"dog": dogs((20, 20, 28, 28))}, {"dog": dogs((14, 2, 28, 16))}]
+    followed = [found[0]["dog"], None, dogs((3, 3, 6, 6))]  # lost in frame 1; in frame 2 on a speck
+    cfg = CFG.model_copy(update={"hold": True})
+    settled = D.settle(
+        [D.FrameEvidence([], 0.0, "", 0.0)] * 3, [["dog"]] * 3, found, P, cfg, link=lambda ph, t: followed
+    )
+    assert settled.pivots == {"dog": 0}
+    assert settled.own_pick == [{}, {"dog": "lost"}, {"dog": "elsewhere"}]
+    for t in range(3):  # each frame's own dog: the followed one agrees in frame 0
+        assert settled.objects[t]["dog"].xyxy.tolist() == found[t]["dog"].xyxy.tolist()
+    assert (
+        D.settle([D.FrameEvidence([], 0.0, "", 0.0)] * 3, [["dog"]] * 3, found, P, cfg).own_pick == [{}] * 3
+    )
+
+
 def test_the_bytetrack_linker_follows_the_tracks_the_decision_reads():
     """The lite profile's Linker (ByteTrack): linked in verify (``link_tracks`` over its ``tracks``),
     a source is followed along the tracks of its kept instances on the pivot frame, the very instances

@@ -653,20 +653,32 @@ def propagate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
             start = D.kept(found[pivot], [ph], p).get(ph)
             return linker.follow(clip.frames, [f.get(ph) for f in found], pivot, start)
 
-    objects, held, pivots = D.settle(state["table"], accepted, found, p, cfg, link)
+    objects, held, pivots, own_pick = D.settle(state["table"], accepted, found, p, cfg, link)
     steps = []
     for ph, pivot in pivots.items():
         on = [t + 1 for t, objs in enumerate(objects) if ph in objs]
+        # frames where the followed object was not the one answered: the track lost there, or on an
+        # instance the frame did not keep (the frame's own pick is answered instead, never silently)
+        instead = {
+            why: [t for t, w in enumerate(own_pick) if w.get(ph) == why] for why in ("lost", "elsewhere")
+        }
+        words = {"lost": "its track was lost", "elsewhere": "its track went to another instance"}
+        also = "".join(
+            f"; the frame's own {ph} where {words[why]} (frames {[t + 1 for t in ts]})"
+            for why, ts in instead.items()
+            if ts
+        )
         steps.append(
             T.step(
                 "propagate",
                 "followed",
-                f"{ph}: followed from frame {pivot + 1} ({linker.name}), answered on frames {on or 'none'}",
+                f"{ph}: followed from frame {pivot + 1} ({linker.name}), answered on frames {on or 'none'}{also}",
                 object=ph,
                 t0=t0,
                 pivot=pivot,
                 linker=linker.name,
                 frames=[t - 1 for t in on],
+                own_pick=instead,
             )
         )
     renamed = {ph for a in accepted for ph in a} - {ph for objs in objects for ph in objs}

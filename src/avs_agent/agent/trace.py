@@ -30,7 +30,7 @@ EVENTS: dict[str, str] = {
     "retry": "a frame whose mask failed tries its next candidate",
     "gave_up": "a frame whose mask failed has nothing more to try (the reason says why)",
     # propagate, answer
-    "followed": "a source was followed through the clip from the frame where it is surest",
+    "followed": "a source was followed through the clip from the frame where it is surest (and the frames that answered their own pick instead: the track lost there, or on an instance they did not keep)",
     "one_name": "two names on the same pixels are answered as one object under one name",
     "held": "a frame that accepted nothing holds the source followed through the clip",
     "answered": "the answer",

@@ -47,7 +47,7 @@ The package, by concern: ``evidence``, ``instances``, ``policy``, ``temporal``, 
 
 from __future__ import annotations
 
-from avs_agent.agent.decision.clip import ClipDecision, decide_clip, settle
+from avs_agent.agent.decision.clip import ClipDecision, Settled, decide_clip, settle
 from avs_agent.agent.decision.evidence import (
     AudioTerms,
     Candidate,
@@ -168,6 +168,7 @@ __all__ = [
     "LinkFn",
     "track_link",
     "settle",
+    "Settled",
     "ClipDecision",
     "decide_clip",
     "describe",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -22,6 +22,20 @@ if TYPE_CHECKING:
     from avs_agent.agent.decision.temporal import LinkFn
 
 
+class Settled(NamedTuple):
+    """A clip's settled objects (``settle``)."""
+
+    objects: list[dict[str, Segments]]
+    """Per frame, the answered phrases and their instances."""
+    held: list[list[str]]
+    """Per frame, the phrases held from the followed source (frames that accepted nothing)."""
+    pivots: dict[str, int]
+    """Each followed phrase's pivot frame."""
+    own_pick: list[dict[str, str]]
+    """Per frame, the followed phrases answered by the frame's own pick, and why ("lost": no instance on
+    the source's track there; "elsewhere": the track's instance is not among the frame's own)."""
+
+
 def settle(
     table: list[FrameEvidence],
     accepted: list[list[str]],
@@ -29,12 +43,12 @@ def settle(
     p: DecisionSettings,
     config: AgentSettings,
     link: LinkFn | None = None,
-) -> tuple[list[dict[str, Segments]], list[list[str]], dict[str, int]]:
+) -> Settled:
     """Each frame's answered objects once its checked sources are settled: followed through time
     from each one's pivot frame when ``link`` is given (``through_time``), else the frame's own kept
-    instances; a rider joins what it rides (``join_riders``); then one name per object (``one_name``). Returns (per frame phrase -> instances, per
-    frame the phrases held from the followed source, phrase -> its pivot frame)."""
+    instances; a rider joins what it rides (``join_riders``); then one name per object (``one_name``)."""
     pivots: dict[str, int] = {}
+    own_pick: list[dict[str, str]] = [{} for _ in accepted]
     if link is None:
         objects = [kept(f, a, p) for f, a in zip(found, accepted, strict=True)]
         held: list[list[str]] = [[] for _ in accepted]
@@ -45,8 +59,8 @@ def settle(
             if pivot is not None and (seq := link(ph, pivot)) is not None:
                 pivots[ph] = pivot
                 linked[ph] = seq
-        objects, held = through_time(accepted, found, linked, p, config)
-    return one_name(join_riders(objects, found, p), table, config), held, pivots
+        objects, held, own_pick = through_time(accepted, found, linked, p, config)
+    return Settled(one_name(join_riders(objects, found, p), table, config), held, pivots, own_pick)
 
 
 @dataclass
@@ -103,5 +117,5 @@ def decide_clip(
     following = config.propagate and len(table) > 1 and any(accepted)
     if following and link is None and perc.linked:
         link = track_link(perc.found, p)
-    objects, held, _ = settle(table, accepted, perc.found, p, config, link if following else None)
-    return ClipDecision(table, accepted, objects, held)
+    settled = settle(table, accepted, perc.found, p, config, link if following else None)
+    return ClipDecision(table, accepted, settled.objects, settled.held)

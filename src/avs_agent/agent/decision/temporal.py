@@ -148,19 +148,24 @@ def through_time(
     linked: dict[str, list[Segments | None]],
     p: DecisionSettings,
     config: AgentSettings,
-) -> tuple[list[dict[str, Segments]], list[list[str]]]:
+) -> tuple[list[dict[str, Segments]], list[list[str]], list[dict[str, str]]]:
     """Each frame's objects once the accepted sources are followed through time: where a frame accepted
     a source, the instance on the source's track (the same one in every frame) when it agrees with the
     frame's own pick (mostly inside its kept instances: the track narrows them to the followed one),
     else the frame's own pick (a lost track, or one handed to another instance, never replaces what the
     frame itself found); with ``config.hold``, a frame that accepted nothing takes the tracked
     instance too (AVSBench masks the source in every frame of its clip), when its mask passes the check.
-    Returns (per frame phrase -> instances, per frame the frames' held phrases)."""
+    Returns (per frame phrase -> instances, per frame the frames' held phrases, per frame the followed
+    phrases answered by the frame's own pick instead, and why: "lost" (no instance on the source's
+    track here) or "elsewhere" (the track's instance is not among the frame's own), so the trace can
+    say where the followed object was not the one answered)."""
     objects: list[dict[str, Segments]] = []
     held: list[list[str]] = []
+    own_pick: list[dict[str, str]] = []
     for t, phrases in enumerate(accepted):
         here: dict[str, Segments] = {}
         extra: list[str] = []
+        why: dict[str, str] = {}
         own = kept(found[t], phrases, p)
         for ph in phrases:
             seg = linked[ph][t] if ph in linked else None
@@ -168,6 +173,8 @@ def through_time(
                 here[ph] = seg
             elif ph in own:  # the track is lost here, or went to another instance: the frame's own pick
                 here[ph] = own[ph]
+                if ph in linked:
+                    why[ph] = "lost" if seg is None else "elsewhere"
         if not phrases and config.hold:
             for ph, per_frame in linked.items():
                 seg = per_frame[t]
@@ -176,7 +183,8 @@ def through_time(
                     extra.append(ph)
         objects.append(here)
         held.append(extra)
-    return objects, held
+        own_pick.append(why)
+    return objects, held, own_pick
 
 
 def _agrees(linked: Segments, own: Segments) -> bool:
