@@ -632,6 +632,10 @@ def route_after_retry(state: AgentState) -> Literal["segment", "propagate"]:
 
 
 # ---------------------------------------------------------------------------------------------- propagate
+OWN_PICK = {"lost": "its track was lost", "elsewhere": "its track went to another instance"}
+"""Why a frame answered its own pick instead of the followed source (``Settled.own_pick``), in words."""
+
+
 def propagate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
     """Settle each frame's objects (agent/decision/ ``settle``, the step ``decide_clip`` takes too):
     each accepted source is followed through the clip from the frame where it is most certain -- SAM2's
@@ -659,12 +663,9 @@ def propagate(state: AgentState, runtime: Runtime[RunContext]) -> dict:
         on = [t + 1 for t, objs in enumerate(objects) if ph in objs]
         # frames where the followed object was not the one answered: the track lost there, or on an
         # instance the frame did not keep (the frame's own pick is answered instead, never silently)
-        instead = {
-            why: [t for t, w in enumerate(own_pick) if w.get(ph) == why] for why in ("lost", "elsewhere")
-        }
-        words = {"lost": "its track was lost", "elsewhere": "its track went to another instance"}
+        instead = {why: [t for t, w in enumerate(own_pick) if w.get(ph) == why] for why in OWN_PICK}
         also = "".join(
-            f"; the frame's own {ph} where {words[why]} (frames {[t + 1 for t in ts]})"
+            f"; the frame's own {ph} where {OWN_PICK[why]} (frames {[t + 1 for t in ts]})"
             for why, ts in instead.items()
             if ts
         )
